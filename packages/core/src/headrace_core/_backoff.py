@@ -1,0 +1,136 @@
+"""Backoff schedules: frozen, validated, each an infinite iterator of delays."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from headrace_core._validate import check_number
+
+
+@runtime_checkable
+class Backoff(Protocol):
+    """A backoff schedule: ``delays()`` returns a fresh infinite iterator of seconds."""
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Return a new infinite iterator of delays in seconds (one per retry)."""
+        ...
+
+
+def _check_growth(base: float, factor: float, max: float, *, base_gt_zero: bool) -> None:
+    if base_gt_zero:
+        check_number("base", base, gt=0)
+    else:
+        check_number("base", base, ge=0)
+    check_number("factor", factor, ge=1)
+    check_number("max", max, ge=0, finite=False)
+    if max < base:
+        check_number("max", max, ge=base, finite=False)
+
+
+@dataclass(frozen=True, slots=True)
+class fixed:
+    """The same delay every time: ``delay, delay, ...``.
+
+    Args:
+        delay: seconds between attempts, ``>= 0``.
+    """
+
+    delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number("delay", self.delay, ge=0)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Return an infinite iterator of ``delay``."""
+        delay = float(self.delay)
+        while True:
+            yield delay
+
+
+@dataclass(frozen=True, slots=True)
+class exponential:
+    """Exponential growth with a cap: ``min(max, base * factor**n)`` for n = 0, 1, 2, ...
+
+    Args:
+        base: the first delay, ``>= 0``.
+        factor: the growth per retry, ``>= 1``.
+        max: the cap, ``>= base`` (may be ``inf``).
+        jitter: in ``[0, 1]``; each delay is multiplied by ``uniform(1 - jitter, 1)``
+            (``0.5`` gives sdax's ``delay * uniform(0.5, 1)``; ``0`` is deterministic).
+    """
+
+    base: float = 0.1
+    factor: float = 2.0
+    max: float = 30.0
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_growth(self.base, self.factor, self.max, base_gt_zero=False)
+        check_number("jitter", self.jitter, ge=0, le=1)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Return an infinite iterator of capped exponential delays."""
+        uniform = (rng or random).uniform
+        cap, factor, jitter = float(self.max), float(self.factor), float(self.jitter)
+        current = float(self.base)
+        while True:
+            delay = min(cap, current)
+            yield delay * uniform(1.0 - jitter, 1.0) if jitter else delay
+            if current < cap:
+                current *= factor
+
+
+@dataclass(frozen=True, slots=True)
+class full_jitter:
+    """Exponential with full jitter: ``uniform(0, min(max, base * factor**n))``.
+
+    Args:
+        base: the first cap, ``>= 0``.
+        factor: the growth per retry, ``>= 1``.
+        max: the cap, ``>= base``.
+    """
+
+    base: float = 0.1
+    factor: float = 2.0
+    max: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_growth(self.base, self.factor, self.max, base_gt_zero=False)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Return an infinite iterator of fully jittered delays."""
+        uniform = (rng or random).uniform
+        cap, factor = float(self.max), float(self.factor)
+        current = float(self.base)
+        while True:
+            yield uniform(0.0, min(cap, current))
+            if current < cap:
+                current *= factor
+
+
+@dataclass(frozen=True, slots=True)
+class decorrelated_jitter:
+    """Decorrelated jitter: ``min(max, uniform(base, previous * 3))``, previous starting at base.
+
+    Args:
+        base: the smallest delay, ``> 0``.
+        max: the cap, ``>= base``.
+    """
+
+    base: float = 0.1
+    max: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_growth(self.base, 1.0, self.max, base_gt_zero=True)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Return an infinite iterator of decorrelated delays."""
+        uniform = (rng or random).uniform
+        base, cap = float(self.base), float(self.max)
+        previous = base
+        while True:
+            previous = min(cap, uniform(base, previous * 3.0))
+            yield previous

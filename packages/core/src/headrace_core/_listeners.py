@@ -1,0 +1,123 @@
+"""The one listener registry every component uses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar, final
+
+E = TypeVar("E")
+
+Listener = Callable[[E], Awaitable[Any] | Any]
+
+
+@final
+class Listeners(Generic[E]):
+    """Listeners of one component: sync or async, isolated, fired once per event in order.
+
+    A listener's exception is logged with ``logger.exception`` on the component's logger
+    and swallowed. An awaitable returned by a listener is scheduled as a task, referenced
+    until done, and awaited or cancelled by :meth:`aclose`.
+
+    Args:
+        logger: the logger name, ``headrace.<package>``.
+        component: a description of the owning component for log messages.
+    """
+
+    __slots__ = ("_callbacks", "_logger", "_tasks", "component")
+
+    def __init__(self, logger: str, component: str | None = None) -> None:
+        self._callbacks: list[Listener[E]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._logger = logging.getLogger(logger)
+        self.component = component
+
+    def add(self, callback: Listener[E]) -> Callable[[], None]:
+        """Register ``callback``; return a callable that removes it (idempotent).
+
+        Raises:
+            TypeError: when ``callback`` is not callable.
+        """
+        if not callable(callback):
+            raise TypeError(f"listener must be callable, got {callback!r}")
+        self._callbacks.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return remove
+
+    def __bool__(self) -> bool:
+        return bool(self._callbacks)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
+
+    @property
+    def pending(self) -> int:
+        """The number of async listener tasks not yet done."""
+        return len(self._tasks)
+
+    def emit(self, event: E) -> None:
+        """Call every listener with ``event``; never raises."""
+        if not self._callbacks:
+            return
+        for callback in tuple(self._callbacks):
+            try:
+                result = callback(event)
+            except Exception:
+                self._logger.exception(
+                    "listener %r of %s failed", callback, self.component or "component"
+                )
+                continue
+            if inspect.isawaitable(result):
+                self._schedule(callback, result)
+
+    def _schedule(self, callback: Listener[E], awaitable: Awaitable[Any]) -> None:
+        try:
+            task = asyncio.ensure_future(awaitable)
+        except RuntimeError:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            self._logger.error(
+                "async listener %r of %s needs a running event loop",
+                callback,
+                self.component or "component",
+            )
+            return
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and (error := task.exception()) is not None:
+                self._logger.error(
+                    "listener %r of %s failed",
+                    callback,
+                    self.component or "component",
+                    exc_info=error,
+                )
+
+        task.add_done_callback(done)
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Await pending async listeners; cancel and await any still running after ``timeout``."""
+        if not self._tasks:
+            return
+        tasks = tuple(self._tasks)
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+        except asyncio.CancelledError:
+            pending = {task for task in tasks if not task.done()}
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.shield(asyncio.wait(pending))
+            raise
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

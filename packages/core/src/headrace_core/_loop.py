@@ -1,0 +1,116 @@
+"""Binding components to event loops: a per-loop registry and a loop-binding check."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar, final
+
+T = TypeVar("T")
+
+
+@final
+class PerLoop(Generic[T]):
+    """State kept per event loop, created on first use by ``factory``.
+
+    Keyed weakly by loop, so the state of a closed loop goes away with it, and a
+    component declared at import time works across successive ``asyncio.run()`` calls.
+
+    Args:
+        factory: builds the state for a loop that has none yet.
+    """
+
+    __slots__ = ("_factory", "_last_loop", "_last_value", "_states")
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_loop: weakref.ReferenceType[asyncio.AbstractEventLoop] | None = None
+        self._last_value: T | None = None
+
+    def get(self, loop: asyncio.AbstractEventLoop | None = None) -> T:
+        """Return the state of ``loop`` (default: the running loop), creating it if needed.
+
+        Raises:
+            RuntimeError: when ``loop`` is None and no event loop is running.
+        """
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        last = self._last_loop
+        if last is not None and last() is loop:
+            return self._last_value  # type: ignore[return-value]
+        try:
+            value = self._states[loop]
+        except KeyError:
+            value = self._states[loop] = self._factory()
+        self._last_loop = weakref.ref(loop)
+        self._last_value = value
+        return value
+
+    def peek(self, loop: asyncio.AbstractEventLoop | None = None) -> T | None:
+        """Return the state of ``loop`` if it has one, without creating it."""
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return None
+        return self._states.get(loop)
+
+    def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        """Return every (loop, state) pair still alive."""
+        return list(self._states.items())
+
+    def clear(self) -> None:
+        """Forget the state of every loop."""
+        self._states.clear()
+        self._last_loop = None
+        self._last_value = None
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+@final
+class LoopBinding:
+    """Binds a component to the loop of its first use.
+
+    ``check()`` returns the running loop. It rebinds (and reports it) when the previous
+    loop is closed or not running, and raises ``RuntimeError`` when the component is used
+    from a second loop while the first is still running (in another thread).
+
+    Args:
+        owner: a description of the component, for the error message.
+    """
+
+    __slots__ = ("_loop", "owner")
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._loop: weakref.ReferenceType[asyncio.AbstractEventLoop] | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop currently bound, if it is still alive."""
+        return self._loop() if self._loop is not None else None
+
+    def check(self) -> tuple[asyncio.AbstractEventLoop, bool]:
+        """Return ``(running loop, rebound)``; ``rebound`` is True when the binding changed.
+
+        Raises:
+            RuntimeError: outside a running loop, or when the bound loop is still running
+                in another thread.
+        """
+        loop = asyncio.get_running_loop()
+        bound = self._loop() if self._loop is not None else None
+        if bound is loop:
+            return loop, False
+        if bound is not None and not bound.is_closed() and bound.is_running():
+            raise RuntimeError(
+                f"{self.owner} is bound to an event loop that is running in another thread; "
+                "create one instance per loop (or per thread)"
+            )
+        self._loop = weakref.ref(loop)
+        return loop, True

@@ -1,0 +1,191 @@
+"""A virtual clock for tests: the running loop's time jumps to the next timer when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import selectors
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, final
+
+from headrace_core._validate import check_number
+
+_ACTIVE = "_headrace_virtual_clock"
+
+
+@final
+class VirtualClock:
+    """Make the running loop's time virtual, so no test waits real seconds.
+
+    Use it as ``with VirtualClock() as clock:`` inside a running loop. While active,
+    ``loop.time()`` returns virtual time. When no callback is ready, no I/O is ready and a
+    timer is pending, virtual time jumps straight to that timer (autojump), so
+    ``asyncio.sleep(3600)``, ``asyncio.timeout``, ``asyncio.wait_for``, ``loop.call_later``
+    and every headrace component complete at once, in deadline order.
+
+    Real I/O still works: while a file descriptor other than the loop's own wake-up pipe is
+    registered, the loop first waits ``autojump_threshold`` real seconds for I/O before it
+    jumps. Work running in threads does not hold virtual time back.
+
+    Leaving the block restores the loop; timers still pending keep their remaining delay.
+
+    Args:
+        autojump: jump to the next timer whenever the loop is idle. With ``False``, time
+            only moves through :meth:`advance`.
+        autojump_threshold: real seconds to wait for I/O before jumping while sockets are
+            registered (``>= 0``).
+        start: the virtual time to start from; default the loop's current time.
+    """
+
+    __slots__ = (
+        "_limits",
+        "_loop",
+        "_now",
+        "_real_select",
+        "_selector",
+        "_start",
+        "_wakeup_fd",
+        "autojump",
+        "autojump_threshold",
+    )
+
+    def __init__(
+        self,
+        *,
+        autojump: bool = True,
+        autojump_threshold: float = 0.05,
+        start: float | None = None,
+    ) -> None:
+        self.autojump = bool(autojump)
+        self.autojump_threshold = check_number("autojump_threshold", autojump_threshold, ge=0)
+        self._start = None if start is None else check_number("start", start)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._real_select: Callable[[float | None], list[Any]] | None = None
+        self._wakeup_fd = -1
+        self._now = 0.0 if start is None else float(start)
+        self._limits: list[float] = []
+
+    # -- context manager -------------------------------------------------------------
+    def __enter__(self) -> VirtualClock:
+        loop = asyncio.get_running_loop()  # RuntimeError outside a running loop
+        if self._loop is not None:
+            raise RuntimeError("this VirtualClock is already active")
+        if getattr(loop, _ACTIVE, None) is not None:
+            raise RuntimeError("a VirtualClock is already active on this loop")
+        selector = getattr(loop, "_selector", None)
+        if not isinstance(selector, selectors.BaseSelector):
+            raise RuntimeError(
+                f"VirtualClock needs a selector event loop (asyncio's default), not {loop!r}"
+            )
+        real_now = loop.time()
+        self._now = real_now if self._start is None else self._start
+        self._shift_timers(loop, self._now - real_now)
+        self._loop = loop
+        self._selector = selector
+        self._real_select = selector.select
+        ssock = getattr(loop, "_ssock", None)
+        self._wakeup_fd = ssock.fileno() if ssock is not None else -1
+        loop.time = self.now  # type: ignore[method-assign]
+        selector.select = self._select  # type: ignore[method-assign]
+        setattr(loop, _ACTIVE, self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        loop, selector = self._loop, self._selector
+        if loop is None or selector is None:
+            return
+        del loop.time
+        del selector.select
+        delattr(loop, _ACTIVE)
+        self._shift_timers(loop, loop.time() - self._now)
+        self._loop = None
+        self._selector = None
+        self._real_select = None
+        self._limits.clear()
+
+    @staticmethod
+    def _shift_timers(loop: asyncio.AbstractEventLoop, delta: float) -> None:
+        # A uniform shift keeps the heap order and every timer's remaining delay.
+        if not delta:
+            return
+        for handle in getattr(loop, "_scheduled", ()):
+            handle._when += delta
+
+    # -- time ------------------------------------------------------------------------
+    def now(self) -> float:
+        """Return the current virtual time in seconds."""
+        return self._now
+
+    @property
+    def active(self) -> bool:
+        """Whether the clock is patching a loop now."""
+        return self._loop is not None
+
+    async def advance(self, seconds: float) -> None:
+        """Run every timer due within ``seconds``, in deadline order; end exactly ``seconds`` later.
+
+        Other tasks run while the clock advances, as they would while time passes.
+
+        Raises:
+            ValueError: when ``seconds`` is negative or not finite.
+            RuntimeError: when the clock is not active on the running loop.
+        """
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"seconds={seconds!r}: must be a finite number >= 0")
+        if self._loop is None or self._loop is not asyncio.get_running_loop():
+            raise RuntimeError("VirtualClock.advance() needs the clock active on this loop")
+        target = self._now + seconds
+        heapq.heappush(self._limits, -target)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._limits.remove(-target)
+            heapq.heapify(self._limits)
+        # The sleep's own timer is due at exactly ``target``; make the contract explicit.
+        if self._now < target:
+            self._now = target
+
+    # -- the selector hook -----------------------------------------------------------
+    def _jump_limit(self) -> float:
+        if self.autojump:
+            return math.inf
+        return -self._limits[0] if self._limits else -math.inf
+
+    def _select(self, timeout: float | None = None) -> list[Any]:
+        real_select = self._real_select
+        loop = self._loop
+        assert real_select is not None
+        assert loop is not None
+        if timeout is not None and timeout <= 0:
+            return real_select(timeout)
+        scheduled = getattr(loop, "_scheduled", None)
+        if not scheduled:
+            # No timer: only I/O (or a thread waking the loop) can make progress.
+            return real_select(timeout)
+        when: float = scheduled[0]._when
+        if when > self._jump_limit():
+            # Time may not pass on its own: wait for I/O, a thread or another wake-up.
+            return real_select(None)
+        selector = self._selector
+        assert selector is not None
+        fds = selector.get_map()
+        other_io = len(fds) > (1 if self._wakeup_fd in fds else 0)
+        wait = 0.0 if not other_io or timeout is None else min(timeout, self.autojump_threshold)
+        events = real_select(wait)
+        if events:
+            return events
+        if when > self._now:
+            self._now = when
+        return []
+
+    def __repr__(self) -> str:
+        state = "active" if self._loop is not None else "inactive"
+        return f"<VirtualClock now={self._now!r} {state} autojump={self.autojump}>"

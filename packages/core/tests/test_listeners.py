@@ -1,0 +1,137 @@
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from headrace_core.stats import Listeners
+
+
+def test_sync_listeners_fire_in_order_once() -> None:
+    seen: list[tuple[str, int]] = []
+    listeners: Listeners[int] = Listeners("headrace.test", "thing 'a'")
+    listeners.add(lambda e: seen.append(("a", e)))
+    listeners.add(lambda e: seen.append(("b", e)))
+    listeners.emit(1)
+    assert seen == [("a", 1), ("b", 1)]
+    assert bool(listeners)
+    assert len(listeners) == 2
+
+
+def test_remove_is_idempotent() -> None:
+    seen: list[int] = []
+    listeners: Listeners[int] = Listeners("headrace.test")
+    remove = listeners.add(seen.append)
+    remove()
+    remove()
+    listeners.emit(1)
+    assert seen == []
+    assert not listeners
+
+
+def test_failing_listener_is_logged_and_isolated(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[int] = []
+    listeners: Listeners[int] = Listeners("headrace.test", "breaker 'db'")
+
+    def boom(event: int) -> None:
+        raise RuntimeError("listener bug")
+
+    listeners.add(boom)
+    listeners.add(seen.append)
+    with caplog.at_level(logging.ERROR, logger="headrace.test"):
+        listeners.emit(7)
+    assert seen == [7]
+    record = caplog.records[0]
+    assert record.name == "headrace.test"
+    assert "breaker 'db'" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_non_callable_is_rejected() -> None:
+    listeners: Listeners[int] = Listeners("headrace.test")
+    with pytest.raises(TypeError):
+        listeners.add(3)  # type: ignore[arg-type]
+
+
+async def test_async_listeners_are_tracked_and_awaited() -> None:
+    seen: list[int] = []
+    gate = asyncio.Event()
+    listeners: Listeners[int] = Listeners("headrace.test")
+
+    async def slow(event: int) -> None:
+        await gate.wait()
+        seen.append(event)
+
+    listeners.add(slow)
+    listeners.emit(1)
+    assert listeners.pending == 1
+    gate.set()
+    await listeners.aclose()
+    assert seen == [1]
+    assert listeners.pending == 0
+
+
+async def test_aclose_cancels_listeners_past_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cancelled = asyncio.Event()
+    listeners: Listeners[int] = Listeners("headrace.test")
+
+    async def hang(event: int) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    listeners.add(hang)
+    listeners.emit(1)
+    await asyncio.sleep(0)
+    await listeners.aclose(timeout=0)
+    assert cancelled.is_set()
+    assert listeners.pending == 0
+
+
+async def test_async_listener_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    listeners: Listeners[int] = Listeners("headrace.test", "x")
+
+    async def boom(event: int) -> None:
+        raise ValueError("async bug")
+
+    listeners.add(boom)
+    with caplog.at_level(logging.ERROR, logger="headrace.test"):
+        listeners.emit(1)
+        await listeners.aclose()
+    assert any("failed" in r.getMessage() for r in caplog.records)
+
+
+def test_async_listener_without_loop_is_closed_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listeners: Listeners[int] = Listeners("headrace.test")
+
+    async def later(event: int) -> None:
+        pass
+
+    listeners.add(later)
+    with caplog.at_level(logging.ERROR, logger="headrace.test"):
+        listeners.emit(1)
+    assert "running event loop" in caplog.records[0].getMessage()
+
+
+def test_listener_may_add_and_remove_listeners_while_firing() -> None:
+    seen: list[str] = []
+    listeners: Listeners[int] = Listeners("headrace.test")
+    removers: list[Callable[[], None]] = []
+
+    def first(event: int) -> None:
+        seen.append("first")
+        removers[0]()
+        listeners.add(lambda e: seen.append("late"))
+
+    removers.append(listeners.add(first))
+    listeners.add(lambda e: seen.append("second"))
+    listeners.emit(1)
+    assert seen == ["first", "second"]
+    listeners.emit(2)
+    assert seen == ["first", "second", "second", "late"]

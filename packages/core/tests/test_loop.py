@@ -1,0 +1,78 @@
+import asyncio
+import gc
+import threading
+
+import pytest
+
+from headrace_core import LoopBinding, PerLoop
+
+
+def test_per_loop_state_is_fresh_in_each_asyncio_run() -> None:
+    registry: PerLoop[list[int]] = PerLoop(list)
+
+    async def use(value: int) -> list[int]:
+        state = registry.get()
+        state.append(value)
+        assert registry.get() is state
+        return list(state)
+
+    assert asyncio.run(use(1)) == [1]
+    assert asyncio.run(use(2)) == [2]
+    gc.collect()
+    assert len(registry) == 0
+
+
+async def test_per_loop_peek_and_clear() -> None:
+    registry: PerLoop[dict[str, int]] = PerLoop(dict)
+    assert registry.peek() is None
+    registry.get()["a"] = 1
+    assert registry.peek() == {"a": 1}
+    assert [state for _, state in registry.items()] == [{"a": 1}]
+    registry.clear()
+    assert registry.peek() is None
+    assert registry.get() == {}
+
+
+def test_per_loop_get_outside_loop_raises() -> None:
+    with pytest.raises(RuntimeError):
+        PerLoop(list).get()
+    assert PerLoop(list).peek() is None
+
+
+def test_loop_binding_rebinds_across_successive_runs() -> None:
+    binding = LoopBinding("bulkhead 'db'")
+
+    async def check() -> bool:
+        loop, rebound = binding.check()
+        assert loop is asyncio.get_running_loop()
+        assert binding.check() == (loop, False)
+        return rebound
+
+    assert asyncio.run(check()) is True
+    assert asyncio.run(check()) is True
+
+
+def test_loop_binding_refuses_a_second_running_loop_in_another_thread() -> None:
+    binding = LoopBinding("breaker 'api'")
+    bound = threading.Event()
+    release = threading.Event()
+
+    async def hold() -> None:
+        binding.check()
+        bound.set()
+        while not release.is_set():
+            await asyncio.sleep(0.001)
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),))
+    thread.start()
+    try:
+        assert bound.wait(5)
+
+        async def other() -> None:
+            with pytest.raises(RuntimeError, match=r"breaker 'api'.*another thread"):
+                binding.check()
+
+        asyncio.run(other())
+    finally:
+        release.set()
+        thread.join()

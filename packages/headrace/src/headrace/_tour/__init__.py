@@ -1,0 +1,1 @@
+"""The live tour of the headrace family (``python -m headrace``)."""

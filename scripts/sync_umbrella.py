@@ -1,0 +1,85 @@
+"""Write packages/headrace/src/headrace/__init__.py from every sub-package's ``__all__``.
+
+Run ``python scripts/sync_umbrella.py`` after a package's public names change;
+``python scripts/sync_umbrella.py --check`` fails when the file is out of date (CI runs it
+through tests/test_umbrella.py). Two packages exporting one name must export the same object.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "packages" / "headrace" / "src" / "headrace" / "__init__.py"
+# Order of the family: core first, then each package after its dependencies.
+FAMILY = [
+    "headrace_core",
+    "headrace_guards",
+    "headrace_coalesce",
+    "headrace_leveled",
+    "headrace_flow",
+    "headrace_throttle",
+]
+
+HEADER = '''"""headrace: the family of small, fast, fully typed asyncio concurrency libraries.
+
+This umbrella re-exports every public name of headrace-core, headrace-guards,
+headrace-coalesce, headrace-leveled, headrace-flow and headrace-throttle, as the same
+objects. ``python -m headrace`` runs a live tour of the family.
+
+This file is written by ``scripts/sync_umbrella.py``; do not edit it by hand.
+"""
+
+'''
+
+
+def landed() -> list[str]:
+    """The family members whose folder exists in this checkout, importable from it."""
+    present = []
+    for module_name in FAMILY:
+        folder = ROOT / "packages" / module_name.removeprefix("headrace_") / "src"
+        if (folder / module_name).is_dir():
+            sys.path.insert(0, str(folder))
+            present.append(module_name)
+    return present
+
+
+def render() -> str:
+    owner: dict[str, str] = {}
+    lines: list[str] = []
+    for module_name in landed():
+        module = importlib.import_module(module_name)
+        names = [n for n in module.__all__ if not n.startswith("__")]
+        for name in names:
+            if name in owner:
+                first = getattr(importlib.import_module(owner[name]), name)
+                if first is not getattr(module, name):
+                    raise SystemExit(
+                        f"name clash: {name!r} is exported by {owner[name]} and {module_name} "
+                        "as different objects"
+                    )
+                continue
+            owner[name] = module_name
+            lines.append(f"from {module_name} import {name} as {name}")
+    lines.insert(0, "from headrace._version import __version__ as __version__")
+    body = "\n".join(lines)
+    listing = "\n".join(f'    "{n}",' for n in sorted(owner))
+    return f"{HEADER}{body}\n\n__all__ = [\n{listing}\n]\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if TARGET.read_text(encoding="utf-8") != text:
+            print(f"{TARGET} is out of date: run python scripts/sync_umbrella.py", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(text, encoding="utf-8")
+    print(f"wrote {TARGET.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The project's own test helpers and benchmark harness (never shipped in a wheel)."""

@@ -1,0 +1,166 @@
+"""Fixtures every test tree shares.
+
+- Every ``async def`` test fails if it leaves a task pending (``_no_pending_tasks``).
+- ``redis_url``: a real ``redis-server`` on a free loopback port, started once per session
+  (installed with apt-get when it is missing and we run as root); tests marked ``redis``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+_SETTLE_PASSES = 5
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "obj", None)
+        if (
+            inspect.iscoroutinefunction(function)
+            and isinstance(item, pytest.Function)
+            and "_no_pending_tasks" not in item.fixturenames
+        ):
+            item.fixturenames.insert(0, "_no_pending_tasks")
+
+
+@pytest_asyncio.fixture
+async def _no_pending_tasks() -> AsyncIterator[None]:
+    """Fail the test if any task it started is still pending when it ends."""
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+    leftover: set[asyncio.Task[object]] = set()
+    for _ in range(_SETTLE_PASSES):
+        leftover = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
+        if not leftover:
+            return
+        await asyncio.sleep(0)
+    descriptions = sorted(repr(t) for t in leftover)
+    for task in leftover:
+        task.cancel()
+    await asyncio.gather(*leftover, return_exceptions=True)
+    pytest.fail(
+        f"test left {len(leftover)} task(s) pending:\n  " + "\n  ".join(descriptions),
+        pytrace=False,
+    )
+
+
+# -- Redis ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _find_redis_server() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=False,
+            env=env,
+            capture_output=True,
+        )
+        return shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
+    return None
+
+
+class RedisServer:
+    """A redis-server process on loopback, which tests may stop and start again."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="headrace-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.perf_counter() + 10
+        while time.perf_counter() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the session; skips (naming the server) when none can be had."""
+    binary = _find_redis_server()
+    if binary is None:
+        pytest.skip(
+            "redis-server is not installed (install Debian's redis-server package, "
+            "or run the tests as root so they can install it)"
+        )
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the session's redis-server (restarted if a test stopped it)."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    return redis_server.url
