@@ -1,6 +1,6 @@
 """headrace-core: the loop clock, errors, stats, listeners and backoff shared by headrace.
 
-Public submodules: :mod:`headrace_core.testing` (the virtual clock),
+Public submodules: :mod:`headrace_core.testing` (the virtual clock), :mod:`headrace_core.otel`,
 :mod:`headrace_core.backoff`, :mod:`headrace_core.stats` and :mod:`headrace_core.store`.
 """
 

@@ -1,0 +1,216 @@
+"""OpenTelemetry for any headrace component (extra ``headrace-core[otel]``).
+
+``instrument(component)`` exports the component's ``snapshot()`` as observable metrics and
+its events as span events on the current span. Metric names are
+``headrace.<package>.<field>`` (``headrace.guards.rejected``); fields that only grow are
+observable counters, other numbers observable gauges, a nested latency summary becomes one
+gauge per quantile, and booleans and enums are reported as attributes of an ``info`` gauge.
+Nothing is imported from OpenTelemetry until ``instrument`` is called, so the cost is zero
+when it is not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, final
+
+__all__ = ["COUNTER_FIELDS", "Instrumentable", "Instrumentation", "instrument"]
+
+#: Snapshot fields that only grow: exported as observable counters.
+COUNTER_FIELDS = frozenset(
+    {
+        "acquired",
+        "accepted",
+        "attempts",
+        "calls",
+        "completed",
+        "discarded",
+        "dispatched",
+        "exhausted",
+        "failed",
+        "failures",
+        "fallbacks",
+        "filtered",
+        "hedge_wins",
+        "hedges",
+        "ignored",
+        "loads",
+        "rejected",
+        "retries",
+        "slow",
+        "successes",
+        "timeouts",
+        "total_batches",
+        "total_calls",
+        "total_items",
+        "batches",
+        "items",
+        "hits",
+        "misses",
+        "succeeded",
+    }
+)
+
+
+class Instrumentable(Protocol):
+    """What ``instrument`` needs: a ``snapshot()``; ``add_listener`` is used when present."""
+
+    def snapshot(self) -> Any:
+        """Return a frozen dataclass of the component's state and counters."""
+        ...
+
+
+def _package_of(component: object) -> str:
+    module = type(component).__module__.split(".")[0]
+    return module.removeprefix("headrace_") if module.startswith("headrace_") else module
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _flatten(getattr(value, field.name), f"{prefix}{field.name}.")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}{key}.")
+        return
+    yield prefix.rstrip("."), value
+
+
+def _numbers(snapshot: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in _flatten(snapshot):
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            out[name] = float(value)
+    return out
+
+
+def _labels(snapshot: Any) -> dict[str, str | bool]:
+    out: dict[str, str | bool] = {}
+    for name, value in _flatten(snapshot):
+        if isinstance(value, bool):
+            out[name] = value
+        elif isinstance(value, enum.Enum):
+            out[name] = str(value.value)
+        elif isinstance(value, str) and name != "name":
+            out[name] = value
+    return out
+
+
+@final
+class Instrumentation:
+    """A live export of one component; ``close()`` stops it (the instruments stay registered)."""
+
+    def __init__(self, component: Instrumentable, prefix: str, name: str | None) -> None:
+        self.component = component
+        self.prefix = prefix
+        self.attributes: dict[str, str] = {"headrace.component": name} if name else {}
+        self.instruments: list[Any] = []
+        self._remove_listener: Callable[[], None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the export was stopped."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop observing the component and remove the span-event listener."""
+        self._closed = True
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+
+    def _observe(self, field: str) -> Callable[[Any], Iterable[Any]]:
+        from opentelemetry.metrics import Observation
+
+        def callback(options: Any) -> Iterable[Any]:
+            if self._closed:
+                return []
+            numbers = _numbers(self.component.snapshot())
+            if field not in numbers:
+                return []
+            return [Observation(numbers[field], self.attributes)]
+
+        return callback
+
+    def _observe_info(self, options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        if self._closed:
+            return []
+        labels = {f"headrace.{k}": v for k, v in _labels(self.component.snapshot()).items()}
+        return [Observation(1, {**self.attributes, **labels})]
+
+
+def instrument(
+    component: Instrumentable,
+    meter: Any = None,
+    *,
+    name: str | None = None,
+    tracer_events: bool = True,
+) -> Instrumentation:
+    """Export ``component``'s snapshot as observable metrics and its events as span events.
+
+    Args:
+        component: any headrace component (anything with ``snapshot()``; its
+            ``add_listener`` is used for span events when present).
+        meter: an OpenTelemetry ``Meter``; default ``metrics.get_meter("headrace")``.
+        name: the ``headrace.component`` attribute on every observation; default the
+            component's ``name`` attribute, if it has one.
+        tracer_events: add each event to the current span as a span event.
+
+    Returns:
+        The live :class:`Instrumentation`; ``close()`` stops it.
+
+    Raises:
+        ModuleNotFoundError: when ``opentelemetry-api`` is not installed (install
+            ``headrace-core[otel]``).
+        TypeError: when ``component`` has no ``snapshot()``.
+    """
+    if not callable(getattr(component, "snapshot", None)):
+        raise TypeError(f"instrument() needs a component with snapshot(), got {component!r}")
+    from opentelemetry import metrics
+
+    if meter is None:
+        meter = metrics.get_meter("headrace")
+    if name is None:
+        found = getattr(component, "name", None)
+        name = found if isinstance(found, str) else None
+    prefix = f"headrace.{_package_of(component)}"
+    live = Instrumentation(component, prefix, name)
+    for field in _numbers(component.snapshot()):
+        metric = f"{prefix}.{field}"
+        leaf = field.rsplit(".", 1)[-1]
+        if leaf in COUNTER_FIELDS:
+            instrument_ = meter.create_observable_counter(metric, [live._observe(field)])
+        else:
+            instrument_ = meter.create_observable_gauge(metric, [live._observe(field)])
+        live.instruments.append(instrument_)
+    live.instruments.append(meter.create_observable_gauge(f"{prefix}.info", [live._observe_info]))
+    add_listener = getattr(component, "add_listener", None)
+    if tracer_events and callable(add_listener):
+        from opentelemetry import trace
+
+        def on_event(event: Any) -> None:
+            span = trace.get_current_span()
+            if not span.is_recording():
+                return
+            kind = getattr(event, "kind", None) or type(event).__name__
+            attributes: dict[str, Any] = dict(live.attributes)
+            if dataclasses.is_dataclass(event) and not isinstance(event, type):
+                for key, value in _flatten(event):
+                    if isinstance(value, bool | int | float | str):
+                        attributes[f"headrace.{key}"] = value
+                    elif isinstance(value, enum.Enum):
+                        attributes[f"headrace.{key}"] = str(value.value)
+                    elif isinstance(value, BaseException):
+                        attributes[f"headrace.{key}"] = repr(value)
+            span.add_event(f"{prefix}.{kind}", attributes)
+
+        live._remove_listener = add_listener(on_event)
+    return live
