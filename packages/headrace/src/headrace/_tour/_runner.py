@@ -29,7 +29,7 @@ async def run_scene(scene: Scene, ui: TourUI) -> None:
     """Run one scene inside a VirtualClock and check that it left no task behind."""
     ui.heading(scene.title)
     before = asyncio.all_tasks()
-    with VirtualClock():
+    with VirtualClock(start=0.0):
         await scene.run(ui)
     current = asyncio.current_task()
     left: set[asyncio.Task[object]] = set()
