@@ -1,0 +1,450 @@
+"""The bulkhead: a FIFO concurrency limit, optionally shared by name, with per-loop slots."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, final
+
+from headrace_core import BulkheadFull, ConfigurationError, PerLoop, check_int
+from headrace_core import check_optional_number as _check_optional_number
+from headrace_core.store import BulkheadStore
+from headrace_guards._common import Clock, GuardBase, GuardEvent, check_clock, now_of
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Lease time-to-live of a store-backed slot, and the polling schedule while waiting for one.
+_LEASE_TTL = 30.0
+_POLL_FIRST = 0.005
+_POLL_MAX = 0.25
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BulkheadSnapshot:
+    """The state and counters of a :class:`Bulkhead` (on the running loop).
+
+    Attributes:
+        name: the bulkhead's name.
+        limit: the current limit.
+        in_flight: slots held now.
+        waiting: callers queued now.
+        available: free slots (``limit - in_flight``, never below 0).
+        rejected: callers refused (full queue, ``max_wait`` passed).
+        completed: calls that held a slot and gave it back.
+    """
+
+    name: str | None
+    limit: int
+    in_flight: int
+    waiting: int
+    available: int
+    rejected: int
+    completed: int
+
+
+class _Slots:
+    """The slot state of one declaration on one event loop."""
+
+    __slots__ = ("completed", "in_flight", "rejected", "waiters", "waiting")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.waiting = 0
+        self.rejected = 0
+        self.completed = 0
+        self.waiters: deque[asyncio.Future[bool]] = deque()
+
+
+class _Declaration:
+    """What instances of one name share: the limits (process-wide) and the slots (per loop)."""
+
+    __slots__ = (
+        "__weakref__",
+        "declared_limit",
+        "limit",
+        "max_wait",
+        "max_waiters",
+        "name",
+        "slots",
+    )
+
+    def __init__(
+        self, name: str | None, limit: int, max_wait: float | None, max_waiters: int | None
+    ) -> None:
+        self.name = name
+        self.limit = limit
+        self.declared_limit = limit
+        self.max_wait = max_wait
+        self.max_waiters = max_waiters
+        self.slots: PerLoop[_Slots] = PerLoop(_Slots)
+
+    def hand_off(self, slots: _Slots) -> None:
+        """Give free slots to the head waiters (after a release or a resize)."""
+        waiters = slots.waiters
+        while slots.waiting and slots.in_flight < self.limit:
+            fut = waiters.popleft()
+            if not fut.done():
+                slots.in_flight += 1
+                slots.waiting -= 1
+                fut.set_result(True)
+        if not slots.waiting:
+            waiters.clear()
+
+    def release(self, slots: _Slots) -> None:
+        """Give one slot back: straight to the head waiter when the limit allows."""
+        if slots.waiting and slots.in_flight <= self.limit:
+            waiters = slots.waiters
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    slots.waiting -= 1
+                    fut.set_result(True)  # the slot passes on; in_flight is unchanged
+                    return
+        slots.in_flight -= 1
+
+
+_NAMED: weakref.WeakValueDictionary[str, _Declaration] = weakref.WeakValueDictionary()
+_NAMED_LOCK = threading.Lock()
+
+
+def _declare(
+    name: str | None, limit: int, max_wait: float | None, max_waiters: int | None
+) -> _Declaration:
+    if name is None:
+        return _Declaration(None, limit, max_wait, max_waiters)
+    with _NAMED_LOCK:
+        existing = _NAMED.get(name)
+        if existing is None:
+            declaration = _NAMED[name] = _Declaration(name, limit, max_wait, max_waiters)
+            return declaration
+        for argument, value, declared in (
+            ("limit", limit, existing.declared_limit),
+            ("max_wait", max_wait, existing.max_wait),
+            ("max_waiters", max_waiters, existing.max_waiters),
+        ):
+            if argument == "limit" and value == existing.limit:
+                continue  # the declared limit, or the one a resize() set since
+            if value != declared:
+                raise ConfigurationError.argument_error(
+                    argument,
+                    value,
+                    f"conflicts with the declaration {argument}={declared!r}",
+                    component=f"bulkhead {name!r}",
+                )
+        return existing
+
+
+def _expire(slots: _Slots, fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        slots.waiting -= 1
+        fut.set_result(False)
+
+
+@final
+class Bulkhead(GuardBase):
+    """Limit how many calls run at once; queue the rest in strict FIFO order.
+
+    A released slot is handed to the head waiter directly, so a newcomer never overtakes
+    a queued caller. Instances with the same ``name`` share one limit: the declaration is
+    process-wide and the slots are kept per event loop, so a named bulkhead works across
+    successive ``asyncio.run()`` calls.
+
+    Args:
+        limit: the most calls running at once, ``>= 1``.
+        name: share the limit with every live instance of this name.
+        max_wait: ``None`` waits without bound, ``0`` fails fast, ``x > 0`` waits at most
+            x seconds before :class:`BulkheadFull`.
+        max_waiters: the most callers queued (``0``: no queue); one more gets
+            :class:`BulkheadFull` at once.
+        store: shared slots across processes (e.g. ``headrace_guards.redis.RedisStore``);
+            default in memory.
+        clock: a zero-argument callable returning seconds, for event times.
+
+    Raises:
+        ConfigurationError: when an argument is invalid, or ``name`` is already declared
+            with another ``limit``, ``max_wait`` or ``max_waiters``.
+    """
+
+    __slots__ = ("_clock", "_decl", "_leases", "_store")
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        name: str | None = None,
+        max_wait: float | None = None,
+        max_waiters: int | None = None,
+        store: BulkheadStore | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._init_base(name)
+        limit = check_int("limit", limit, ge=1)
+        max_wait = _check_optional_number("max_wait", max_wait, ge=0)
+        if max_waiters is not None:
+            max_waiters = check_int("max_waiters", max_waiters, ge=0)
+        if store is not None and self.name is None:
+            raise ConfigurationError.argument_error(
+                "name", None, "is required with store= (it is the key)"
+            )
+        self._decl = _declare(self.name, limit, max_wait, max_waiters)
+        self._store = store
+        self._clock = check_clock(clock)
+        self._leases: dict[asyncio.Task[Any], list[str]] = {}
+
+    def __repr__(self) -> str:
+        return f"Bulkhead(limit={self._decl.limit}, name={self.name!r})"
+
+    @property
+    def limit(self) -> int:
+        """The current limit (shared by every instance of the name)."""
+        return self._decl.limit
+
+    @property
+    def max_wait(self) -> float | None:
+        """The longest a caller waits for a slot (None: no bound)."""
+        return self._decl.max_wait
+
+    @property
+    def max_waiters(self) -> int | None:
+        """The most callers queued (None: no bound)."""
+        return self._decl.max_waiters
+
+    # -- in-memory slots -------------------------------------------------------------
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` holding one slot.
+
+        Args:
+            fn: the async callable to run.
+            *args: positional arguments for ``fn``.
+            **kwargs: keyword arguments for ``fn``.
+
+        Returns:
+            What ``fn`` returned.
+
+        Raises:
+            BulkheadFull: when no slot came within ``max_wait`` or the queue was full.
+        """
+        if self._store is not None:
+            return await self._call_store(fn, args, kwargs)  # type: ignore[no-any-return]
+        decl = self._decl
+        slots = decl.slots.get()
+        if slots.in_flight < decl.limit and not slots.waiting:
+            slots.in_flight += 1
+        else:
+            await self._wait(slots)
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            slots.completed += 1
+            decl.release(slots)
+
+    async def acquire(self) -> None:
+        """Take one slot, waiting in FIFO order; pair every success with :meth:`release`.
+
+        Raises:
+            BulkheadFull: when no slot came within ``max_wait`` or the queue was full.
+        """
+        if self._store is not None:
+            await self._store_acquire()
+            return
+        decl = self._decl
+        slots = decl.slots.get()
+        if slots.in_flight < decl.limit and not slots.waiting:
+            slots.in_flight += 1
+            return
+        await self._wait(slots)
+
+    def release(self) -> None:
+        """Give back a slot taken with :meth:`acquire` (it goes to the head waiter).
+
+        Raises:
+            RuntimeError: when no slot is held on this loop.
+        """
+        if self._store is not None:
+            self._store_release_soon()
+            return
+        slots = self._decl.slots.get()
+        if slots.in_flight <= 0:
+            raise RuntimeError("Bulkhead.release() called more times than acquire()")
+        slots.completed += 1
+        self._decl.release(slots)
+
+    async def _wait(self, slots: _Slots) -> None:
+        decl = self._decl
+        if decl.max_wait == 0 or (
+            decl.max_waiters is not None and slots.waiting >= decl.max_waiters
+        ):
+            raise self._reject(slots)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        slots.waiters.append(fut)
+        slots.waiting += 1
+        handle = (
+            None if decl.max_wait is None else loop.call_later(decl.max_wait, _expire, slots, fut)
+        )
+        try:
+            got = await fut
+        except BaseException:
+            if handle is not None:
+                handle.cancel()
+            if fut.cancelled():
+                slots.waiting -= 1
+                if not slots.waiting:
+                    slots.waiters.clear()
+            elif fut.result():
+                decl.release(slots)  # handed a slot, then cancelled: pass it on
+            raise
+        if handle is not None:
+            handle.cancel()
+        if not got:
+            raise self._reject(slots)
+
+    def _reject(self, slots: _Slots | None) -> BulkheadFull:
+        if slots is not None:
+            slots.rejected += 1
+        error = BulkheadFull(name=self.name)
+        if self._listeners:
+            self._listeners.emit(
+                GuardEvent(
+                    source=self._source, kind="rejected", at=now_of(self._clock), error=error
+                )
+            )
+        return error
+
+    def resize(self, limit: int) -> None:
+        """Change the limit at runtime, for every instance of the name.
+
+        Growing hands the new slots to the head waiters at once; shrinking never cancels
+        running work and takes effect as calls finish.
+
+        Args:
+            limit: the new limit, ``>= 1``.
+
+        Raises:
+            ConfigurationError: when ``limit`` is invalid.
+        """
+        decl = self._decl
+        decl.limit = check_int("limit", limit, ge=1)
+        for loop, slots in decl.slots.items():
+            if not loop.is_closed():
+                decl.hand_off(slots)
+
+    # -- store-backed slots ----------------------------------------------------------
+    async def _store_acquire(self) -> str:
+        store, name, decl = self._store, self.name, self._decl
+        assert store is not None
+        assert name is not None
+        lease = uuid.uuid4().hex
+        if await store.acquire(name, decl.limit, lease, _LEASE_TTL):
+            self._push_lease(lease)
+            return lease
+        if decl.max_wait == 0 or decl.max_waiters == 0:
+            raise self._reject(None)
+        loop = asyncio.get_running_loop()
+        deadline = None if decl.max_wait is None else loop.time() + decl.max_wait
+        delay = _POLL_FIRST
+        while True:
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise self._reject(None)
+                delay = min(delay, left)
+            await asyncio.sleep(delay)
+            if await store.acquire(name, decl.limit, lease, _LEASE_TTL):
+                self._push_lease(lease)
+                return lease
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _push_lease(self, lease: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._leases.setdefault(task, []).append(lease)
+
+    def _pop_lease(self) -> str | None:
+        task = asyncio.current_task()
+        stack = self._leases.get(task) if task is not None else None
+        if not stack:
+            return None
+        lease = stack.pop()
+        if not stack:
+            del self._leases[task]  # type: ignore[arg-type]
+        return lease
+
+    def _store_release_soon(self) -> None:
+        lease = self._pop_lease()
+        if lease is None:
+            raise RuntimeError("Bulkhead.release() without a lease held by this task")
+        store, name = self._store, self.name
+        assert store is not None
+        assert name is not None
+        task = asyncio.ensure_future(store.release(name, lease))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _call_store(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        store, name = self._store, self.name
+        assert store is not None
+        assert name is not None
+        lease = await self._store_acquire()
+        self._pop_lease()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            await asyncio.shield(store.release(name, lease))
+
+    # -- async with and reading ------------------------------------------------------
+    async def __aenter__(self) -> Bulkhead:
+        if self._store is not None:
+            await self._store_acquire()
+            return self
+        decl = self._decl
+        slots = decl.slots.get()
+        if slots.in_flight < decl.limit and not slots.waiting:
+            slots.in_flight += 1  # acquire()'s fast path, inlined
+        else:
+            await self._wait(slots)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def snapshot(self) -> BulkheadSnapshot:
+        """Return the limit and counters on the running loop (O(1), no await).
+
+        Returns:
+            A frozen :class:`BulkheadSnapshot` (zeros outside a loop that used it).
+        """
+        decl = self._decl
+        slots = decl.slots.peek()
+        if slots is None:
+            in_flight = waiting = rejected = completed = 0
+        else:
+            in_flight, waiting = slots.in_flight, slots.waiting
+            rejected, completed = slots.rejected, slots.completed
+        return BulkheadSnapshot(
+            name=self.name,
+            limit=decl.limit,
+            in_flight=in_flight,
+            waiting=waiting,
+            available=max(0, decl.limit - in_flight),
+            rejected=rejected,
+            completed=completed,
+        )
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()

@@ -1,0 +1,157 @@
+"""Composition: ``pipeline(*guards)``, the first guard outermost."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
+
+from headrace_core import ConfigurationError
+from headrace_guards._common import GuardBase, GuardEvent
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@runtime_checkable
+class _Guard(Protocol):
+    def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
+
+    def snapshot(self) -> Any: ...
+
+    def add_listener(self, callback: Callable[[GuardEvent], Any]) -> Callable[[], None]: ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PipelineSnapshot:
+    """The snapshots of a :class:`Pipeline`'s guards.
+
+    Attributes:
+        guards: one snapshot per guard, ``guards[0]`` the outermost.
+    """
+
+    guards: tuple[Any, ...]
+
+
+@final
+class Pipeline(GuardBase):
+    """Guards composed into one: ``pipeline(a, b, c).call(fn)`` is ``a(b(c(fn)))``.
+
+    Build it with :func:`pipeline`. It is itself a guard (``call``, decorator,
+    ``snapshot()``, ``add_listener``), without ``async with``.
+
+    Args:
+        *guards: the guards, outermost first; nested pipelines are flattened in order.
+        name: a name for the pipeline.
+
+    Raises:
+        ConfigurationError: when an argument is not a guard.
+    """
+
+    __slots__ = ("_calls", "guards")
+
+    def __init__(self, *guards: Any, name: str | None = None) -> None:
+        flat: list[Any] = []
+        for guard in guards:
+            if isinstance(guard, Pipeline):
+                flat.extend(guard.guards)
+            elif isinstance(guard, _Guard):
+                flat.append(guard)
+            else:
+                raise ConfigurationError.argument_error(
+                    "guards", guard, "must be a guard (with call, snapshot and add_listener)"
+                )
+        self.guards: tuple[Any, ...] = tuple(flat)
+        # Bound ``call`` methods, innermost first (all but the outermost).
+        self._calls = tuple(g.call for g in reversed(self.guards[1:]))
+        self._init_base(name)
+
+    def __repr__(self) -> str:
+        return f"pipeline({', '.join(repr(g) for g in self.guards)})"
+
+    def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
+        """Run ``fn(*args, **kwargs)`` through every guard, the first outermost.
+
+        Every guard sees the call's own arguments (so ``Timeout.on_timeout`` and
+        ``Fallback``'s handler get them). Returns the outermost guard's coroutine
+        directly (no extra frame): ``await pipeline.call(fn)`` as with any guard.
+
+        Args:
+            fn: the async callable to run.
+            *args: positional arguments for ``fn``.
+            **kwargs: keyword arguments for ``fn``.
+
+        Returns:
+            A coroutine returning what the outermost guard returned.
+
+        Raises:
+            Exception: (when awaited) whatever the guards or ``fn`` raise.
+        """
+        guards = self.guards
+        if not guards:
+            return _direct(fn, args, kwargs)
+        inner: Callable[..., Awaitable[Any]] = fn
+        partial = functools.partial
+        for call in self._calls:
+            inner = partial(call, inner)
+        return guards[0].call(inner, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def snapshot(self) -> PipelineSnapshot:
+        """Return every guard's snapshot, outermost first.
+
+        Returns:
+            A frozen :class:`PipelineSnapshot`.
+        """
+        return PipelineSnapshot(guards=tuple(g.snapshot() for g in self.guards))
+
+    def add_listener(self, callback: Callable[[GuardEvent], Any]) -> Callable[[], None]:
+        """Subscribe ``callback`` to every guard of the pipeline.
+
+        Args:
+            callback: the listener, sync or async.
+
+        Returns:
+            A callable that removes it from every guard.
+        """
+        removers = [g.add_listener(callback) for g in self.guards]
+
+        def remove() -> None:
+            for remover in removers:
+                remover()
+
+        return remove
+
+    async def aclose(self) -> None:
+        """Close every guard of the pipeline (their pending async listeners)."""
+        for guard in self.guards:
+            close = getattr(guard, "aclose", None)
+            if close is not None:
+                await close()
+
+
+async def _direct(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    return await fn(*args, **kwargs)
+
+
+def pipeline(*guards: Any, name: str | None = None) -> Pipeline:
+    """Compose guards into one, the first guard outermost (as in reading order).
+
+    Recommended order: ``pipeline(Fallback, Retry, CircuitBreaker, RateLimiter, Timeout,
+    Bulkhead)``. A :class:`~headrace_guards.Timeout` before ``Retry`` bounds all attempts;
+    after it, each attempt.
+
+    Args:
+        *guards: the guards, outermost first; nested pipelines are flattened.
+        name: a name for the pipeline.
+
+    Returns:
+        A :class:`Pipeline`.
+
+    Raises:
+        ConfigurationError: when an argument is not a guard.
+    """
+    return Pipeline(*guards, name=name)

@@ -1,0 +1,313 @@
+"""The rate limiter: GCRA (a token bucket with no refill timer), costs and refunds."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ParamSpec, TypeVar, final
+
+from headrace_core import (
+    CapacityExceeded,
+    ConfigurationError,
+    LoopBinding,
+    RateLimited,
+    check_int,
+    check_number,
+    check_optional_number,
+)
+from headrace_core.store import RateStore
+from headrace_guards._common import Clock, GuardBase, GuardEvent, check_clock
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Waits below one nanosecond are float noise, not a reason to sleep.
+_EPSILON = 1e-9
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RateLimiterSnapshot:
+    """The state and counters of a :class:`RateLimiter`.
+
+    Attributes:
+        name: the limiter's name.
+        rate: tokens per ``per`` seconds.
+        per: the period of ``rate`` in seconds.
+        burst: the bucket's capacity in tokens.
+        available: tokens available now (fractional; 0 while callers wait).
+        acquired: acquisitions granted (each of any cost).
+        rejected: acquisitions refused (``max_wait`` exceeded).
+        waiting: callers sleeping for their reservation now.
+    """
+
+    name: str | None
+    rate: float
+    per: float
+    burst: int
+    available: float
+    acquired: int
+    rejected: int
+    waiting: int
+
+
+@final
+class RateLimiter(GuardBase):
+    """Allow ``rate`` tokens per ``per`` seconds with bursts of up to ``burst`` tokens.
+
+    GCRA: one number, the theoretical arrival time, replaces the bucket and its refill
+    timer. The bucket starts full. A caller whose tokens are not available yet reserves
+    them at once (first come, first served) and sleeps until they are; a cancelled
+    sleeper gives its reservation back.
+
+    Args:
+        rate: tokens per period, ``> 0``.
+        per: the period in seconds, ``> 0``.
+        burst: the bucket's capacity, an int ``>= 1``; default ``max(1, ceil(rate))``.
+        max_wait: the longest a caller may wait; past it :class:`RateLimited` is raised
+            and nothing is consumed. ``None`` waits as long as needed, ``0`` never waits.
+        name: a name for events, errors and snapshots (required with ``store=``).
+        store: shared state across processes; default in memory.
+        clock: a zero-argument callable returning seconds; default the loop's time.
+
+    Raises:
+        ConfigurationError: when an argument is invalid.
+    """
+
+    __slots__ = (
+        "_acquired",
+        "_binding",
+        "_capacity",
+        "_clock",
+        "_interval",
+        "_loop",
+        "_rejected",
+        "_store",
+        "_tat",
+        "_waiting",
+        "burst",
+        "max_wait",
+        "per",
+        "rate",
+    )
+
+    def __init__(
+        self,
+        rate: float,
+        per: float = 1.0,
+        *,
+        burst: int | None = None,
+        max_wait: float | None = None,
+        name: str | None = None,
+        store: RateStore | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._init_base(name)
+        self.rate = check_number("rate", rate, gt=0)
+        self.per = check_number("per", per, gt=0)
+        if burst is None:
+            burst = max(1, math.ceil(self.rate))
+        self.burst = check_int("burst", burst, ge=1)
+        self.max_wait = check_optional_number("max_wait", max_wait, ge=0)
+        if store is not None and self.name is None:
+            raise ConfigurationError.argument_error(
+                "name", None, "is required with store= (it is the key)"
+            )
+        self._store = store
+        self._clock = check_clock(clock)
+        self._interval = self.per / self.rate
+        self._capacity = self.burst * self._interval
+        self._tat = -math.inf
+        self._binding = LoopBinding(self._describe())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acquired = 0
+        self._rejected = 0
+        self._waiting = 0
+
+    def __repr__(self) -> str:
+        return f"RateLimiter(rate={self.rate!r}, per={self.per!r}, burst={self.burst})"
+
+    def _now(self) -> float:
+        clock = self._clock
+        if clock is not None:
+            return clock()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._rebind()
+        return loop.time()
+
+    def _rebind(self) -> None:
+        loop, _ = self._binding.check()  # RuntimeError if the old loop runs in another thread
+        self._loop = loop
+        self._tat = -math.inf  # a new loop has a new time base: start full
+
+    def _check_cost(self, cost: object) -> int:
+        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= self.burst:
+            raise CapacityExceeded(
+                f"cost={cost!r}: must be an int in 1..{self.burst}"
+                + (f" (rate limiter {self.name!r})" if self.name else ""),
+                requested=cost if isinstance(cost, int | float) else None,
+                capacity=self.burst,
+                name=self.name,
+            )
+        return cost
+
+    def _reserve(self, cost: int) -> float:
+        """Reserve ``cost`` tokens now; return the seconds to wait (raise past ``max_wait``)."""
+        now = self._now()
+        tat = self._tat
+        if tat < now:
+            tat = now
+        new_tat = tat + cost * self._interval
+        wait = new_tat - now - self._capacity
+        if wait < _EPSILON:
+            wait = 0.0
+        elif self.max_wait is not None and wait > self.max_wait:
+            self._rejected += 1
+            error = RateLimited(retry_after=wait, name=self.name)
+            if self._listeners:
+                self._listeners.emit(
+                    GuardEvent(
+                        source=self._source, kind="rejected", at=now, delay=wait, error=error
+                    )
+                )
+            raise error
+        self._tat = new_tat
+        self._acquired += 1
+        return wait
+
+    async def _sleep(self, wait: float, cost: int) -> None:
+        self._waiting += 1
+        try:
+            await asyncio.sleep(wait)
+        except BaseException:
+            self._tat -= cost * self._interval  # refund the unused reservation
+            raise
+        finally:
+            self._waiting -= 1
+
+    async def acquire(self, cost: int = 1) -> None:
+        """Take ``cost`` tokens, sleeping until they are available.
+
+        Args:
+            cost: tokens to take, an int in ``1..burst``.
+
+        Raises:
+            CapacityExceeded: when ``cost`` is not an int in ``1..burst`` (it could never
+                be served).
+            RateLimited: when the wait would pass ``max_wait`` (nothing is consumed).
+        """
+        cost = self._check_cost(cost)
+        if self._store is not None:
+            await self._store_acquire(cost)
+            return
+        wait = self._reserve(cost)
+        if wait:
+            await self._sleep(wait, cost)
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Take one token, then run ``fn(*args, **kwargs)``.
+
+        Args:
+            fn: the async callable to run.
+            *args: positional arguments for ``fn``.
+            **kwargs: keyword arguments for ``fn``.
+
+        Returns:
+            What ``fn`` returned.
+
+        Raises:
+            RateLimited: when the wait would pass ``max_wait``.
+        """
+        if self._store is not None:
+            await self._store_acquire(1)
+            return await fn(*args, **kwargs)
+        # The common case, inlined: a token is available now.
+        now = self._now()
+        tat = self._tat
+        new_tat = (tat if tat > now else now) + self._interval
+        if new_tat - now - self._capacity < _EPSILON:
+            self._tat = new_tat
+            self._acquired += 1
+        else:
+            wait = self._reserve(1)
+            if wait:
+                await self._sleep(wait, 1)
+        return await fn(*args, **kwargs)
+
+    async def _store_acquire(self, cost: int) -> None:
+        store, name = self._store, self.name
+        assert store is not None
+        assert name is not None
+        wait = await store.reserve(name, self.rate, self.per, self.burst, cost, self.max_wait)
+        if wait is None:
+            self._rejected += 1
+            raise RateLimited(retry_after=self.max_wait or 0.0, name=name)
+        self._acquired += 1
+        if wait < _EPSILON:
+            return
+        self._waiting += 1
+        try:
+            await asyncio.sleep(wait)
+        except BaseException:
+            await asyncio.shield(store.refund(name, self.rate, self.per, cost))
+            raise
+        finally:
+            self._waiting -= 1
+
+    def would_wait(self, cost: int = 1) -> float:
+        """Return the seconds :meth:`acquire` would wait for ``cost`` now (consumes nothing).
+
+        Args:
+            cost: tokens, an int in ``1..burst``.
+
+        Returns:
+            The wait in seconds (0.0 when the tokens are available).
+
+        Raises:
+            CapacityExceeded: when ``cost`` is not an int in ``1..burst``.
+        """
+        cost = self._check_cost(cost)
+        now = self._now()
+        wait = max(self._tat, now) + cost * self._interval - now - self._capacity
+        return 0.0 if wait < _EPSILON else wait
+
+    async def __aenter__(self) -> RateLimiter:
+        await self.acquire(1)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def snapshot(self) -> RateLimiterSnapshot:
+        """Return the state and counters (O(1), no await).
+
+        Returns:
+            A frozen :class:`RateLimiterSnapshot`.
+        """
+        try:
+            now = self._now()
+        except RuntimeError:
+            now = None
+        if now is None or self._tat <= now:
+            available = float(self.burst)
+        else:
+            available = max(0.0, (self._capacity - (self._tat - now)) / self._interval)
+        return RateLimiterSnapshot(
+            name=self.name,
+            rate=self.rate,
+            per=self.per,
+            burst=self.burst,
+            available=available,
+            acquired=self._acquired,
+            rejected=self._rejected,
+            waiting=self._waiting,
+        )

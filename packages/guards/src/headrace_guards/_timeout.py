@@ -1,0 +1,280 @@
+"""The timeout guard: ``asyncio.timeout()`` that tells its own deadline from the callee's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, final
+
+from headrace_core import GuardTimeout, LoopBinding, check_number
+from headrace_guards._common import (
+    Clock,
+    GuardBase,
+    GuardEvent,
+    check_callable,
+    check_clock,
+    now_of,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Deadlines:
+    """The deadlines of one guard on one loop, watched by one loop timer.
+
+    Every call of a guard lasts the same ``seconds``, so deadlines arrive in increasing
+    order and a deque holds them. One ``loop.call_at`` timer is armed for the oldest
+    live deadline; a call that expires gets ``cm.reschedule(deadline)``, so its own
+    ``asyncio.Timeout`` (entered with no deadline) does the cancelling and the
+    ``uncancel()`` bookkeeping exactly as ``asyncio.timeout()`` does. A call that
+    finishes in time costs no timer handle of its own.
+    """
+
+    __slots__ = ("entries", "handle", "loop", "seconds")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.loop = loop
+        self.seconds = seconds
+        self.entries: deque[list[Any]] = deque()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, cm: asyncio.Timeout) -> list[Any]:
+        deadline = self.loop.time() + self.seconds
+        entry = [deadline, cm]
+        self.entries.append(entry)
+        if self.handle is None:
+            self.handle = self.loop.call_at(deadline, self.fire)
+        return entry
+
+    def done(self, entry: list[Any]) -> None:
+        entry[1] = None
+        entries = self.entries
+        while entries and entries[0][1] is None:
+            entries.popleft()
+
+    def fire(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        entries = self.entries
+        while entries:
+            deadline, cm = entries[0]
+            if cm is not None:
+                if deadline > now:
+                    self.handle = self.loop.call_at(deadline, self.fire)
+                    return
+                # In the past: its own timeout fires next. A context already left has
+                # nothing to cancel.
+                with contextlib.suppress(RuntimeError):
+                    cm.reschedule(deadline)
+            entries.popleft()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TimeoutSnapshot:
+    """Counters of a :class:`Timeout`.
+
+    Attributes:
+        name: the guard's name.
+        seconds: the deadline in seconds.
+        calls: calls started (``call`` and ``async with``).
+        timeouts: calls that hit this guard's deadline.
+    """
+
+    name: str | None
+    seconds: float
+    calls: int
+    timeouts: int
+
+
+@final
+class Timeout(GuardBase):
+    """Bound a call (or an ``async with`` block) by a deadline.
+
+    Built on ``asyncio.Timeout`` (what ``asyncio.timeout()`` returns) on every Python
+    version, never ``wait_for``; one loop timer per guard watches every call's deadline,
+    so a call that finishes in time schedules no timer of its own. Only this guard's own expired
+    deadline is a timeout: a ``TimeoutError`` raised by the callee propagates as the same
+    object. A caller's cancellation always wins over the deadline, even when both land in
+    the same loop iteration, and ``task.cancelling()`` is left as the caller made it.
+
+    Args:
+        seconds: the deadline, finite and ``> 0``.
+        on_timeout: called with the call's ``*args, **kwargs`` when the deadline expires
+            (awaited if it returns an awaitable); its value is returned instead of raising
+            :class:`GuardTimeout`. Not used by ``async with``.
+        name: a name for events, errors and snapshots.
+        clock: a zero-argument callable returning seconds, used for event times only.
+
+    Raises:
+        ConfigurationError: when an argument is invalid.
+    """
+
+    __slots__ = (
+        "_binding",
+        "_calls",
+        "_clock",
+        "_deadlines",
+        "_entered",
+        "_on_timeout",
+        "_timeouts",
+        "seconds",
+    )
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        on_timeout: Callable[..., Any] | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.seconds = check_number("seconds", seconds, gt=0)
+        self._on_timeout = check_callable("on_timeout", on_timeout)
+        self._clock = check_clock(clock)
+        self._init_base(name)
+        self._calls = 0
+        self._timeouts = 0
+        self._entered: dict[asyncio.Task[Any], list[tuple[asyncio.Timeout, list[Any]]]] = {}
+        self._deadlines: _Deadlines | None = None
+        self._binding = LoopBinding(self._describe())
+
+    def __repr__(self) -> str:
+        return f"Timeout(seconds={self.seconds!r}, name={self.name!r})"
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` with this guard's deadline.
+
+        Args:
+            fn: the async callable to run.
+            *args: positional arguments for ``fn``.
+            **kwargs: keyword arguments for ``fn``.
+
+        Returns:
+            What ``fn`` returned, or ``on_timeout``'s value when the deadline expired.
+
+        Raises:
+            GuardTimeout: when the deadline expired and no ``on_timeout`` is set (also
+                when the callee swallowed the cancellation and returned late).
+            asyncio.CancelledError: when the caller was cancelled (it wins over the deadline).
+        """
+        self._calls += 1
+        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._bind()
+        cm = asyncio.Timeout(None)
+        # _Deadlines.add and .done, inlined: this is the per-call fast path.
+        entry: list[Any] = [loop.time() + self.seconds, cm]
+        entries = deadlines.entries
+        entries.append(entry)
+        if deadlines.handle is None:
+            deadlines.handle = loop.call_at(entry[0], deadlines.fire)
+        try:
+            async with cm:
+                result = await fn(*args, **kwargs)
+        except TimeoutError as exc:
+            if not cm.expired():
+                raise
+            return await self._timed_out(exc, args, kwargs)  # type: ignore[no-any-return]
+        finally:
+            entry[1] = None
+            while entries and entries[0][1] is None:
+                entries.popleft()
+        if cm.expired():
+            # The callee swallowed the cancellation and returned late.
+            return await self._timed_out(None, args, kwargs)  # type: ignore[no-any-return]
+        return result
+
+    def _bind(self) -> _Deadlines:
+        """Watch deadlines on the running loop (the guard moved to a new loop)."""
+        loop, _ = self._binding.check()  # RuntimeError if the old loop runs in another thread
+        deadlines = self._deadlines = _Deadlines(loop, self.seconds)
+        return deadlines
+
+    async def _timed_out(
+        self, cause: BaseException | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        error = self._own_timeout()
+        handler = self._on_timeout
+        if handler is None:
+            raise error from cause
+        value = handler(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    def _emit(self, error: BaseException) -> None:
+        self._listeners.emit(
+            GuardEvent(
+                source=self._source,
+                kind="timeout",
+                at=now_of(self._clock),
+                delay=self.seconds,
+                error=error,
+            )
+        )
+
+    async def __aenter__(self) -> Timeout:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Timeout must be used inside a task")
+        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._bind()
+        cm = asyncio.Timeout(None)
+        await cm.__aenter__()
+        self._calls += 1
+        self._entered.setdefault(task, []).append((cm, deadlines.add(cm)))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task = asyncio.current_task()
+        stack = self._entered.get(task) if task is not None else None
+        if not stack:
+            raise RuntimeError("Timeout.__aexit__ without a matching __aenter__ in this task")
+        cm, entry = stack.pop()
+        if not stack:
+            del self._entered[task]  # type: ignore[arg-type]
+        deadlines = self._deadlines
+        try:
+            await cm.__aexit__(exc_type, exc, tb)
+        except TimeoutError as raised:
+            if not cm.expired():
+                raise
+            raise self._own_timeout() from raised
+        finally:
+            if deadlines is not None:
+                deadlines.done(entry)
+        if cm.expired() and (exc_type is None or issubclass(exc_type, TimeoutError)):
+            # The body swallowed the cancellation (or turned it into its own TimeoutError).
+            raise self._own_timeout() from exc
+
+    def _own_timeout(self) -> GuardTimeout:
+        self._timeouts += 1
+        error = GuardTimeout(timeout=self.seconds, name=self.name)
+        if self._listeners:
+            self._emit(error)
+        return error
+
+    def snapshot(self) -> TimeoutSnapshot:
+        """Return the guard's counters (O(1), no await).
+
+        Returns:
+            A frozen :class:`TimeoutSnapshot`.
+        """
+        return TimeoutSnapshot(
+            name=self.name, seconds=self.seconds, calls=self._calls, timeouts=self._timeouts
+        )

@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+from typing import Any
+
+import pytest
+
+from headrace_core.testing import VirtualClock
+from headrace_guards import Bulkhead, BulkheadFull, ConfigurationError, GuardEvent
+
+
+class Probe:
+    """Tracks peak concurrency."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
+        self.order: list[int] = []
+
+    async def work(self, i: int, seconds: float = 1.0) -> int:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.order.append(i)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.running -= 1
+        return i
+
+
+async def test_limits_concurrency_and_keeps_fifo() -> None:
+    probe = Probe()
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(3)
+        start = clock.now()
+        tasks = [asyncio.create_task(bulkhead.call(probe.work, i)) for i in range(10)]
+        await asyncio.sleep(0)
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.waiting, snap.available) == (3, 7, 0)
+        assert await asyncio.gather(*tasks) == list(range(10))
+        assert clock.now() - start == 4
+    assert probe.peak == 3
+    assert probe.order == list(range(10))
+    snap = bulkhead.snapshot()
+    assert (snap.in_flight, snap.waiting, snap.completed) == (0, 0, 10)
+
+
+async def test_newcomer_never_overtakes_queued_waiter() -> None:
+    bulkhead = Bulkhead(1)
+    order: list[str] = []
+    await bulkhead.acquire()
+
+    async def waiter(tag: str) -> None:
+        await bulkhead.acquire()
+        order.append(tag)
+        bulkhead.release()
+
+    first = asyncio.create_task(waiter("queued"))
+    await asyncio.sleep(0)
+    bulkhead.release()  # the slot goes to "queued" directly
+    late = asyncio.create_task(waiter("newcomer"))
+    await asyncio.gather(first, late)
+    assert order == ["queued", "newcomer"]
+
+
+async def test_max_wait_zero_fails_fast() -> None:
+    events: list[GuardEvent] = []
+    bulkhead = Bulkhead(1, max_wait=0, name="fast-fail-test")
+    bulkhead.add_listener(events.append)
+    await bulkhead.acquire()
+    with pytest.raises(BulkheadFull) as info:
+        await bulkhead.acquire()
+    assert info.value.name == "fast-fail-test"
+    assert info.value.retry_after is None
+    bulkhead.release()
+    assert bulkhead.snapshot().rejected == 1
+    assert [e.kind for e in events] == ["rejected"]
+
+
+async def test_max_wait_times_out_then_passes_slot_on() -> None:
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, max_wait=5)
+        holder = asyncio.create_task(bulkhead.call(asyncio.sleep, 10))
+        await asyncio.sleep(0)
+        start = clock.now()
+        with pytest.raises(BulkheadFull):
+            await bulkhead.call(asyncio.sleep, 0)
+        assert clock.now() - start == 5
+        await holder
+        assert bulkhead.snapshot().in_flight == 0
+        assert bulkhead.snapshot().waiting == 0
+
+
+async def test_max_waiters_caps_the_queue() -> None:
+    bulkhead = Bulkhead(1, max_waiters=1)
+    gate = asyncio.Event()
+    holder = asyncio.create_task(bulkhead.call(gate.wait))
+    queued = asyncio.create_task(bulkhead.call(gate.wait))
+    await asyncio.sleep(0)
+    with pytest.raises(BulkheadFull):
+        await bulkhead.call(gate.wait)
+    gate.set()
+    await asyncio.gather(holder, queued)
+    no_queue = Bulkhead(1, max_waiters=0)
+    await no_queue.acquire()
+    with pytest.raises(BulkheadFull):
+        await no_queue.acquire()
+    no_queue.release()
+
+
+async def test_cancelled_waiter_leaves_queue() -> None:
+    bulkhead = Bulkhead(1)
+    await bulkhead.acquire()
+    waiter = asyncio.create_task(bulkhead.acquire())
+    await asyncio.sleep(0)
+    assert bulkhead.snapshot().waiting == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert bulkhead.snapshot().waiting == 0
+    bulkhead.release()
+    assert bulkhead.snapshot().in_flight == 0
+
+
+async def test_waiter_cancelled_after_hand_off_passes_slot_on() -> None:
+    bulkhead = Bulkhead(1)
+    await bulkhead.acquire()
+    first = asyncio.create_task(bulkhead.acquire())
+    second = asyncio.create_task(bulkhead.acquire())
+    await asyncio.sleep(0)
+    bulkhead.release()  # handed to ``first``, which has not resumed yet
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second  # got the slot that ``first`` passed on
+    snap = bulkhead.snapshot()
+    assert (snap.in_flight, snap.waiting) == (1, 0)
+    bulkhead.release()
+    assert bulkhead.snapshot().in_flight == 0
+
+
+async def test_release_without_acquire_raises() -> None:
+    with pytest.raises(RuntimeError):
+        Bulkhead(1).release()
+
+
+async def test_resize_grow_wakes_waiters_and_shrink_drains() -> None:
+    probe = Probe()
+    with VirtualClock():
+        bulkhead = Bulkhead(1)
+        tasks = [asyncio.create_task(bulkhead.call(probe.work, i, 10)) for i in range(6)]
+        await asyncio.sleep(0)
+        assert probe.running == 1
+        bulkhead.resize(4)
+        await asyncio.sleep(0)
+        assert probe.running == 4
+        assert bulkhead.snapshot().limit == 4
+        bulkhead.resize(2)
+        assert probe.running == 4  # running work is never cancelled
+        await asyncio.gather(*tasks)
+    assert bulkhead.snapshot().in_flight == 0
+    with pytest.raises(ConfigurationError, match="limit"):
+        bulkhead.resize(0)
+
+
+async def test_resize_shrink_limits_later_calls() -> None:
+    probe = Probe()
+    with VirtualClock():
+        bulkhead = Bulkhead(4)
+        first = [asyncio.create_task(bulkhead.call(probe.work, i, 1)) for i in range(4)]
+        await asyncio.sleep(0)
+        bulkhead.resize(1)
+        later = [asyncio.create_task(bulkhead.call(probe.work, i, 1)) for i in range(4, 8)]
+        await asyncio.gather(*first)
+        probe.peak = 0
+        await asyncio.gather(*later)
+    assert probe.peak == 1
+
+
+async def test_named_bulkheads_share_one_limit() -> None:
+    probe = Probe()
+    with VirtualClock():
+        a = Bulkhead(2, name="shared-test-pool")
+        b = Bulkhead(2, name="shared-test-pool")
+        tasks = [asyncio.create_task(g.call(probe.work, i)) for i, g in enumerate([a, b] * 3)]
+        await asyncio.gather(*tasks)
+        assert probe.peak == 2
+        a.resize(3)
+        assert b.limit == 3
+
+
+def test_named_conflict_names_bulkhead_and_argument() -> None:
+    keep = Bulkhead(2, name="conflict-test", max_wait=1)
+    with pytest.raises(ConfigurationError, match=r"conflict-test.*limit"):
+        Bulkhead(3, name="conflict-test", max_wait=1)
+    with pytest.raises(ConfigurationError, match=r"conflict-test.*max_wait"):
+        Bulkhead(2, name="conflict-test")
+    with pytest.raises(ConfigurationError, match="max_waiters"):
+        Bulkhead(2, name="conflict-test", max_wait=1, max_waiters=3)
+    assert keep.limit == 2
+
+
+def test_dead_name_can_be_redeclared() -> None:
+    Bulkhead(2, name="ephemeral-test")
+    gc.collect()
+    assert Bulkhead(5, name="ephemeral-test").limit == 5
+
+
+def test_named_bulkhead_works_across_asyncio_run() -> None:
+    bulkhead = Bulkhead(1, name="across-runs-test")
+
+    async def main() -> int:
+        async with bulkhead:
+            return bulkhead.snapshot().in_flight
+
+    assert asyncio.run(main()) == 1
+    assert asyncio.run(main()) == 1
+
+
+async def test_async_with_releases_on_error() -> None:
+    bulkhead = Bulkhead(1)
+
+    async def body() -> None:
+        async with bulkhead as entered:
+            assert entered is bulkhead
+            raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        await body()
+    assert bulkhead.snapshot().in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "arg"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1.5}, "limit"),
+        ({"limit": 1, "max_wait": -1}, "max_wait"),
+        ({"limit": 1, "max_waiters": -1}, "max_waiters"),
+        ({"limit": 1, "clock": 5}, "clock"),
+        ({"limit": 1, "name": ""}, "name"),
+    ],
+)
+def test_validation(kwargs: dict[str, Any], arg: str) -> None:
+    with pytest.raises(ConfigurationError, match=arg):
+        Bulkhead(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_stress_peak_never_exceeds_limit_and_no_slot_leaks(seed: int) -> None:
+    rng = random.Random(seed)
+    limit = 7
+    bulkhead = Bulkhead(limit, max_wait=rng.choice([None, 3.0]))
+    probe = Probe()
+    outcomes = {"ok": 0, "full": 0, "cancelled": 0, "timeout": 0}
+
+    async def one(i: int) -> None:
+        try:
+            async with asyncio.timeout(rng.uniform(0.5, 8)):
+                await bulkhead.call(probe.work, i, rng.uniform(0, 2))
+            outcomes["ok"] += 1
+        except BulkheadFull:
+            outcomes["full"] += 1
+        except TimeoutError:
+            outcomes["timeout"] += 1
+        except asyncio.CancelledError:
+            outcomes["cancelled"] += 1
+
+    with VirtualClock():
+        tasks = [asyncio.create_task(one(i)) for i in range(2000)]
+        for _ in range(300):
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            victim = rng.choice(tasks)
+            victim.cancel()
+            if rng.random() < 0.2:
+                bulkhead.resize(rng.randint(1, limit))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert probe.peak <= limit
+    snap = bulkhead.snapshot()
+    assert (snap.in_flight, snap.waiting) == (0, 0)
+    assert probe.running == 0
+    assert outcomes["ok"] > 0
+
+
+def test_named_redeclaration_after_resize_accepts_either_limit() -> None:
+    first = Bulkhead(2, name="resized-decl-test")
+    first.resize(5)
+    assert Bulkhead(2, name="resized-decl-test").limit == 5
+    assert Bulkhead(5, name="resized-decl-test").limit == 5
+    with pytest.raises(ConfigurationError, match="limit"):
+        Bulkhead(3, name="resized-decl-test")
