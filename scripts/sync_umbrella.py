@@ -51,7 +51,11 @@ def render() -> str:
     lines: list[str] = []
     for module_name in landed():
         module = importlib.import_module(module_name)
-        names = [n for n in module.__all__ if not n.startswith("__")]
+        # The order ruff's isort keeps: constants, classes, then the rest, case-insensitive.
+        names = sorted(
+            (n for n in module.__all__ if not n.startswith("__")),
+            key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n.lower()),
+        )
         for name in names:
             if name in owner:
                 first = getattr(importlib.import_module(owner[name]), name)

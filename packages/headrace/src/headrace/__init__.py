@@ -41,9 +41,9 @@ from headrace_guards import RateLimiter as RateLimiter
 from headrace_guards import RateLimiterSnapshot as RateLimiterSnapshot
 from headrace_guards import Retry as Retry
 from headrace_guards import RetrySnapshot as RetrySnapshot
-from headrace_guards import TimeWindow as TimeWindow
 from headrace_guards import Timeout as Timeout
 from headrace_guards import TimeoutSnapshot as TimeoutSnapshot
+from headrace_guards import TimeWindow as TimeWindow
 from headrace_guards import pipeline as pipeline
 
 __all__ = [
