@@ -305,9 +305,11 @@ async def test_store_backed_breaker_shares_state() -> None:
     async def cancelled() -> None:
         raise asyncio.CancelledError
 
+    recorded = len(store.records)
     with pytest.raises(asyncio.CancelledError):
         await a.call(cancelled)
-    assert store.records[-1] == "neutral"
+    # A neutral call admitted while CLOSED changes nothing: no record, no round trip.
+    assert len(store.records) == recorded
     await a.force_open()
     assert stored_state(store) is CircuitState.OPEN
     await a.reset()
@@ -366,6 +368,34 @@ async def test_store_backed_bulkhead() -> None:
         with pytest.raises(BulkheadFull):
             await blocker.call(work)
         store.leases = set()
+
+
+async def test_store_backed_bulkhead_async_with_releases_before_exit() -> None:
+    store = MemoryBulkheadStore()
+    bulkhead = Bulkhead(1, name="store-bulkhead-cm", store=store)
+    async with bulkhead:
+        assert len(store.leases) == 1
+    # The lease is given back by the time the block has exited: no background task.
+    assert store.leases == set()
+
+
+class FailClosedBulkheadStore(MemoryBulkheadStore):
+    async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
+        raise BulkheadFull(name=name)
+
+
+async def test_store_rejection_counts_as_the_guards_own() -> None:
+    bulkhead = Bulkhead(1, name="store-bulkhead-closed", store=FailClosedBulkheadStore())
+    events: list[GuardEvent] = []
+    bulkhead.add_listener(events.append)
+
+    async def work() -> None:
+        raise AssertionError("never runs")
+
+    with pytest.raises(BulkheadFull):
+        await bulkhead.call(work)
+    assert bulkhead.snapshot().rejected == 1
+    assert [e.kind for e in events] == ["rejected"]
 
 
 class MemoryRateStore:

@@ -343,11 +343,11 @@ class Bulkhead(GuardBase):
         assert store is not None
         assert name is not None
         lease = uuid.uuid4().hex
-        if await store.acquire(name, decl.limit, lease, _LEASE_TTL):
+        if await self._store_try(store, name, lease):
             self._push_lease(lease)
             return lease
         if decl.max_wait == 0 or decl.max_waiters == 0:
-            raise self._reject(None)
+            raise self._reject(self._decl.slots.get())
         loop = asyncio.get_running_loop()
         deadline = None if decl.max_wait is None else loop.time() + decl.max_wait
         delay = _POLL_FIRST
@@ -355,13 +355,20 @@ class Bulkhead(GuardBase):
             if deadline is not None:
                 left = deadline - loop.time()
                 if left <= 0:
-                    raise self._reject(None)
+                    raise self._reject(self._decl.slots.get())
                 delay = min(delay, left)
             await asyncio.sleep(delay)
-            if await store.acquire(name, decl.limit, lease, _LEASE_TTL):
+            if await self._store_try(store, name, lease):
                 self._push_lease(lease)
                 return lease
             delay = min(delay * 2, _POLL_MAX)
+
+    async def _store_try(self, store: BulkheadStore, name: str, lease: str) -> bool:
+        try:
+            return await store.acquire(name, self._decl.limit, lease, _LEASE_TTL)
+        except BulkheadFull:
+            # A store that fails closed rejects for us: count it as this guard's rejection.
+            raise self._reject(self._decl.slots.get()) from None
 
     def _push_lease(self, lease: str) -> None:
         task = asyncio.current_task()
@@ -421,6 +428,12 @@ class Bulkhead(GuardBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._store is not None and self.name is not None:
+            lease = self._pop_lease()
+            if lease is None:
+                raise RuntimeError("Bulkhead.__aexit__ without a lease held by this task")
+            await asyncio.shield(self._store.release(self.name, lease))
+            return
         self.release()
 
     def snapshot(self) -> BulkheadSnapshot:

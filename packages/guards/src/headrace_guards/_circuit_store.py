@@ -117,6 +117,7 @@ async def call_store(
     clock = breaker._clock
     start = now_of(clock)
     config = store_config(breaker)
+    state = CircuitState.CLOSED
     if breaker._disabled:
         gen = -1
     else:
@@ -130,6 +131,10 @@ async def call_store(
         result = await fn(*args, **kwargs)
     except BaseException as exc:
         outcome = breaker._classify(exc)
+        if outcome == _NEUTRAL and state is CircuitState.CLOSED:
+            # A neutral call admitted while CLOSED changes nothing in the store: no round
+            # trip (and no await while a cancellation is unwinding the caller).
+            raise
         await _record(breaker, gen, outcome, start, now_of(clock), config)
         raise
     check = breaker._result_check

@@ -45,14 +45,33 @@ from headrace_guards import Timeout as Timeout
 from headrace_guards import TimeoutSnapshot as TimeoutSnapshot
 from headrace_guards import TimeWindow as TimeWindow
 from headrace_guards import pipeline as pipeline
+from headrace_throttle import AIMD as AIMD
+from headrace_throttle import CircuitBreakerConfig as CircuitBreakerConfig
+from headrace_throttle import Gradient as Gradient
+from headrace_throttle import Limit as Limit
+from headrace_throttle import RequestBudget as RequestBudget
+from headrace_throttle import RetryConfig as RetryConfig
+from headrace_throttle import ServerBusy as ServerBusy
+from headrace_throttle import Slot as Slot
+from headrace_throttle import Throttle as Throttle
+from headrace_throttle import ThrottleClosed as ThrottleClosed
+from headrace_throttle import ThrottleConfig as ThrottleConfig
+from headrace_throttle import ThrottleEvent as ThrottleEvent
+from headrace_throttle import ThrottleSnapshot as ThrottleSnapshot
+from headrace_throttle import ThrottleState as ThrottleState
+from headrace_throttle import TokenBudget as TokenBudget
+from headrace_throttle import TokenBudgetExceeded as TokenBudgetExceeded
+from headrace_throttle import Vegas as Vegas
 
 __all__ = [
+    "AIMD",
     "BreakerSnapshot",
     "Bulkhead",
     "BulkheadFull",
     "BulkheadSnapshot",
     "CapacityExceeded",
     "CircuitBreaker",
+    "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
     "Closed",
@@ -61,11 +80,13 @@ __all__ = [
     "CountWindow",
     "Fallback",
     "FallbackSnapshot",
+    "Gradient",
     "GuardEvent",
     "GuardTimeout",
     "HeadraceError",
     "Hedge",
     "HedgeSnapshot",
+    "Limit",
     "LoopBinding",
     "PerLoop",
     "Pipeline",
@@ -74,11 +95,24 @@ __all__ = [
     "RateLimiter",
     "RateLimiterSnapshot",
     "Rejected",
+    "RequestBudget",
     "Retry",
+    "RetryConfig",
     "RetrySnapshot",
+    "ServerBusy",
+    "Slot",
+    "Throttle",
+    "ThrottleClosed",
+    "ThrottleConfig",
+    "ThrottleEvent",
+    "ThrottleSnapshot",
+    "ThrottleState",
     "TimeWindow",
     "Timeout",
     "TimeoutSnapshot",
+    "TokenBudget",
+    "TokenBudgetExceeded",
+    "Vegas",
     "check_int",
     "check_number",
     "check_optional_number",

@@ -1,0 +1,128 @@
+"""The rate-limiter and budget parts of the Redis store (both protocols name ``reserve``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, overload
+
+from headrace_guards._redis_base import DOWN, Script, text
+from headrace_guards._redis_breaker import BreakerPart
+from headrace_guards._redis_lua import BUDGET_ADJUST, BUDGET_RESERVE, RATE_REFUND, RATE_RESERVE
+
+__all__ = ["LimitsPart"]
+
+_RESERVE, _REFUND = Script(RATE_RESERVE), Script(RATE_REFUND)
+_B_RESERVE, _B_ADJUST = Script(BUDGET_RESERVE), Script(BUDGET_ADJUST)
+# When Redis is down and the store fails closed, a budget asks again after this long.
+_BUDGET_DOWN_RETRY = 1.0
+
+
+class LimitsPart(BreakerPart):
+    """``RateStore`` and ``BudgetStore`` on Redis (a base class of ``RedisStore``)."""
+
+    __slots__ = ("_rates",)
+
+    def _init_limits(self) -> None:
+        self._rates: dict[tuple[str, float, float, int], tuple[tuple[str, ...], str, str]] = {}
+
+    # -- RateStore -------------------------------------------------------------------
+    @overload
+    async def reserve(
+        self, name: str, amount: float, cap: float, window: float
+    ) -> tuple[bool, float | None, str | None]: ...
+
+    @overload
+    async def reserve(
+        self,
+        name: str,
+        rate: float,
+        per: float,
+        burst: int,
+        cost: int,
+        max_wait: float | None = None,
+    ) -> float | None: ...
+
+    async def reserve(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Reserve rate-limiter tokens, or an amount of a budget (both protocols say reserve).
+
+        ``reserve(name, rate, per, burst, cost, max_wait=None) -> float | None`` is the
+        ``RateStore`` form: GCRA in one key, the seconds to wait, or None when the wait
+        would pass ``max_wait`` (then nothing is taken). ``reserve(name, amount, cap,
+        window) -> (granted, retry_at, entry)`` is the ``BudgetStore`` form: a rolling
+        window, ``retry_at`` in loop time. The forms are told apart by their arguments.
+
+        Args:
+            name: the component's name.
+            *args: the arguments of either form.
+            **kwargs: the same, by keyword.
+
+        Returns:
+            What the form returns.
+        """
+        if len(args) + len(kwargs) == 3 and "rate" not in kwargs:
+            return await self._reserve_budget(name, *args, **kwargs)
+        keys, script_args = self._rate_args(name, *args, **kwargs)
+        reply = await self._run(_RESERVE, keys, script_args)
+        if reply is DOWN:
+            return 0.0 if self.fail_open else None
+        ok, wait = reply
+        return float(wait) if int(ok) else None
+
+    def _rate_args(
+        self,
+        name: str,
+        rate: float,
+        per: float,
+        burst: int,
+        cost: int,
+        max_wait: float | None = None,
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        found = self._rates.get((name, rate, per, burst))
+        if found is None:
+            interval = per / rate
+            found = self._keys_of("rl", name, ("tat",)), repr(interval), repr(burst * interval)
+            self._rates[(name, rate, per, burst)] = found
+        keys, interval_text, capacity_text = found
+        return keys, (interval_text, capacity_text, cost, "" if max_wait is None else max_wait)
+
+    async def refund(self, name: str, rate: float, per: float, cost: int) -> None:
+        """Give back a reservation that was not used (its waiter was cancelled).
+
+        Args:
+            name: the rate limiter's name.
+            rate: tokens per ``per`` seconds.
+            per: the period in seconds.
+            cost: the tokens reserved.
+        """
+        (key,) = self._keys_of("rl", name, ("tat",))
+        await self._run(_REFUND, (key,), (per / rate, cost))
+
+    # -- BudgetStore -----------------------------------------------------------------
+    async def _reserve_budget(
+        self, name: str, amount: float, cap: float, window: float
+    ) -> tuple[bool, float | None, str | None]:
+        keys = self._keys_of("budget", name, ("charges", "amounts"))
+        reply = await self._run(_B_RESERVE, keys, (amount, cap, window))
+        loop = asyncio.get_running_loop()
+        if reply is DOWN:
+            if self.fail_open:
+                return True, None, None
+            return False, loop.time() + _BUDGET_DOWN_RETRY, None
+        ok, retry_text, entry = reply
+        if int(ok):
+            return True, None, text(entry)
+        retry = text(retry_text)
+        return False, (loop.time() + float(retry)) if retry else None, None
+
+    async def adjust(self, name: str, entry: str, amount: float) -> None:
+        """Change the amount charged for ``entry`` (a grant's estimate, reconciled).
+
+        A charge whose window has passed is gone and stays gone.
+
+        Args:
+            name: the budget's name.
+            entry: the entry a granted :meth:`reserve` returned.
+            amount: the amount to charge instead.
+        """
+        keys = self._keys_of("budget", name, ("charges", "amounts"))
+        await self._run(_B_ADJUST, keys, (amount, entry, ""))

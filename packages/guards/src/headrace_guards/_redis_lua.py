@@ -1,0 +1,386 @@
+"""The Lua scripts of the Redis store: one atomic script per state change.
+
+Every script reads the server's clock (``TIME``), so workers with skewed clocks agree.
+Floats go back to Python as strings (a Lua number in a reply is truncated to an int).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BREAKER_ADMIT",
+    "BREAKER_FORCE",
+    "BREAKER_RECORD",
+    "BREAKER_RESET",
+    "BREAKER_SNAPSHOT",
+    "BUDGET_ADJUST",
+    "BUDGET_RESERVE",
+    "BULKHEAD_ACQUIRE",
+    "BULKHEAD_COUNT",
+    "BULKHEAD_RENEW",
+    "RATE_REFUND",
+    "RATE_RESERVE",
+]
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function fmt(x) return string.format('%.17g', x) end
+"""
+
+# The breaker. KEYS: state hash, probe zset, window (ring string or bucket hash).
+# ARGV[1..11]: the policy config (see _redis_store.breaker_args); ARGV[12]: the channel
+# transitions are published on; ARGV[13]: the breaker's name; ARGV[14..]: per script.
+# States: 0 CLOSED, 1 OPEN, 2 HALF_OPEN.
+_BREAKER = (
+    _NOW
+    + """
+local S, P, W = KEYS[1], KEYS[2], KEYS[3]
+local rt = tonumber(ARGV[1])
+local homax = tonumber(ARGV[2])
+local hot = tonumber(ARGV[3])
+local slow_rate = tonumber(ARGV[4])
+local policy = ARGV[5]
+local threshold = tonumber(ARGV[6])
+local size = tonumber(ARGV[7])
+local seconds = tonumber(ARGV[8])
+local min_calls = tonumber(ARGV[9])
+local frate = tonumber(ARGV[10])
+local probe_ttl = tonumber(ARGV[11])
+local channel, bname = ARGV[12], ARGV[13]
+local h = redis.call('HMGET', S, 'st', 'gen', 'open_until', 'ho_since', 'ho_ok', 'forced',
+  'streak')
+local st = tonumber(h[1]) or 0
+local gen = tonumber(h[2]) or 0
+local open_until = tonumber(h[3]) or 0
+local ho_since = tonumber(h[4]) or 0
+local ho_ok = tonumber(h[5]) or 0
+local forced = h[6] == '1'
+local streak = tonumber(h[7]) or 0
+local function clear_window()
+  redis.call('DEL', W)
+  redis.call('HSET', S, 'wc', 0, 'wf', 0, 'ws', 0, 'wi', 0, 'wb', 0)
+end
+local function go(new, reason, force)
+  gen = gen + 1
+  st = new
+  redis.call('DEL', P)
+  if new == 1 then
+    open_until = now + rt
+    forced = force
+    redis.call('HSET', S, 'st', 1, 'gen', gen, 'opened_at', fmt(now),
+      'open_until', fmt(open_until), 'forced', force and 1 or 0, 'reason', reason)
+  elseif new == 2 then
+    ho_since = now
+    ho_ok = 0
+    forced = false
+    redis.call('HSET', S, 'st', 2, 'gen', gen, 'ho_since', fmt(now), 'ho_ok', 0,
+      'forced', 0, 'reason', reason)
+  else
+    streak = 0
+    forced = false
+    redis.call('HSET', S, 'st', 0, 'gen', gen, 'streak', 0, 'forced', 0, 'ho_ok', 0,
+      'reason', reason)
+    clear_window()
+  end
+  redis.call('PUBLISH', channel, bname .. '\\n' .. gen .. '\\n' .. st)
+end
+local function refresh()
+  if st == 1 then
+    if (not forced) and now >= open_until then go(2, 'recovery_timeout', false) end
+  elseif st == 2 then
+    if hot and now >= ho_since + hot then go(1, 'half_open_timeout', false) end
+  end
+end
+local function retry_after()
+  if st ~= 1 then return '0' end
+  if forced then return 'inf' end
+  return fmt(math.max(0, open_until - now))
+end
+"""
+)
+
+BREAKER_ADMIT = (
+    _BREAKER
+    + """
+refresh()
+if st == 0 then return {1, gen, 0, '0', 0} end
+if st == 1 then return {0, gen, 1, retry_after(), 0} end
+redis.call('ZREMRANGEBYSCORE', P, '-inf', fmt(now))
+local n = redis.call('ZCARD', P)
+if n + ho_ok < homax then
+  redis.call('ZADD', P, fmt(now + probe_ttl), ARGV[14])
+  redis.call('PEXPIRE', P, math.ceil(probe_ttl * 1000) + 1000)
+  return {1, gen, 2, '0', 1}
+end
+return {0, gen, 2, '0', 0}
+"""
+)
+
+# ARGV[14]: generation, ARGV[15]: outcome, ARGV[16]: probe id or ''.
+BREAKER_RECORD = (
+    _BREAKER
+    + """
+local function window_add(fail, slow)
+  local cfg = policy == 'count' and ('c' .. ARGV[7]) or ('t' .. ARGV[8])
+  local hw = redis.call('HMGET', S, 'wcfg', 'wc', 'wf', 'ws', 'wi', 'wb')
+  local wc, wf, ws = tonumber(hw[2]) or 0, tonumber(hw[3]) or 0, tonumber(hw[4]) or 0
+  local wi, wb = tonumber(hw[5]) or 0, tonumber(hw[6]) or 0
+  if hw[1] ~= cfg then
+    redis.call('DEL', W)
+    wc, wf, ws, wi, wb = 0, 0, 0, 0, 0
+  end
+  local f = fail and 1 or 0
+  local s = slow and 1 or 0
+  if policy == 'count' then
+    if wc >= size then
+      local old = tonumber(redis.call('GETRANGE', W, wi, wi)) or 0
+      wf = wf - old % 2
+      ws = ws - math.floor(old / 2)
+    else
+      wc = wc + 1
+    end
+    redis.call('SETRANGE', W, wi, tostring(f + 2 * s))
+    wi = (wi + 1) % size
+  else
+    local width = seconds / 60
+    local idx = math.floor(now / width)
+    local drop = idx - 60
+    if wc <= 0 or wb == 0 or drop >= wb + 60 then
+      redis.call('DEL', W)
+      wc, wf, ws, wb = 0, 0, 0, idx
+    elseif drop >= wb then
+      for b = wb, drop do
+        local old = redis.call('HMGET', W, 'c' .. b, 'f' .. b, 's' .. b)
+        if old[1] then
+          wc = wc - tonumber(old[1])
+          wf = wf - (tonumber(old[2]) or 0)
+          ws = ws - (tonumber(old[3]) or 0)
+          redis.call('HDEL', W, 'c' .. b, 'f' .. b, 's' .. b)
+        end
+      end
+      wb = drop + 1
+    end
+    redis.call('HINCRBY', W, 'c' .. idx, 1)
+    if fail then redis.call('HINCRBY', W, 'f' .. idx, 1) end
+    if slow then redis.call('HINCRBY', W, 's' .. idx, 1) end
+    redis.call('PEXPIRE', W, math.ceil(seconds * 1000) + 1000)
+    wc = wc + 1
+  end
+  wf = wf + f
+  ws = ws + s
+  redis.call('HSET', S, 'wcfg', cfg, 'wc', wc, 'wf', wf, 'ws', ws, 'wi', wi, 'wb', wb)
+  if wc >= min_calls then
+    if wf >= frate * wc then return 'failure_rate' end
+    if ws > 0 and ws >= slow_rate * wc then return 'slow' end
+  end
+  return nil
+end
+
+refresh()
+if ARGV[16] ~= '' then redis.call('ZREM', P, ARGV[16]) end
+local outcome = ARGV[15]
+if outcome == 'neutral' or tonumber(ARGV[14]) ~= gen then return {gen, st, retry_after()} end
+local fail = outcome == 'failure' or outcome == 'slow_failure'
+local slow = outcome == 'slow' or outcome == 'slow_failure'
+if st == 2 then
+  if fail then go(1, 'half_open_failure', false)
+  elseif slow then go(1, 'slow', false)
+  else
+    ho_ok = ho_ok + 1
+    redis.call('HSET', S, 'ho_ok', ho_ok)
+    if ho_ok >= homax then go(0, 'probes_succeeded', false) end
+  end
+elseif st == 0 then
+  if policy == 'consecutive' then
+    if fail or slow then
+      streak = streak + 1
+      redis.call('HSET', S, 'streak', streak)
+      if streak >= threshold then go(1, fail and 'failures' or 'slow', false) end
+    elseif streak ~= 0 then
+      redis.call('HSET', S, 'streak', 0)
+    end
+  else
+    local reason = window_add(fail, slow)
+    if reason then go(1, reason, false) end
+  end
+end
+return {gen, st, retry_after()}
+"""
+)
+
+# ARGV[14]: the state to force (0, 1 or 2).
+BREAKER_FORCE = (
+    _BREAKER
+    + """
+local target = tonumber(ARGV[14])
+go(target, 'forced', target == 1)
+return {gen, st, retry_after()}
+"""
+)
+
+# KEYS: state hash, probe zset, window. ARGV[1]: channel, ARGV[2]: name.
+BREAKER_RESET = """
+local S, P, W = KEYS[1], KEYS[2], KEYS[3]
+local gen = redis.call('HINCRBY', S, 'gen', 1)
+redis.call('DEL', P, W)
+redis.call('HSET', S, 'st', 0, 'streak', 0, 'forced', 0, 'ho_ok', 0, 'reason', 'reset',
+  'wc', 0, 'wf', 0, 'ws', 0, 'wi', 0, 'wb', 0)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\n' .. gen .. '\\n0')
+return gen
+"""
+
+BREAKER_SNAPSHOT = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+local h = redis.call('HGETALL', KEYS[1])
+h[#h + 1] = 'ho_taken'
+h[#h + 1] = redis.call('ZCARD', KEYS[2])
+h[#h + 1] = 'now'
+h[#h + 1] = fmt(now)
+return h
+"""
+)
+
+# The bulkhead. KEYS[1]: a zset of lease ids scored by expiry.
+# ARGV: limit, lease id, ttl.
+BULKHEAD_ACQUIRE = (
+    _NOW
+    + """
+local L = KEYS[1]
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', L, '-inf', fmt(now))
+if not redis.call('ZSCORE', L, ARGV[2]) then
+  if redis.call('ZCARD', L) >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('ZADD', L, fmt(now + ttl), ARGV[2])
+local ms = math.ceil(ttl * 1000) + 1000
+if redis.call('PTTL', L) < ms then redis.call('PEXPIRE', L, ms) end
+return 1
+"""
+)
+
+# ARGV: ttl, lease ids... Returns how many of them were still live and are renewed.
+BULKHEAD_RENEW = (
+    _NOW
+    + """
+local L = KEYS[1]
+local ttl = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', L, '-inf', fmt(now))
+local renewed = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', L, ARGV[i]) then
+    redis.call('ZADD', L, fmt(now + ttl), ARGV[i])
+    renewed[#renewed + 1] = ARGV[i]
+  end
+end
+local ms = math.ceil(ttl * 1000) + 1000
+if #renewed > 0 and redis.call('PTTL', L) < ms then redis.call('PEXPIRE', L, ms) end
+return renewed
+"""
+)
+
+BULKHEAD_COUNT = (
+    _NOW
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
+"""
+)
+
+# The rate limiter. KEYS[1]: the GCRA theoretical arrival time (TAT).
+# ARGV: interval, capacity (burst * interval), cost, max_wait or ''.
+RATE_RESERVE = (
+    _NOW
+    + """
+local interval, capacity, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local wait = new_tat - now - capacity
+if wait < 1e-9 then
+  wait = 0
+elseif max_wait and wait > max_wait then
+  return {0, fmt(wait)}
+end
+redis.call('SET', KEYS[1], fmt(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
+return {1, fmt(wait)}
+"""
+)
+
+# ARGV: interval, cost.
+RATE_REFUND = (
+    _NOW
+    + """
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local new_tat = tat - tonumber(ARGV[2]) * tonumber(ARGV[1])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], fmt(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
+end
+return 1
+"""
+)
+
+# Budgets. KEYS[1]: a zset of charge ids scored by start; KEYS[2]: a hash with 'used',
+# 'seq', 'win' and one 'a<id>' amount per charge. ARGV: amount, cap, window.
+_BUDGET = (
+    _NOW
+    + """
+local Z, H = KEYS[1], KEYS[2]
+local window = tonumber(ARGV[3]) or tonumber(redis.call('HGET', H, 'win'))
+if not window then return 0 end
+local used = tonumber(redis.call('HGET', H, 'used')) or 0
+local gone = redis.call('ZRANGEBYSCORE', Z, '-inf', fmt(now - window))
+if #gone > 0 then
+  for _, id in ipairs(gone) do
+    used = used - (tonumber(redis.call('HGET', H, 'a' .. id)) or 0)
+    redis.call('HDEL', H, 'a' .. id)
+  end
+  redis.call('ZREMRANGEBYSCORE', Z, '-inf', fmt(now - window))
+  if redis.call('ZCARD', Z) == 0 then used = 0 end
+  redis.call('HSET', H, 'used', fmt(used))
+end
+"""
+)
+
+BUDGET_RESERVE = (
+    _BUDGET
+    + """
+local amount, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+if used + amount <= cap then
+  local id = redis.call('HINCRBY', H, 'seq', 1)
+  redis.call('ZADD', Z, fmt(now), id)
+  redis.call('HSET', H, 'used', fmt(used + amount), 'a' .. id, fmt(amount), 'win', fmt(window))
+  local ms = math.ceil(window * 1000) + 1000
+  redis.call('PEXPIRE', Z, ms)
+  redis.call('PEXPIRE', H, ms)
+  return {1, '', tostring(id)}
+end
+if amount > cap then return {0, '', ''} end
+local need = used + amount - cap
+local freed = 0
+local charges = redis.call('ZRANGE', Z, 0, -1, 'WITHSCORES')
+for i = 1, #charges, 2 do
+  freed = freed + (tonumber(redis.call('HGET', H, 'a' .. charges[i])) or 0)
+  if freed >= need then
+    return {0, fmt(math.max(0, tonumber(charges[i + 1]) + window - now)), ''}
+  end
+end
+return {0, '', ''}
+"""
+)
+
+# ARGV: amount, entry id, '' (the window is the one the last reserve stored).
+BUDGET_ADJUST = (
+    _BUDGET
+    + """
+local old = tonumber(redis.call('HGET', H, 'a' .. ARGV[2]))
+if not old then return 0 end
+local amount = tonumber(ARGV[1])
+redis.call('HSET', H, 'a' .. ARGV[2], fmt(amount), 'used', fmt(used + amount - old))
+return 1
+"""
+)

@@ -1,0 +1,314 @@
+"""``RedisStore``: breaker, bulkhead, rate-limiter and budget state shared through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal, final
+
+from redis.asyncio import Redis
+
+from headrace_core import BulkheadFull, check_number
+from headrace_guards._redis_base import DOWN, Script, check_name, logger, text
+from headrace_guards._redis_breaker import _close_pubsub
+from headrace_guards._redis_limits import LimitsPart
+from headrace_guards._redis_lua import BULKHEAD_ACQUIRE, BULKHEAD_COUNT, BULKHEAD_RENEW
+
+__all__ = ["RedisStore"]
+
+_ACQUIRE, _RENEW, _COUNT = Script(BULKHEAD_ACQUIRE), Script(BULKHEAD_RENEW), Script(BULKHEAD_COUNT)
+_DELETE_BATCH = 500
+
+
+@final
+class RedisStore(LimitsPart):
+    """Shared state for breakers, bulkheads, rate limiters and budgets, on one Redis.
+
+    Pass it as ``store=`` to :class:`~headrace_guards.CircuitBreaker`,
+    :class:`~headrace_guards.Bulkhead` and :class:`~headrace_guards.RateLimiter` (each
+    then needs a ``name``, its key), or to the throttle's budgets. Every state change is one
+    Lua script run with ``EVALSHA`` (loaded again on ``NOSCRIPT``, e.g. after a restart)
+    on the server's clock, so workers with skewed clocks agree. A component's keys are
+    ``<prefix>{<kind>:<name>}:<field>``: one Cluster hash slot per component.
+
+    Round trips: a CLOSED breaker call costs one (``record``; ``admit`` is answered from
+    the state the last reply returned, see ``cache_ttl``), a bulkhead call two (acquire,
+    release), a rate-limiter acquisition one, a budget reservation one.
+
+    When Redis fails or answers later than ``timeout``, ``on_error="fail_open"`` admits
+    (the breaker acts CLOSED, the limiters unlimited) and ``"fail_closed"`` rejects with
+    the guard's own error; either way a warning is logged at most once a minute on logger
+    ``headrace.guards.redis``, and the next call tries Redis again.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) client; Valkey works too.
+        prefix: the start of every key (no braces, glob characters or whitespace).
+        on_error: ``"fail_open"`` or ``"fail_closed"``.
+        timeout: seconds one Redis call may take before ``on_error`` applies (``> 0``).
+        probe_ttl: seconds a half-open probe reservation lives, so that a crashed worker's
+            probe expires; default the breaker's ``recovery_timeout``.
+        lease_ttl: seconds a bulkhead lease lives unless renewed (the store renews the
+            leases it holds every third of it); the smaller of this and the guard's TTL.
+        cache_ttl: seconds a CLOSED (or OPEN) breaker state from the last reply may answer
+            ``admit`` without a round trip, while the transition channel is live; ``0``
+            asks Redis on every admission.
+
+    Raises:
+        ConfigurationError: when an argument is invalid.
+    """
+
+    __slots__ = ("_held", "_renew_handle", "_renew_loop", "_renew_tasks")
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "headrace:",
+        on_error: Literal["fail_open", "fail_closed"] = "fail_open",
+        timeout: float = 0.1,
+        probe_ttl: float | None = None,
+        lease_ttl: float = 30.0,
+        cache_ttl: float = 1.0,
+    ) -> None:
+        super().__init__(
+            client,
+            prefix=prefix,
+            on_error=on_error,
+            timeout=timeout,
+            probe_ttl=probe_ttl,
+            lease_ttl=lease_ttl,
+        )
+        cache_ttl = check_number("cache_ttl", cache_ttl, ge=0)
+        self._init_breaker(cache_ttl)
+        self._held: dict[str, dict[str, float]] = {}
+        self._init_limits()
+        self._renew_handle: asyncio.TimerHandle | None = None
+        self._renew_loop: asyncio.AbstractEventLoop | None = None
+        self._renew_tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> RedisStore:
+        """Connect to ``url`` (``redis://``, ``rediss://``, ``unix://``) and own the client.
+
+        The client gets a connect timeout of ``timeout`` and one reconnect attempt per
+        command, so a dead connection is replaced at once after a Redis restart; every
+        call is bounded by ``asyncio.timeout(timeout)`` (a read timeout on the socket as
+        well would only add a second timer per call).
+
+        Args:
+            url: the Redis URL.
+            **kw: the store's keyword arguments (``prefix``, ``on_error``, ``timeout``,
+                ``probe_ttl``, ``lease_ttl``, ``cache_ttl``); any other keyword goes to
+                ``redis.asyncio.Redis.from_url``.
+
+        Returns:
+            A store whose :meth:`aclose` also closes the client.
+
+        Raises:
+            ConfigurationError: when an argument is invalid.
+        """
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        names = ("prefix", "on_error", "timeout", "probe_ttl", "lease_ttl", "cache_ttl")
+        own = {key: kw.pop(key) for key in names if key in kw}
+        timeout = check_number("timeout", own.get("timeout", 0.1), gt=0)
+        kw.setdefault("socket_connect_timeout", timeout)
+        kw.setdefault("retry", Retry(NoBackoff(), 1))
+        store = cls(Redis.from_url(url, **kw), **own)
+        store._owns_client = True
+        store._factory = lambda: Redis.from_url(url, **kw)
+        return store
+
+    def __repr__(self) -> str:
+        return f"RedisStore(prefix={self.prefix!r}, on_error={self.on_error!r})"
+
+    def check_name(self, name: object) -> str:
+        """Validate a component name as a key part (a guard may call this when it is built).
+
+        Every store method validates the names it gets on first use; this lets a guard fail
+        at construction instead.
+
+        Args:
+            name: the component's name.
+
+        Returns:
+            The name.
+
+        Raises:
+            ConfigurationError: when the name is not a str of 1..256 characters, or holds
+                braces (they would break the Cluster hash tag) or control characters.
+        """
+        return check_name(name)
+
+    # -- BulkheadStore ---------------------------------------------------------------
+    async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
+        """Take a slot for ``lease_id`` if fewer than ``limit`` live leases are held.
+
+        The lease lives ``min(ttl, lease_ttl)`` seconds and is renewed while held.
+
+        Args:
+            name: the bulkhead's name.
+            limit: the shared limit.
+            lease_id: a unique id of this holder.
+            ttl: the guard's lease time-to-live in seconds.
+
+        Returns:
+            True when the slot was taken (also when Redis failed and the store fails open).
+
+        Raises:
+            BulkheadFull: when Redis failed and the store fails closed.
+        """
+        (key,) = self._keys_of("bh", name, ("leases",))
+        ttl = min(float(ttl), self.lease_ttl)
+        reply = await self._run(_ACQUIRE, (key,), (limit, lease_id, ttl))
+        if reply is DOWN:
+            if self.fail_open:
+                return True
+            raise BulkheadFull(name=name)
+        if not int(reply):
+            return False
+        self._hold(name, lease_id, ttl)
+        return True
+
+    async def release(self, name: str, lease_id: str) -> None:
+        """Give the slot of ``lease_id`` back (one ``ZREM``).
+
+        Args:
+            name: the bulkhead's name.
+            lease_id: the holder's id.
+        """
+        (key,) = self._keys_of("bh", name, ("leases",))
+        self._unhold(name, lease_id)
+        await self._command(lambda: self._client.zrem(key, lease_id))
+
+    async def renew(self, name: str, lease_id: str, ttl: float) -> bool:
+        """Extend the lease of ``lease_id`` by ``min(ttl, lease_ttl)`` from now.
+
+        Args:
+            name: the bulkhead's name.
+            lease_id: the holder's id.
+            ttl: the new time-to-live in seconds.
+
+        Returns:
+            False when the lease had already expired (or Redis failed and the store fails
+            closed).
+        """
+        (key,) = self._keys_of("bh", name, ("leases",))
+        reply = await self._run(_RENEW, (key,), (min(float(ttl), self.lease_ttl), lease_id))
+        if reply is DOWN:
+            return self.fail_open
+        return bool(reply)
+
+    async def in_flight(self, name: str) -> int:
+        """Return the number of live leases of ``name`` (0 when Redis failed).
+
+        Args:
+            name: the bulkhead's name.
+
+        Returns:
+            The live leases held by every worker.
+        """
+        (key,) = self._keys_of("bh", name, ("leases",))
+        reply = await self._run(_COUNT, (key,), ())
+        return 0 if reply is DOWN else int(reply)
+
+    def _hold(self, name: str, lease_id: str, ttl: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._renew_loop is not loop:  # a new loop: the old one's timer is gone
+            self._renew_loop, self._renew_handle = loop, None
+            self._held.clear()
+        self._held.setdefault(name, {})[lease_id] = ttl
+        if self._renew_handle is None:
+            self._renew_handle = loop.call_later(ttl / 3, self._renew_due)
+
+    def _unhold(self, name: str, lease_id: str) -> None:
+        leases = self._held.get(name)
+        if leases is not None and leases.pop(lease_id, None) is not None and not leases:
+            del self._held[name]
+            if not self._held and self._renew_handle is not None:
+                self._renew_handle.cancel()
+                self._renew_handle = None
+
+    def _renew_due(self) -> None:
+        self._renew_handle = None
+        if not self._held:
+            return
+        task = asyncio.get_running_loop().create_task(self._renew_held())
+        self._renew_tasks.add(task)
+        task.add_done_callback(self._renewed)
+
+    def _renewed(self, task: asyncio.Task[None]) -> None:
+        self._renew_tasks.discard(task)
+        if self._held and self._renew_handle is None and not task.cancelled():
+            ttl = min(min(leases.values()) for leases in self._held.values())
+            self._renew_handle = asyncio.get_running_loop().call_later(ttl / 3, self._renew_due)
+
+    async def _renew_held(self) -> None:
+        for name, leases in list(self._held.items()):
+            if not leases:
+                continue
+            (key,) = self._keys_of("bh", name, ("leases",))
+            ttl = min(leases.values())
+            reply = await self._run(_RENEW, (key,), (ttl, *leases))
+            if reply is DOWN:
+                continue
+            alive = {text(lease) for lease in reply}
+            for lease in [lease for lease in leases if lease not in alive]:
+                if leases.pop(lease, None) is not None:
+                    logger.warning("bulkhead %r: lease %s expired before renewal", name, lease)
+            if not leases:
+                self._held.pop(name, None)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def delete_all(self) -> int:
+        """Delete every key under this store's prefix (for tests) and forget cached state.
+
+        Returns:
+            The number of keys deleted.
+
+        Raises:
+            redis.exceptions.RedisError: when Redis cannot be reached.
+        """
+        self._bind()
+        client = self._client
+        deleted = 0
+        batch: list[Any] = []
+        async for key in client.scan_iter(match=f"{self.prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= _DELETE_BATCH:
+                deleted += int(await client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(await client.unlink(*batch))
+        self._views.clear()
+        self._probes.clear()
+        return deleted
+
+    async def aclose(self) -> None:
+        """Stop renewing leases, close the transition channel, and the client if owned.
+
+        Leases still held are left to expire after their TTL. The store stays usable (the
+        next call connects again), also from a later event loop when it owns its client.
+        """
+        if self._renew_handle is not None:
+            self._renew_handle.cancel()
+            self._renew_handle = None
+        self._held.clear()
+        tasks = list(self._renew_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        pubsub, self._pubsub, self._sub_since = self._pubsub, None, None
+        if pubsub is not None and self._sub_loop is asyncio.get_running_loop():
+            await _close_pubsub(pubsub)
+        if self._loop is not None:
+            self._bind()  # a client of a finished loop cannot be closed from this one
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,762 @@
+"""RedisStore against a real redis-server: breaker, bulkhead, rate limiter, budgets, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from headrace_core.store import BreakerStore, BudgetStore, BulkheadStore, Outcome, RateStore
+from headrace_guards import (
+    Bulkhead,
+    BulkheadFull,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    ConfigurationError,
+    CountWindow,
+    RateLimited,
+    RateLimiter,
+    TimeWindow,
+)
+from headrace_guards.redis import RedisStore
+
+pytestmark = pytest.mark.redis
+
+Maker = Callable[..., RedisStore]
+
+
+@pytest.fixture
+async def make(redis_url: str) -> AsyncIterator[Maker]:
+    """Build stores ("workers") sharing one fresh prefix; close and clean up after."""
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    stores: list[RedisStore] = []
+
+    def build(url: str = redis_url, **kw: Any) -> RedisStore:
+        kw.setdefault("prefix", prefix)
+        kw.setdefault("timeout", 5.0)  # a loaded test machine must not fail open by surprise
+        store = RedisStore.from_url(url, **kw)
+        stores.append(store)
+        return store
+
+    yield build
+    if stores:
+        await stores[0].delete_all()
+    for store in stores:
+        await store.aclose()
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def boom() -> None:
+    raise ValueError("boom")
+
+
+async def fail(breaker: CircuitBreaker, times: int = 1) -> None:
+    for _ in range(times):
+        with pytest.raises(ValueError, match="boom"):
+            await breaker.call(boom)
+
+
+def state_of(breaker: CircuitBreaker) -> CircuitState:
+    """The breaker's state, read through a call so the type checker does not narrow it."""
+    return breaker.state
+
+
+def count_round_trips(store: RedisStore) -> list[str]:
+    """Wrap the client's command funnel; return the list of commands it sends."""
+    client: Any = store._client
+    sent: list[str] = []
+    original = client.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await original(*args, **options)
+
+    client.execute_command = counting
+    return sent
+
+
+# -- construction ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("prefix", ""),
+        ("prefix", "a{b}"),
+        ("prefix", "a b"),
+        ("prefix", "a*"),
+        ("prefix", 3),
+        ("on_error", "ignore"),
+        ("timeout", 0),
+        ("timeout", math.inf),
+        ("probe_ttl", -1.0),
+        ("lease_ttl", 0),
+        ("lease_ttl", math.inf),
+        ("cache_ttl", -0.5),
+    ],
+)
+def test_bad_configuration_names_the_argument(argument: str, value: object) -> None:
+    client = Redis()
+    kwargs: dict[str, Any] = {argument: value}
+    with pytest.raises(ConfigurationError, match=argument):
+        RedisStore(client, **kwargs)
+
+
+def test_client_must_be_a_redis_client() -> None:
+    with pytest.raises(ConfigurationError, match="client"):
+        RedisStore(object())  # type: ignore[arg-type]
+
+
+async def test_names_are_validated(make: Maker) -> None:
+    store = make()
+    for bad in ("", "a{b", "x}", "line\nbreak", "x" * 300):
+        with pytest.raises(ConfigurationError, match="name"):
+            await store.admit(bad, 0.0)
+        with pytest.raises(ConfigurationError, match="name"):
+            await store.acquire(bad, 1, "lease", 1.0)
+        with pytest.raises(ConfigurationError, match="name"):
+            store.check_name(bad)
+    assert store.check_name("billing api") == "billing api"
+
+
+async def test_implements_every_store_protocol(make: Maker) -> None:
+    store = make()
+    for protocol in (BreakerStore, BulkheadStore, RateStore, BudgetStore):
+        assert isinstance(store, protocol)
+    assert repr(store).startswith("RedisStore(prefix='t")
+
+
+async def test_keys_share_one_cluster_slot_per_component(make: Maker) -> None:
+    store = make()
+    breaker = CircuitBreaker("svc", failure_threshold=1, store=store)
+    await fail(breaker)
+    limiter = RateLimiter(5, name="api", store=store)
+    await limiter.acquire()
+    await Bulkhead(2, name="pool1", store=store).call(ok)
+    await store.reserve("tokens", 3, 10, 5.0)
+    client: Any = store._client
+    keys = sorted(k.decode() for k in await client.keys(f"{store.prefix}*"))
+    assert f"{store.prefix}{{cb:svc}}:state" in keys
+    assert f"{store.prefix}{{rl:api}}:tat" in keys
+    assert f"{store.prefix}{{budget:tokens}}:charges" in keys
+    by_component: dict[str, set[int]] = {}
+    for key in keys:
+        tag = key[key.index("{") + 1 : key.index("}")]
+        by_component.setdefault(tag, set()).add(key_slot(key.encode()))
+    assert all(len(slots) == 1 for slots in by_component.values())
+    assert await store.delete_all() == len(keys)
+    assert await client.keys(f"{store.prefix}*") == []
+
+
+# -- breaker -----------------------------------------------------------------------------
+async def test_open_in_one_worker_rejects_in_another_at_once(make: Maker) -> None:
+    a, b = make(), make()
+    breaker_a = CircuitBreaker("svc", failure_threshold=2, recovery_timeout=30, store=a)
+    breaker_b = CircuitBreaker("svc", failure_threshold=2, recovery_timeout=30, store=b)
+    for _ in range(3):  # b learns CLOSED and trusts it
+        assert await breaker_b.call(ok) == "ok"
+    await fail(breaker_a, 2)
+    assert state_of(breaker_a) is CircuitState.OPEN
+    # No pause: the transition message is in b's socket by the time a has its reply.
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker_b.call(ok)
+    assert 29 < info.value.retry_after <= 30
+    assert state_of(breaker_b) is CircuitState.OPEN
+
+
+async def test_other_processes_hear_the_transition_on_the_channel(
+    make: Maker, redis_url: str
+) -> None:
+    a = make()
+    # Another address of the same server: not a neighbour in this process, so b learns
+    # of the transition only from the published message, as another process would.
+    b = make(url=redis_url.replace("127.0.0.1", "localhost"))
+    breaker_a = CircuitBreaker("svc", failure_threshold=1, store=a)
+    breaker_b = CircuitBreaker("svc", failure_threshold=1, store=b)
+    for _ in range(3):
+        await breaker_b.call(ok)
+    sent = count_round_trips(b)
+    await breaker_b.call(ok)
+    assert len(sent) == 1  # b trusts its CLOSED view
+    await fail(breaker_a)
+    await asyncio.sleep(0.005)  # the message crosses loopback
+    with pytest.raises(CircuitOpenError):
+        await breaker_b.call(ok)
+
+
+async def test_new_instance_reads_open_until_from_the_store(make: Maker) -> None:
+    first = CircuitBreaker("svc", failure_threshold=1, recovery_timeout=5, store=make())
+    await fail(first)
+    later = make()
+    snap = await later.snapshot("svc")
+    assert snap["state"] is CircuitState.OPEN
+    assert snap["generation"] == 1
+    assert snap["open_until"] - snap["opened_at"] == pytest.approx(5)
+    fresh = CircuitBreaker("svc", failure_threshold=1, recovery_timeout=5, store=later)
+    with pytest.raises(CircuitOpenError) as info:
+        await fresh.call(ok)
+    assert 4 < info.value.retry_after <= 5
+
+
+async def test_skewed_guard_clocks_agree_on_the_server_clock(make: Maker) -> None:
+    loop = asyncio.get_running_loop()
+    ahead = CircuitBreaker(
+        "svc",
+        failure_threshold=1,
+        recovery_timeout=0.5,
+        store=make(),
+        clock=lambda: loop.time() + 900,
+    )
+    behind = CircuitBreaker(
+        "svc",
+        failure_threshold=1,
+        recovery_timeout=0.5,
+        store=make(),
+        clock=lambda: loop.time() - 900,
+    )
+    await fail(ahead)
+    with pytest.raises(CircuitOpenError) as info:
+        await behind.call(ok)
+    assert 0 < info.value.retry_after <= 0.5
+    await asyncio.sleep(0.52)
+    assert await behind.call(ok) == "ok"  # the probe, on the server's clock
+    assert state_of(behind) is CircuitState.CLOSED
+
+
+async def test_stale_generation_is_ignored(make: Maker) -> None:
+    store = make()
+    allowed, gen, state, _ = await store.admit("svc", 0.0, threshold=1)
+    assert (allowed, gen, state) == (True, 0, CircuitState.CLOSED)
+    assert await store.record("svc", gen, "failure", 0.0, threshold=1) is CircuitState.OPEN
+    await store.reset("svc")
+    # A late failure from generation 0 changes nothing now.
+    assert await store.record("svc", gen, "failure", 0.0, threshold=1) is CircuitState.CLOSED
+    snap = await store.snapshot("svc")
+    assert snap["generation"] == 2
+    assert snap["streak"] == 0
+    assert snap["last_reason"] == "reset"
+
+
+async def test_half_open_probe_is_shared_and_expires(make: Maker) -> None:
+    a, b = make(probe_ttl=0.3), make(probe_ttl=0.3)
+    cfg = {"threshold": 1, "recovery_timeout": 0.1}
+    await a.admit("svc", 0.0, **cfg)
+    await a.record("svc", 0, "failure", 0.0, **cfg)
+    await asyncio.sleep(0.12)
+    allowed, gen, state, _ = await a.admit("svc", 0.0, **cfg)  # a probe; a "crashes"
+    assert (allowed, state) == (True, CircuitState.HALF_OPEN)
+    allowed, _, state, retry_after = await b.admit("svc", 0.0, **cfg)
+    assert (allowed, state, retry_after) == (False, CircuitState.HALF_OPEN, 0.0)
+    assert (await b.snapshot("svc"))["ho_taken"] == 1
+    await asyncio.sleep(0.32)  # the reservation's TTL passed
+    allowed, gen_b, state, _ = await b.admit("svc", 0.0, **cfg)
+    assert (allowed, gen_b, state) == (True, gen, CircuitState.HALF_OPEN)
+    assert await b.record("svc", gen_b, "success", 0.0, **cfg) is CircuitState.CLOSED
+
+
+async def test_neutral_probe_returns_its_permit(make: Maker) -> None:
+    store = make()
+    breaker = CircuitBreaker("svc", failure_threshold=1, recovery_timeout=0.05, store=store)
+    await fail(breaker)
+    await asyncio.sleep(0.06)
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await breaker.call(cancelled)
+    assert (await store.snapshot("svc"))["ho_taken"] == 0
+    assert await breaker.call(ok) == "ok"
+    assert state_of(breaker) is CircuitState.CLOSED
+
+
+async def test_half_open_failure_reopens_with_new_generation(make: Maker) -> None:
+    store = make()
+    breaker = CircuitBreaker("svc", failure_threshold=1, recovery_timeout=0.05, store=store)
+    await fail(breaker)
+    await asyncio.sleep(0.06)
+    await fail(breaker)
+    snap = await store.snapshot("svc")
+    assert (snap["state"], snap["generation"], snap["last_reason"]) == (
+        CircuitState.OPEN,
+        3,
+        "half_open_failure",
+    )
+
+
+async def test_half_open_timeout_reopens(make: Maker) -> None:
+    store = make(probe_ttl=5)
+    cfg = {"threshold": 1, "recovery_timeout": 0.05, "half_open_timeout": 0.1}
+    await store.record("svc", 0, "failure", 0.0, **cfg)
+    await asyncio.sleep(0.06)
+    assert (await store.admit("svc", 0.0, **cfg))[2] is CircuitState.HALF_OPEN
+    await asyncio.sleep(0.11)
+    allowed, gen, state, retry_after = await store.admit("svc", 0.0, **cfg)
+    assert (allowed, gen, state) == (False, 3, CircuitState.OPEN)
+    assert 0 < retry_after <= 0.05
+    assert (await store.snapshot("svc"))["last_reason"] == "half_open_timeout"
+
+
+async def test_count_window_ring_in_lua(make: Maker) -> None:
+    store = make()
+    policy = CountWindow(size=4, min_calls=4, failure_rate=0.5)
+    breaker = CircuitBreaker("svc", policy=policy, store=store)
+    await fail(breaker)
+    for _ in range(5):  # the failure leaves the ring of 4
+        await breaker.call(ok)
+    await fail(breaker)
+    snap = await store.snapshot("svc")
+    assert (snap["window_calls"], snap["window_failures"]) == (4, 1)
+    assert state_of(breaker) is CircuitState.CLOSED
+    await fail(breaker)
+    assert state_of(breaker) is CircuitState.OPEN
+    assert (await store.snapshot("svc"))["last_reason"] == "failure_rate"
+
+
+async def test_time_window_buckets_expire(make: Maker) -> None:
+    store = make()
+    policy = TimeWindow(seconds=0.3, min_calls=2, failure_rate=0.5)
+    breaker = CircuitBreaker("svc", policy=policy, store=store)
+    await fail(breaker)
+    await asyncio.sleep(0.32)  # that failure left the window
+    await breaker.call(ok)
+    await breaker.call(ok)
+    assert (await store.snapshot("svc"))["window_failures"] == 0
+    await fail(breaker)
+    assert state_of(breaker) is CircuitState.CLOSED  # 1 of 3
+    await fail(breaker)
+    assert state_of(breaker) is CircuitState.OPEN  # 2 of 4
+
+
+async def test_slow_calls_trip_windows_and_streaks(make: Maker) -> None:
+    store = make()
+    cfg = {"policy": "count", "size": 3, "min_calls": 3, "failure_rate": 1.0, "slow_call_rate": 0.6}
+    outcomes: list[Outcome] = ["slow", "success", "slow"]
+    states = [await store.record("w", 0, outcome, 1.0, **cfg) for outcome in outcomes]
+    assert states == [CircuitState.CLOSED, CircuitState.CLOSED, CircuitState.OPEN]
+    assert (await store.snapshot("w"))["last_reason"] == "slow"
+    assert await store.record("c", 0, "slow", 1.0, threshold=1) is CircuitState.OPEN
+    assert (await store.snapshot("c"))["last_reason"] == "slow"
+
+
+async def test_force_open_and_reset_reach_every_worker(make: Maker) -> None:
+    a, b = make(), make()
+    breaker_a = CircuitBreaker("svc", store=a)
+    breaker_b = CircuitBreaker("svc", store=b)
+    await breaker_b.call(ok)
+    await breaker_a.force_open()
+    await asyncio.sleep(0.01)
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker_b.call(ok)
+    assert info.value.retry_after == math.inf
+    assert (await b.snapshot("svc"))["forced"] is True
+    await breaker_a.reset()
+    await asyncio.sleep(0.01)
+    assert await breaker_b.call(ok) == "ok"
+    assert state_of(breaker_b) is CircuitState.CLOSED
+
+
+async def test_closed_breaker_costs_one_round_trip(make: Maker) -> None:
+    store = make()
+    breaker = CircuitBreaker("svc", store=store)
+    for _ in range(3):  # learn the state, subscribe to transitions
+        await breaker.call(ok)
+    sent = count_round_trips(store)
+    for _ in range(20):
+        await breaker.call(ok)
+    assert len(sent) == 20
+    assert set(sent) == {"EVALSHA"}
+
+
+async def test_without_cache_admit_is_a_round_trip(make: Maker) -> None:
+    store = make(cache_ttl=0)
+    breaker = CircuitBreaker("svc", store=store)
+    sent = count_round_trips(store)
+    for _ in range(5):
+        await breaker.call(ok)
+    assert len(sent) == 10
+
+
+async def test_open_breaker_rejects_from_its_view(make: Maker) -> None:
+    store = make()
+    breaker = CircuitBreaker("svc", failure_threshold=1, recovery_timeout=10, store=store)
+    await breaker.call(ok)
+    await breaker.call(ok)
+    await fail(breaker)
+    sent = count_round_trips(store)
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            await breaker.call(ok)
+    assert len(sent) <= 1
+
+
+async def test_noscript_reloads_the_script(make: Maker) -> None:
+    store = make()
+    limiter = RateLimiter(100, name="api", store=store)
+    await limiter.acquire()
+    client: Any = store._client
+    await client.script_flush()
+    sent = count_round_trips(store)
+    await limiter.acquire()
+    assert sent == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
+    assert store.healthy
+
+
+# -- bulkhead ----------------------------------------------------------------------------
+async def test_bulkhead_limit_is_shared(make: Maker) -> None:
+    a, b = make(), make()
+    held = asyncio.Event()
+    go = asyncio.Event()
+
+    async def hold() -> None:
+        held.set()
+        await go.wait()
+
+    first = Bulkhead(1, name="shared-pool", max_wait=0, store=a)
+    second = Bulkhead(1, name="shared-pool", max_wait=0, store=b)
+    task = asyncio.create_task(first.call(hold))
+    await held.wait()
+    assert await b.in_flight("shared-pool") == 1
+    with pytest.raises(BulkheadFull):
+        await second.call(ok)
+    go.set()
+    await task
+    assert await b.in_flight("shared-pool") == 0
+    sent = count_round_trips(b)
+    assert await second.call(ok) == "ok"
+    assert sent == ["EVALSHA", "ZREM"]
+
+
+async def test_waiting_bulkhead_gets_the_slot_when_released(make: Maker) -> None:
+    a, b = make(), make()
+    assert await a.acquire("wait-pool", 1, "x", 30)
+    waiter = asyncio.create_task(Bulkhead(1, name="wait-pool", max_wait=2, store=b).call(ok))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await a.release("wait-pool", "x")
+    assert await waiter == "ok"
+
+
+async def test_lease_of_a_vanished_holder_expires(make: Maker) -> None:
+    a, b = make(lease_ttl=0.2), make()
+    assert await a.acquire("pool", 1, "crashed", 30)
+    a._held.clear()  # the holder stops renewing, as a dead process would
+    if a._renew_handle is not None:
+        a._renew_handle.cancel()
+        a._renew_handle = None
+    assert not await b.acquire("pool", 1, "other", 30)
+    await asyncio.sleep(0.22)
+    assert await b.acquire("pool", 1, "other", 30)
+    assert not await a.renew("pool", "crashed", 1.0)
+    assert await b.renew("pool", "other", 1.0)
+
+
+async def test_held_lease_is_renewed(make: Maker) -> None:
+    a, b = make(lease_ttl=0.3), make()
+    assert await a.acquire("pool", 1, "long", 30)
+    await asyncio.sleep(0.65)  # more than two TTLs: renewed every 0.1 s
+    assert not await b.acquire("pool", 1, "other", 30)
+    await a.release("pool", "long")
+    assert a._renew_handle is None
+    assert await b.acquire("pool", 1, "other", 30)
+
+
+# -- rate limiter ------------------------------------------------------------------------
+async def test_gcra_is_shared_and_max_wait_consumes_nothing(make: Maker) -> None:
+    a, b = make(), make()
+    one = RateLimiter(1, per=10, burst=2, max_wait=0, name="api", store=a)
+    two = RateLimiter(1, per=10, burst=2, max_wait=0, name="api", store=b)
+    await one.acquire()
+    await two.acquire()
+    with pytest.raises(RateLimited):
+        await one.acquire()
+    with pytest.raises(RateLimited):
+        await two.acquire()
+    wait = await a.reserve("api", 1, 10.0, 2, 1, None)
+    assert wait is not None
+    assert 9 < wait <= 10
+
+
+async def test_rate_limiter_paces_one_round_trip_each(make: Maker) -> None:
+    store = make()
+    limiter = RateLimiter(50, burst=1, name="api", store=store)
+    await limiter.acquire()
+    sent = count_round_trips(store)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(5):
+        await limiter.acquire()
+    assert loop.time() - start >= 0.08 - 0.005
+    assert len(sent) == 5
+
+
+async def test_cancelled_waiter_refunds(make: Maker) -> None:
+    store = make()
+    limiter = RateLimiter(5, burst=1, name="api", store=store)
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())  # waits 0.2 s
+    await asyncio.sleep(0.02)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    wait = await store.reserve("api", 5, 1.0, 1, 1, None)
+    assert wait is not None
+    assert wait <= 0.2 - 0.015  # the cancelled reservation was given back
+
+
+# -- budgets -----------------------------------------------------------------------------
+async def test_budget_window_reserve_adjust_and_expiry(make: Maker) -> None:
+    store = make()
+    loop = asyncio.get_running_loop()
+    granted, retry_at, entry = await store.reserve("tok", 6, 10, 0.6)
+    assert granted
+    assert retry_at is None
+    assert entry is not None
+    assert (await store.reserve("tok", 5, 10, 0.6))[0] is False
+    await store.adjust("tok", entry, 2)  # the call used 2 tokens, not 6
+    assert (await store.reserve("tok", 8, 10, 0.6))[0] is True  # 2 + 8
+    assert (await store.reserve("tok", 1, 10, 0.6))[0] is False  # 10 used
+    granted, retry_at, _ = await store.reserve("tok", 9, 10, 0.6)
+    assert not granted
+    assert retry_at is not None
+    assert loop.time() < retry_at <= loop.time() + 0.6
+    await asyncio.sleep(max(0.0, retry_at - loop.time()) + 0.01)
+    assert (await store.reserve("tok", 9, 10, 0.6))[0] is True
+    assert (await store.reserve("tok", 11, 10, 0.6)) == (False, None, None)
+    await store.adjust("tok", "no-such-entry", 5)  # harmless
+
+
+# -- Redis down or slow ------------------------------------------------------------------
+def _dead_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def test_fail_open_admits_everything_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RedisStore.from_url(_dead_url(), on_error="fail_open", prefix="dead:")
+    try:
+        breaker = CircuitBreaker("svc", failure_threshold=1, store=store)
+        limiter = RateLimiter(1, burst=1, max_wait=0, name="api", store=store)
+        bulkhead = Bulkhead(1, name="pool5", max_wait=0, store=store)
+        with caplog.at_level("WARNING", logger="headrace.guards.redis"):
+            for _ in range(3):
+                assert await breaker.call(ok) == "ok"
+                await limiter.acquire()
+                assert await bulkhead.call(ok) == "ok"
+            await fail(breaker)
+            assert await breaker.call(ok) == "ok"
+        assert store.errors >= 10
+        assert not store.healthy
+        records = [r for r in caplog.records if r.name == "headrace.guards.redis"]
+        assert len(records) == 1
+        assert "fail_open" in records[0].getMessage()
+        assert (await store.snapshot("svc")) == {"available": False}
+        assert await store.in_flight("pool") == 0
+        assert await store.reserve("tok", 1, 1, 1.0) == (True, None, None)
+    finally:
+        await store.aclose()
+
+
+async def test_fail_closed_rejects_with_each_guards_error() -> None:
+    store = RedisStore.from_url(_dead_url(), on_error="fail_closed", prefix="dead:")
+    try:
+        with pytest.raises(CircuitOpenError):
+            await CircuitBreaker("svc", store=store).call(ok)
+        with pytest.raises(RateLimited):
+            await RateLimiter(5, name="api", store=store).acquire()
+        with pytest.raises(BulkheadFull):
+            await Bulkhead(3, name="pool6", store=store).call(ok)
+        granted, retry_at, _ = await store.reserve("tok", 1, 10, 1.0)
+        assert not granted
+        assert retry_at is not None
+        assert not await store.renew("pool", "x", 1.0)
+    finally:
+        await store.aclose()
+
+
+async def test_slow_redis_never_hangs(make: Maker, redis_url: str) -> None:
+    store = make(timeout=0.1)
+    breaker = CircuitBreaker("svc", store=store)
+    limiter = RateLimiter(100, name="api", store=store)
+    await limiter.acquire()
+    admin: Any = Redis.from_url(redis_url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await limiter.acquire()  # fails open after 0.1 s
+        assert await breaker.call(ok) == "ok"  # admit and record: 0.1 s each
+        assert loop.time() - start < 0.9  # each call bounded, well inside the pause
+        assert not _healthy(store)
+        deadline = loop.time() + 5
+        while not _healthy(store):  # recovered on a call after the pause ends
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+            await limiter.acquire()
+        assert loop.time() - start >= 0.9
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+
+
+def _healthy(store: RedisStore) -> bool:
+    return store.healthy
+
+
+async def test_awaitable_signature_of_store_calls(make: Maker) -> None:
+    store = make()
+    calls: list[Awaitable[Any]] = [store.in_flight("pool"), store.snapshot("svc")]
+    results = await asyncio.gather(*calls)
+    assert results[0] == 0
+    assert results[1]["state"] is CircuitState.CLOSED
+
+
+async def test_store_methods_are_typed(make: Maker) -> None:
+    from typing import assert_type
+
+    store = make()
+    rate = assert_type(await store.reserve("api", 10.0, 1.0, 10, 1, None), float | None)
+    budget = assert_type(
+        await store.reserve("tok", 1, 10, 1.0), tuple[bool, float | None, str | None]
+    )
+    admitted = assert_type(await store.admit("svc", 0.0), tuple[bool, int, CircuitState, float])
+    assert rate == 0.0
+    assert budget[0] is True
+    assert admitted[0] is True
+    assert_type(RedisStore.from_url("redis://127.0.0.1:1/0"), RedisStore)
+    await RedisStore.from_url("redis://127.0.0.1:1/0").aclose()
+
+
+def test_one_store_serves_successive_event_loops(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=f"loops{uuid.uuid4().hex[:8]}:", timeout=1.0)
+    breaker = CircuitBreaker("svc", failure_threshold=2, store=store)
+    limiter = RateLimiter(1000, name="api", store=store)
+
+    async def use() -> int:
+        for _ in range(3):
+            await breaker.call(ok)
+            await limiter.acquire()
+            assert await Bulkhead(2, name="loops-pool", store=store).call(ok) == "ok"
+        await store.aclose()  # closes this loop's connections; the store stays usable
+        return store.errors
+
+    assert asyncio.run(use()) == 0
+    assert asyncio.run(use()) == 0  # the owned client was rebuilt for the new loop
+
+    async def finish() -> None:
+        await store.delete_all()
+        await store.aclose()
+
+    asyncio.run(finish())
+
+
+# -- seeded stress runs ------------------------------------------------------------------
+async def test_lua_count_window_matches_the_in_process_ring(make: Maker) -> None:
+    import random
+
+    from headrace_guards._policies import CountRing
+
+    store = make()
+    rng = random.Random(8)
+    for run in range(12):
+        size, min_calls = rng.randint(1, 6), rng.randint(1, 6)
+        failure_rate, slow_rate = rng.choice([0.25, 0.5, 1.0]), rng.choice([0.5, 1.0])
+        policy = CountWindow(size=size, min_calls=min_calls, failure_rate=failure_rate)
+        ring = CountRing(policy)
+        cfg = {
+            "policy": "count",
+            "size": size,
+            "min_calls": min_calls,
+            "failure_rate": failure_rate,
+            "slow_call_rate": slow_rate,
+        }
+        name = f"ring{run}"
+        for _ in range(rng.randint(1, 14)):
+            outcome: Outcome = rng.choice(["success", "failure", "slow", "slow_failure"])
+            failure, slow = outcome in ("failure", "slow_failure"), outcome.startswith("slow")
+            ring.add(failure, slow, 0.0)
+            expected = ring.verdict(slow_rate)
+            state = await store.record(name, 0, outcome, 0.0, **cfg)
+            snap = await store.snapshot(name)
+            assert (snap["window_calls"], snap["window_failures"], snap["window_slow"]) == (
+                ring.calls,
+                ring.failures,
+                ring.slow,
+            )
+            if expected is not None:
+                assert state is CircuitState.OPEN
+                assert snap["last_reason"] == expected
+                break
+            assert state is CircuitState.CLOSED
+
+
+async def test_concurrent_workers_never_exceed_the_shared_limit(make: Maker) -> None:
+    import random
+
+    stores = [make(), make(), make()]
+    rng = random.Random(3)
+    inside = peak = 0
+
+    async def job() -> None:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await asyncio.sleep(rng.random() * 0.01)
+        inside -= 1
+
+    guards = [Bulkhead(3, name="stress-pool", store=s) for s in stores]
+    await asyncio.gather(*(guards[i % 3].call(job) for i in range(60)))
+    assert peak == 3
+    assert await stores[0].in_flight("stress-pool") == 0
+
+
+async def test_concurrent_probes_are_capped_across_workers(make: Maker) -> None:
+    stores = [make(probe_ttl=10), make(probe_ttl=10), make(probe_ttl=10)]
+    cfg = {"threshold": 1, "recovery_timeout": 0.05, "half_open_max_calls": 2}
+    await stores[0].record("svc", 0, "failure", 0.0, **cfg)
+    await asyncio.sleep(0.06)
+    replies = await asyncio.gather(*(stores[i % 3].admit("svc", 0.0, **cfg) for i in range(30)))
+    assert sum(allowed for allowed, *_ in replies) == 2
+    assert {state for _, _, state, _ in replies} == {CircuitState.HALF_OPEN}
+    assert len({gen for _, gen, _, _ in replies}) == 1
+
+
+async def test_an_old_view_is_asked_again(make: Maker) -> None:
+    store = make(cache_ttl=0.1)
+    breaker = CircuitBreaker("svc", store=store)
+    for _ in range(3):
+        await breaker.call(ok)
+    sent = count_round_trips(store)
+    await breaker.call(ok)
+    assert len(sent) == 1  # the view is fresh: record only
+    await asyncio.sleep(0.12)
+    await breaker.call(ok)
+    assert len(sent) == 3  # older than cache_ttl: admit asks Redis again
+
+
+async def test_recovery_is_logged(make: Maker, caplog: pytest.LogCaptureFixture) -> None:
+    store = make()
+    limiter = RateLimiter(100, name="api", store=store)
+    await limiter.acquire()
+    with caplog.at_level("INFO", logger="headrace.guards.redis"):
+        store._trouble(TimeoutError())  # as a late reply would
+        await limiter.acquire()
+    messages = [r.getMessage() for r in caplog.records if r.name == "headrace.guards.redis"]
+    assert len(messages) == 2
+    assert "unreachable or slower than 5s (TimeoutError)" in messages[0]
+    assert "reachable again" in messages[1]
+    assert store.healthy

@@ -1,0 +1,200 @@
+"""The throttle's value types: state, events, snapshots and the per-call slot."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, final
+
+__all__ = ["Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState"]
+
+_LEGACY_KINDS = {
+    "decreased": "decelerated",
+    "increased": "reaccelerated",
+}
+
+
+@final
+class ThrottleState(enum.Enum):
+    """What a throttle is doing; :attr:`ThrottleSnapshot.state` is the first that applies.
+
+    ``CLOSED`` (closed, nothing in flight), ``DRAINING`` (closed, calls in flight),
+    ``CIRCUIT_OPEN`` (the composed breaker is open), ``PAUSED`` (a server hint or
+    ``hold()`` pauses dispatch), ``COOLING`` (concurrency below the maximum), else
+    ``RUNNING``.
+    """
+
+    RUNNING = "running"
+    COOLING = "cooling"
+    PAUSED = "paused"
+    CIRCUIT_OPEN = "circuit_open"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@final
+@dataclass(frozen=True, slots=True, init=False)
+class ThrottleEvent:
+    """One thing that happened to a throttle, delivered to its listeners.
+
+    Kinds: ``decreased`` / ``increased`` (``data``: ``concurrency`` and
+    ``dispatch_interval``, each ``(old, new)``, and ``reason``), ``paused`` (``until``,
+    ``reason``), ``resumed``, ``closed``, ``drained`` and ``retry`` (``attempt``,
+    ``delay``, ``error``).
+
+    Args:
+        kind: what happened.
+        at: the loop time of the event (``timestamp=`` is accepted as gentlify's name).
+        data: details, by kind.
+        name: the throttle's name, if it has one.
+        timestamp: an alias of ``at``.
+
+    Attributes:
+        kind: what happened.
+        at: the loop time of the event.
+        data: details, by kind.
+        name: the throttle's name, if it has one.
+    """
+
+    kind: str
+    at: float
+    data: Mapping[str, Any]
+    name: str | None
+
+    def __init__(
+        self,
+        kind: str,
+        at: float | None = None,
+        data: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        *,
+        timestamp: float | None = None,
+    ) -> None:
+        if at is None:
+            if timestamp is None:
+                raise TypeError("ThrottleEvent needs at= (or timestamp=)")
+            at = timestamp
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "data", {} if data is None else data)
+        object.__setattr__(self, "name", name)
+
+    @property
+    def timestamp(self) -> float:
+        """The loop time of the event (the same value as :attr:`at`)."""
+        return self.at
+
+    @property
+    def kind_legacy(self) -> str:
+        """The event's kind in gentlify's words (``decelerated``, ``reaccelerated``, ...)."""
+        return _LEGACY_KINDS.get(self.kind, self.kind)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ThrottleSnapshot:
+    """A frozen view of a throttle, taken without awaiting.
+
+    Attributes:
+        concurrency: the current concurrency limit.
+        max_concurrency: the ceiling the limit recovers to.
+        in_flight: calls admitted and not yet finished.
+        waiting: calls queued for admission.
+        dispatch_interval: the current minimum gap between starts, in seconds.
+        state: see :class:`ThrottleState`.
+        tokens_used: tokens charged in the token budget's window (None without one).
+        tokens_remaining: tokens still available in that window (None without one).
+        completed: calls that returned.
+        failed: calls that raised (cancellations excluded).
+        total: the expected number of calls, or None.
+        percentage: ``100 * (completed + failed) / total``, or None without a total.
+        rate: finished calls per second since the first admission.
+        eta_seconds: seconds until ``total`` calls finish at that rate (0.0 when done),
+            or None when unknown.
+        paused_until: loop time until which dispatch is paused, or None.
+        epoch: the number of decreases so far (the admission-epoch counter).
+        name: the throttle's name.
+    """
+
+    concurrency: int
+    max_concurrency: int
+    in_flight: int
+    waiting: int
+    dispatch_interval: float
+    state: ThrottleState
+    tokens_used: int | None
+    tokens_remaining: int | None
+    completed: int
+    failed: int
+    total: int | None
+    percentage: float | None
+    rate: float
+    eta_seconds: float | None
+    paused_until: float | None
+    epoch: int = 0
+    name: str | None = None
+
+    @property
+    def completed_tasks(self) -> int:
+        """Finished calls, succeeded or failed (gentlify's name)."""
+        return self.completed + self.failed
+
+    @property
+    def total_tasks(self) -> int:
+        """The expected number of calls, 0 when unknown (gentlify's name)."""
+        return self.total or 0
+
+
+@final
+class Slot:
+    """The handle a throttled call receives: its attempt number and its token count.
+
+    Attributes:
+        attempt: 0 for the first try, growing by 1 per retry (use it in idempotency keys).
+        tokens: the estimate reserved at admission (the ``tokens=`` argument).
+    """
+
+    __slots__ = ("_charges", "_epoch", "_recorded", "_start", "attempt", "tokens")
+
+    def __init__(self, tokens: int = 0) -> None:
+        self.attempt = 0
+        self.tokens = tokens
+        self._recorded: int | None = None
+        self._charges: list[Any] | None = None
+        # ``_epoch`` and ``_start`` are set when the throttle admits the call.
+        self._epoch: int
+        self._start: float
+
+    def record_tokens(self, count: int) -> None:
+        """Report tokens this call consumed; the total replaces the estimate when it ends.
+
+        Calls add up (call it once per response, or once with the total). Tokens
+        recorded by a call that fails still count.
+
+        Args:
+            count: tokens consumed, an int ``>= 0``.
+
+        Raises:
+            ValueError: when ``count`` is not an int ``>= 0``.
+        """
+        if type(count) is not int or count < 0:
+            raise ValueError(f"count={count!r}: must be an int >= 0")
+        recorded = self._recorded
+        self._recorded = count if recorded is None else recorded + count
+
+    @property
+    def tokens_recorded(self) -> int:
+        """Tokens reported with :meth:`record_tokens` so far."""
+        return self._recorded or 0
+
+    @property
+    def tokens_reported(self) -> int:
+        """Alias of :attr:`tokens_recorded` (gentlify's name)."""
+        return self._recorded or 0
+
+    def __repr__(self) -> str:
+        return f"Slot(attempt={self.attempt}, tokens={self.tokens}, recorded={self._recorded})"
