@@ -45,6 +45,41 @@ from headrace_guards import Timeout as Timeout
 from headrace_guards import TimeoutSnapshot as TimeoutSnapshot
 from headrace_guards import TimeWindow as TimeWindow
 from headrace_guards import pipeline as pipeline
+from headrace_leveled import AsyncDagLevelAdapterBuilder as AsyncDagLevelAdapterBuilder
+from headrace_leveled import AsyncDagTaskProcessor as AsyncDagTaskProcessor
+from headrace_leveled import AsyncDagTaskProcessorBuilder as AsyncDagTaskProcessorBuilder
+from headrace_leveled import AsyncPhaseRunner as AsyncPhaseRunner
+from headrace_leveled import AsyncTask as AsyncTask
+from headrace_leveled import AsyncTaskProcessor as AsyncTaskProcessor
+from headrace_leveled import AsyncTaskProcessorBuilder as AsyncTaskProcessorBuilder
+from headrace_leveled import Builder as Builder
+from headrace_leveled import CycleError as CycleError
+from headrace_leveled import GraphError as GraphError
+from headrace_leveled import Phase as Phase
+from headrace_leveled import PhaseGuard as PhaseGuard
+from headrace_leveled import PhaseId as PhaseId
+from headrace_leveled import PhaseReport as PhaseReport
+from headrace_leveled import PhaseRunner as PhaseRunner
+from headrace_leveled import PhaseTimeout as PhaseTimeout
+from headrace_leveled import Processor as Processor
+from headrace_leveled import ProcessorError as ProcessorError
+from headrace_leveled import RetryableError as RetryableError
+from headrace_leveled import RetryableException as RetryableException
+from headrace_leveled import RunReport as RunReport
+from headrace_leveled import SdaxExecutionError as SdaxExecutionError
+from headrace_leveled import SdaxTaskGroup as SdaxTaskGroup
+from headrace_leveled import Task as Task
+from headrace_leveled import TaskFailure as TaskFailure
+from headrace_leveled import TaskFunction as TaskFunction
+from headrace_leveled import TaskReport as TaskReport
+from headrace_leveled import TaskState as TaskState
+from headrace_leveled import flatten_exceptions as flatten_exceptions
+from headrace_leveled import join as join
+from headrace_leveled import task as task
+from headrace_leveled import task_func as task_func
+from headrace_leveled import task_group_func as task_group_func
+from headrace_leveled import task_group_task as task_group_task
+from headrace_leveled import task_sync_func as task_sync_func
 from headrace_throttle import AIMD as AIMD
 from headrace_throttle import CircuitBreakerConfig as CircuitBreakerConfig
 from headrace_throttle import Gradient as Gradient
@@ -65,7 +100,15 @@ from headrace_throttle import Vegas as Vegas
 
 __all__ = [
     "AIMD",
+    "AsyncDagLevelAdapterBuilder",
+    "AsyncDagTaskProcessor",
+    "AsyncDagTaskProcessorBuilder",
+    "AsyncPhaseRunner",
+    "AsyncTask",
+    "AsyncTaskProcessor",
+    "AsyncTaskProcessorBuilder",
     "BreakerSnapshot",
+    "Builder",
     "Bulkhead",
     "BulkheadFull",
     "BulkheadSnapshot",
@@ -78,9 +121,11 @@ __all__ = [
     "ConfigurationError",
     "Consecutive",
     "CountWindow",
+    "CycleError",
     "Fallback",
     "FallbackSnapshot",
     "Gradient",
+    "GraphError",
     "GuardEvent",
     "GuardTimeout",
     "HeadraceError",
@@ -89,8 +134,16 @@ __all__ = [
     "Limit",
     "LoopBinding",
     "PerLoop",
+    "Phase",
+    "PhaseGuard",
+    "PhaseId",
+    "PhaseReport",
+    "PhaseRunner",
+    "PhaseTimeout",
     "Pipeline",
     "PipelineSnapshot",
+    "Processor",
+    "ProcessorError",
     "RateLimited",
     "RateLimiter",
     "RateLimiterSnapshot",
@@ -99,8 +152,18 @@ __all__ = [
     "Retry",
     "RetryConfig",
     "RetrySnapshot",
+    "RetryableError",
+    "RetryableException",
+    "RunReport",
+    "SdaxExecutionError",
+    "SdaxTaskGroup",
     "ServerBusy",
     "Slot",
+    "Task",
+    "TaskFailure",
+    "TaskFunction",
+    "TaskReport",
+    "TaskState",
     "Throttle",
     "ThrottleClosed",
     "ThrottleConfig",
@@ -116,6 +179,13 @@ __all__ = [
     "check_int",
     "check_number",
     "check_optional_number",
+    "flatten_exceptions",
+    "join",
     "loop_time",
     "pipeline",
+    "task",
+    "task_func",
+    "task_group_func",
+    "task_group_task",
+    "task_sync_func",
 ]

@@ -1,0 +1,195 @@
+"""Errors of the processor: the run's error group, graph errors, phase timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar, final, overload
+
+from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
+from headrace_leveled._types import Phase, TaskFailure
+
+if TYPE_CHECKING:
+    from headrace_leveled._report import RunReport
+
+_E = TypeVar("_E", bound=Exception)
+_B = TypeVar("_B", bound=BaseException)
+
+__all__ = [
+    "CycleError",
+    "GraphError",
+    "PhaseTimeout",
+    "ProcessorError",
+    "RetryableError",
+    "flatten_exceptions",
+]
+
+
+def flatten_exceptions(exc: BaseException) -> list[BaseException]:
+    """Return the leaf exceptions of ``exc``, nested exception groups flattened, in order.
+
+    Args:
+        exc: an exception, or an exception group of any depth.
+
+    Returns:
+        ``[exc]`` for a plain exception, else every leaf of the group, depth first.
+    """
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(reversed(current.exceptions))
+        else:
+            leaves.append(current)
+    return leaves
+
+
+@final
+class ProcessorError(ExceptionGroup[Exception], HeadraceError):
+    """A run failed: one leaf per original exception, flat, attributed to task and phase.
+
+    Leaves are the exception objects the phases raised (never wrapped), primary failures
+    (``pre_execute`` and ``execute``) before ``post_execute`` failures; each leaf carries a
+    note naming its task and phase, and ``except* KeyError`` works as usual.
+
+    Attributes:
+        failures: one :class:`TaskFailure` per leaf, in the same order.
+        report: the :class:`RunReport` of the failed run.
+    """
+
+    failures: tuple[TaskFailure[Any], ...]
+    report: RunReport[Any, Any]
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[Exception],
+        failures: Iterable[TaskFailure[Any]] = (),
+        report: RunReport[Any, Any] | None = None,
+    ) -> Self:
+        self = super().__new__(cls, message, exceptions)
+        self.failures = tuple(failures)
+        if report is None:
+            from headrace_leveled._report import RunReport
+
+            report = RunReport.detached(self.failures)
+        self.report = report
+        return self
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[Exception],
+        failures: Iterable[TaskFailure[Any]] = (),
+        report: RunReport[Any, Any] | None = None,
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    @overload
+    def derive(self, excs: Sequence[_E], /) -> ExceptionGroup[_E]: ...
+
+    @overload
+    def derive(self, excs: Sequence[_B], /) -> BaseExceptionGroup[_B]: ...
+
+    def derive(self, excs: Sequence[BaseException], /) -> BaseExceptionGroup[Any]:
+        """Build the group ``split()``/``except*`` return for a subset of the leaves.
+
+        Args:
+            excs: the leaves to keep.
+
+        Returns:
+            A ``ProcessorError`` with the same message and report, and the failures of
+            the kept leaves.
+        """
+        keep = {id(e) for e in excs}
+        failures = [f for f in self.failures if id(f.error) in keep]
+        errors = [e for e in excs if isinstance(e, Exception)]
+        if len(errors) != len(excs):
+            return BaseExceptionGroup(self.message, excs)
+        return ProcessorError(self.message, errors, failures, self.report)
+
+    def leaf_exceptions(self) -> list[BaseException]:
+        """Return the leaf exceptions (sdax's name; the leaves are already flat)."""
+        return flatten_exceptions(self)
+
+    def flatten_exceptions(self) -> list[BaseException]:
+        """Return the leaf exceptions (same as :meth:`leaf_exceptions`)."""
+        return flatten_exceptions(self)
+
+
+@final
+class PhaseTimeout(GuardTimeout):
+    """A phase call ran past its own deadline (``timeout=`` or ``cleanup_timeout=``).
+
+    Also a ``TimeoutError`` and a ``GuardTimeout``. The message reads
+    ``task 'A' pre_execute timed out after 2s``.
+
+    Attributes:
+        task: the task's name.
+        phase: the phase that timed out.
+        timeout: the deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        task: Any = None,
+        phase: Phase = Phase.EXECUTE,
+        timeout: float = 0.0,
+    ) -> None:
+        self.task = task
+        self.phase = phase
+        if message is None:
+            message = f"task {task!r} {phase.value} timed out after {timeout:g}s"
+        super().__init__(message, timeout=timeout, name=None)
+
+
+class GraphError(ConfigurationError):
+    """The task graph is invalid: a dependency names a task that was never added.
+
+    :class:`CycleError` is its subclass for cycles.
+
+    Attributes:
+        task: the task whose dependency is missing (``None`` for other graph errors).
+        missing: the missing dependency's name.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: Any = None,
+        missing: Any = None,
+        argument: str | None = "depends_on",
+        value: object = None,
+    ) -> None:
+        super().__init__(message, argument=argument, value=value)
+        self.task = task
+        self.missing = missing
+
+
+@final
+class CycleError(GraphError):
+    """The task graph has a cycle (a task depending on itself included).
+
+    Attributes:
+        path: the names along the cycle, first name repeated at the end (``('a', 'b', 'a')``).
+    """
+
+    def __init__(self, path: Sequence[Any]) -> None:
+        self.path = tuple(path)
+        text = " -> ".join(repr(name) for name in self.path)
+        super().__init__(
+            f"depends_on: dependency cycle {text}",
+            task=self.path[0] if self.path else None,
+            value=self.path,
+        )
+
+
+class RetryableError(HeadraceError):
+    """Raise it (or a subclass) from a phase to ask for a retry under the default ``retry_on``.
+
+    Unlike sdax's ``RetryableException`` it is an ``Exception``, so a retryable failure that
+    runs out of attempts is still caught by ``except Exception``.
+    """
