@@ -80,6 +80,37 @@ from headrace_leveled import task_func as task_func
 from headrace_leveled import task_group_func as task_group_func
 from headrace_leveled import task_group_task as task_group_task
 from headrace_leveled import task_sync_func as task_sync_func
+from headrace_flow import DROP as DROP
+from headrace_flow import Drop as Drop
+from headrace_flow import Dropped as Dropped
+from headrace_flow import DropReason as DropReason
+from headrace_flow import ErrorEvent as ErrorEvent
+from headrace_flow import FixedScaling as FixedScaling
+from headrace_flow import Flow as Flow
+from headrace_flow import FlowClosed as FlowClosed
+from headrace_flow import FlowStats as FlowStats
+from headrace_flow import Last as Last
+from headrace_flow import PushHandle as PushHandle
+from headrace_flow import QueueFactory as QueueFactory
+from headrace_flow import QueueLike as QueueLike
+from headrace_flow import ScaleEvent as ScaleEvent
+from headrace_flow import ScalingStrategy as ScalingStrategy
+from headrace_flow import SourceError as SourceError
+from headrace_flow import Stage as Stage
+from headrace_flow import StageSnapshot as StageSnapshot
+from headrace_flow import StageStats as StageStats
+from headrace_flow import StageTimeout as StageTimeout
+from headrace_flow import TransformerError as TransformerError
+from headrace_flow import UtilizationScaling as UtilizationScaling
+from headrace_flow import batched as batched
+from headrace_flow import fifo_queue as fifo_queue
+from headrace_flow import flow as flow
+from headrace_flow import lifo_queue as lifo_queue
+from headrace_flow import log_and_continue as log_and_continue
+from headrace_flow import priority_queue as priority_queue
+from headrace_flow import router as router
+from headrace_flow import stage as stage
+from headrace_flow import sync_stage as sync_stage
 from headrace_throttle import AIMD as AIMD
 from headrace_throttle import CircuitBreakerConfig as CircuitBreakerConfig
 from headrace_throttle import Gradient as Gradient
@@ -122,8 +153,17 @@ __all__ = [
     "Consecutive",
     "CountWindow",
     "CycleError",
+    "DROP",
+    "Drop",
+    "DropReason",
+    "Dropped",
+    "ErrorEvent",
     "Fallback",
     "FallbackSnapshot",
+    "FixedScaling",
+    "Flow",
+    "FlowClosed",
+    "FlowStats",
     "Gradient",
     "GraphError",
     "GuardEvent",
@@ -131,6 +171,7 @@ __all__ = [
     "HeadraceError",
     "Hedge",
     "HedgeSnapshot",
+    "Last",
     "Limit",
     "LoopBinding",
     "PerLoop",
@@ -144,6 +185,9 @@ __all__ = [
     "PipelineSnapshot",
     "Processor",
     "ProcessorError",
+    "PushHandle",
+    "QueueFactory",
+    "QueueLike",
     "RateLimited",
     "RateLimiter",
     "RateLimiterSnapshot",
@@ -155,10 +199,17 @@ __all__ = [
     "RetryableError",
     "RetryableException",
     "RunReport",
+    "ScaleEvent",
+    "ScalingStrategy",
     "SdaxExecutionError",
     "SdaxTaskGroup",
     "ServerBusy",
     "Slot",
+    "SourceError",
+    "Stage",
+    "StageSnapshot",
+    "StageStats",
+    "StageTimeout",
     "Task",
     "TaskFailure",
     "TaskFunction",
@@ -175,14 +226,25 @@ __all__ = [
     "TimeoutSnapshot",
     "TokenBudget",
     "TokenBudgetExceeded",
+    "TransformerError",
+    "UtilizationScaling",
     "Vegas",
+    "batched",
     "check_int",
     "check_number",
     "check_optional_number",
+    "fifo_queue",
     "flatten_exceptions",
+    "flow",
     "join",
+    "lifo_queue",
+    "log_and_continue",
     "loop_time",
     "pipeline",
+    "priority_queue",
+    "router",
+    "stage",
+    "sync_stage",
     "task",
     "task_func",
     "task_group_func",

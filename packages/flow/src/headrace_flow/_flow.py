@@ -1,0 +1,467 @@
+"""``Flow``: a reusable pipeline definition, and the ways to run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from headrace_core import ConfigurationError, HeadraceError
+from headrace_core.stats import Listeners
+from headrace_flow._compile import Node, compile_parts, plan, settings
+from headrace_flow._errors import FlowClosed
+from headrace_flow._handlers import adapt, handler_form, normalize_handler
+from headrace_flow._push import PushHandle
+from headrace_flow._queues import EOF as _EOF
+from headrace_flow._queues import QueueFactory
+from headrace_flow._run import Run
+from headrace_flow._scaling import as_strategy
+from headrace_flow._source import normalize_source
+from headrace_flow._stages import as_stage, stage
+from headrace_flow._stats import FlowStats, StageStats
+
+__all__ = ["Flow"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Flow(Generic[In, Out]):
+    """A pipeline definition: source -> stages -> sink, reusable for sequential runs.
+
+    Build one with :func:`flow` (``flow(parse, enrich, store)``) or step by step with the
+    builder methods (``Flow()``, ``set_producer``, ``add_transformer``, ``set_consumer``).
+
+    Args:
+        default_scaling_strategy: the scaling of stages that set none.
+        on_error: the error handler (see :meth:`set_error_handler`).
+
+    Raises:
+        ConfigurationError: for a bad strategy or handler.
+    """
+
+    def __init__(
+        self: Flow[Any, Any],
+        default_scaling_strategy: Any = None,
+        *,
+        on_error: Any = None,
+    ) -> None:
+        self._parts: list[Any] = []
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._nodes: list[Node] | None = None
+        self._stage_config: dict[str, dict[str, Any]] = {}
+        self._defaults: dict[str, Any] = {}
+        if default_scaling_strategy is not None:
+            self._defaults["scaling"] = as_strategy(
+                default_scaling_strategy, "default_scaling_strategy"
+            )
+        self._handler = normalize_handler(on_error)
+        self._run: Run | None = None
+        self._last: FlowStats | None = None
+        self._listeners: Listeners[Any] = Listeners("headrace.flow", "flow")
+        self._task: asyncio.Task[FlowStats] | None = None
+
+    # -- definition ----------------------------------------------------------------------
+    def _compiled(self) -> list[Node]:
+        if self._nodes is None:
+            parts = [*self._parts]
+            if self._consumer is not None:
+                parts.append(self._consumer)
+            self._nodes = compile_parts(parts)
+        return self._nodes
+
+    def _changed(self) -> None:
+        if self._run is not None:
+            raise HeadraceError("a flow cannot be changed while it runs")
+        self._nodes = None
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The stages' names in pipeline order (router arms and sub-flow stages dotted)."""
+        return [node.name for node in self._compiled()]
+
+    def _baked_for(self, name: str) -> dict[str, Any]:
+        baked = dict(self._defaults)
+        baked.update(self._stage_config.get(name, {}))
+        return baked
+
+    def configure(
+        self,
+        name: str,
+        *,
+        scaling: Any = None,
+        queue: QueueFactory | None = None,
+        queue_size: int | None = None,
+        ordered: bool | None = None,
+    ) -> None:
+        """Override one stage's settings (``None`` keeps what is there).
+
+        Args:
+            name: the stage's name (see :attr:`stage_names`).
+            scaling: a scaling strategy.
+            queue: a queue factory.
+            queue_size: the input queue's bound (``0`` = unbounded).
+            ordered: release outputs in input order.
+
+        Raises:
+            ConfigurationError: for an unknown stage name or a bad setting.
+        """
+        if name not in self.stage_names:
+            raise ConfigurationError.argument_error(
+                "name", name, f"no such stage; stages are {self.stage_names}"
+            )
+        self._changed()
+        config = self._stage_config.setdefault(name, {})
+        config.update(settings(scaling, queue, queue_size, ordered))
+
+    def configure_default(
+        self,
+        *,
+        scaling: Any = None,
+        queue: QueueFactory | None = None,
+        queue_size: int | None = None,
+    ) -> None:
+        """Set defaults for every stage; per-stage settings override them.
+
+        Args:
+            scaling: a scaling strategy.
+            queue: a queue factory.
+            queue_size: the input queues' bound (``0`` = unbounded).
+
+        Raises:
+            ConfigurationError: for a bad setting.
+        """
+        self._changed()
+        self._defaults.update(settings(scaling, queue, queue_size, None))
+
+    def set_error_handler(self, handler: Any) -> None:
+        """Set (or with ``None`` remove) the error handler.
+
+        Without a handler the first stage, source or context manager error aborts the
+        run and ``run()`` raises it. A handler receives each ``TransformerError``,
+        ``SourceError`` and ``Dropped`` event: ``async def h(event)``, or the two-argument
+        form ``async def h(item, exc)`` (item ``None`` for a source error; not called for
+        drops), or an async context manager factory yielding either (entered per run).
+        Returning continues the flow (the item counts as failed); raising aborts it and
+        ``run()`` raises the handler's exception.
+
+        Args:
+            handler: the handler, or ``None``.
+
+        Raises:
+            ConfigurationError: when ``handler`` is not one of those forms.
+        """
+        self._handler = normalize_handler(handler)
+
+    def add_listener(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """Receive every event (errors, drops and ``ScaleEvent``s), sync or async.
+
+        A listener's exception is logged, never propagated.
+
+        Args:
+            callback: called with each event.
+
+        Returns:
+            A callable that removes the listener.
+        """
+        return self._listeners.add(callback)
+
+    # -- README builder API ----------------------------------------------------------------
+    def set_producer(self, producer: Any) -> None:
+        """Set the source used by :meth:`start` (an async generator function or iterable).
+
+        Args:
+            producer: what ``run()`` accepts as ``source``.
+        """
+        self._producer = producer
+
+    def add_transformer(
+        self, transformer: Any, *, name: str | None = None, scaling_strategy: Any = None
+    ) -> None:
+        """Append a stage (before the consumer).
+
+        Args:
+            transformer: any stage form :func:`flow` accepts.
+            name: the stage's name.
+            scaling_strategy: its scaling strategy.
+
+        Raises:
+            ConfigurationError: for a bad name or strategy.
+            TypeError: for a sync callable.
+        """
+        self._changed()
+        self._parts.append(stage(transformer, name=name, scaling=scaling_strategy))
+
+    def set_consumer(self, consumer: Any) -> None:
+        """Set the last stage (the sink).
+
+        Args:
+            consumer: an async item function or a context manager factory.
+
+        Raises:
+            TypeError: for a sync callable.
+        """
+        self._changed()
+        self._consumer = as_stage(consumer)
+
+    def set_default_scaling_strategy(self, strategy: Any) -> None:
+        """Set the scaling of every stage that sets none.
+
+        Args:
+            strategy: a scaling strategy.
+
+        Raises:
+            ConfigurationError: when it is not a strategy.
+        """
+        self.configure_default(scaling=strategy)
+
+    async def start(self) -> None:
+        """Start a run of the producer in the background; :meth:`wait` ends it.
+
+        Raises:
+            HeadraceError: when the flow is already running.
+        """
+        if self._run is not None or (self._task is not None and not self._task.done()):
+            raise HeadraceError("the flow is already running")
+        run = self._begin(output=False)
+        self._task = asyncio.get_running_loop().create_task(self._execute(run, self._producer))
+        await asyncio.sleep(0)
+
+    async def wait(self) -> FlowStats:
+        """Wait for the run :meth:`start` began.
+
+        Returns:
+            The final stats.
+
+        Raises:
+            HeadraceError: when :meth:`start` was not called.
+        """
+        task = self._task
+        if task is None:
+            raise HeadraceError("wait() without start()")
+        try:
+            return await task
+        finally:
+            if task.done():
+                self._task = None
+
+    # -- running -------------------------------------------------------------------------
+    def _plan(self) -> list[dict[str, Any]]:
+        return plan(self._compiled(), self._defaults, self._stage_config)
+
+    def _begin(self, *, output: bool) -> Run:
+        if self._run is not None:
+            raise HeadraceError("the flow is already running; a Flow runs once at a time")
+        run = Run(self._plan(), handler=None, listeners=self._listeners, output=output)
+        self._run = run
+        return run
+
+    async def _open_handler(self, run: Run, stack: contextlib.AsyncExitStack) -> None:
+        if self._handler is None:
+            return
+        form, handler = self._handler
+        if form == "cm":
+            handler = await stack.enter_async_context(handler())
+            form = handler_form(handler)
+        run.handler = adapt(form, handler)
+
+    async def _execute(self, run: Run, source: Any, *, push: bool = False) -> FlowStats:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._open_handler(run, stack)
+                try:
+                    run.start(normalize_source(source) if not push else None, push=push)
+                    await run.done
+                finally:
+                    await run.teardown()
+        finally:
+            self._finish(run)
+        if run.error is not None:
+            raise run.error
+        return run.stats()
+
+    def _finish(self, run: Run) -> None:
+        if self._run is run:
+            self._last = run.stats()
+            self._run = None
+
+    async def run(self, source: Any = None) -> FlowStats:
+        """Run the flow over ``source`` and return its stats.
+
+        Args:
+            source: an async generator function, an async iterable, an iterable, or
+                ``None`` (trigger mode: ``None`` items until ``drain()`` or ``stop()``).
+
+        Returns:
+            The final :class:`FlowStats`.
+
+        Raises:
+            HeadraceError: when the flow is already running.
+            TypeError: for a source of another kind.
+            Exception: the first stage/source/context manager error when there is no
+                error handler, or the handler's own exception.
+        """
+        run = self._begin(output=False)
+        return await self._execute(run, source)
+
+    async def iterate(self, source: Any = None) -> AsyncGenerator[Out, None]:
+        """Run the flow and yield what leaves the last stage.
+
+        Close the generator (``contextlib.aclosing``) to stop the run early: workers are
+        cancelled and every per-worker context manager exits.
+
+        Args:
+            source: as for :meth:`run`.
+
+        Yields:
+            Each output of the last stage.
+
+        Raises:
+            HeadraceError: when the flow is already running.
+            Exception: as for :meth:`run`.
+        """
+        run = self._begin(output=True)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._open_handler(run, stack)
+                try:
+                    run.start(normalize_source(source))
+                    out = run.output
+                    assert out is not None
+                    while True:
+                        if out.size:
+                            item = out.take()
+                        else:
+                            item = await out.wait()
+                            if item is _EOF:
+                                break
+                        run.completed += 1
+                        yield item
+                finally:
+                    await run.teardown()
+        finally:
+            self._finish(run)
+        if run.error is not None:
+            raise run.error
+
+    @contextlib.asynccontextmanager
+    async def push(self) -> AsyncIterator[PushHandle[In]]:
+        """Run the flow fed by hand: ``async with f.push() as h: await h.send(x)``.
+
+        Leaving the block normally completes the stream and waits until every sent item
+        is finished and every worker closed; leaving it by an exception stops the run.
+
+        Yields:
+            A :class:`PushHandle`.
+
+        Raises:
+            HeadraceError: when the flow is already running.
+            Exception: as for :meth:`run`, when a stage error aborted the run.
+        """
+        run = self._begin(output=False)
+        handle: PushHandle[In] = PushHandle(run)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._open_handler(run, stack)
+                try:
+                    run.start(None, push=True)
+                    try:
+                        yield handle
+                    except BaseException as exc:
+                        handle._completed = True
+                        if isinstance(exc, FlowClosed) and run.error is not None:
+                            raise run.error from exc
+                        run.stop()
+                        raise
+                    await handle.complete()
+                    await run.done
+                finally:
+                    handle._completed = True
+                    await run.teardown()
+        finally:
+            self._finish(run)
+        if run.error is not None:
+            raise run.error
+
+    async def drain(self) -> FlowStats:
+        """End the current run gracefully: stop pulling, finish everything accepted.
+
+        A source awaiting its next item is cancelled; an item it already yielded is never
+        lost. Returns at once when no run is active (or when called from the run itself,
+        or during :meth:`iterate`, whose consumer must keep reading).
+
+        Returns:
+            The stats (final when the run ended).
+        """
+        run = self._run
+        if run is None:
+            return self.stats()
+        run.drain()
+        if run.output is not None or run.is_own_task():
+            return run.stats()
+        await run.finished.wait()
+        return run.stats()
+
+    async def stop(self) -> None:
+        """End the current run at once: cancel in-flight work, discard queued items.
+
+        Returns promptly, even while the source is blocked; discarded items are counted.
+        """
+        run = self._run
+        if run is None:
+            return
+        run.stop()
+        if run.is_own_task():
+            return
+        await run.teardown()
+
+    # -- observing -------------------------------------------------------------------------
+    def stats(self) -> FlowStats:
+        """Return the stats: live during a run, the last run's after it.
+
+        Returns:
+            A frozen :class:`FlowStats`.
+        """
+        if self._run is not None:
+            return self._run.stats()
+        if self._last is not None:
+            return self._last
+        return FlowStats(
+            stages=MappingProxyType({name: StageStats(name) for name in self.stage_names})
+        )
+
+    def snapshot(self) -> FlowStats:
+        """The same as :meth:`stats`.
+
+        Returns:
+            A frozen :class:`FlowStats`.
+        """
+        return self.stats()
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress."""
+        return self._run is not None
+
+    def dump(self, *, mode: str = "structure", format: str = "text") -> str:
+        """Describe the flow: its structure, or its stats.
+
+        Args:
+            mode: ``"structure"`` or ``"stats"``.
+            format: ``"text"``, ``"json"`` or ``"mermaid"`` (structure only).
+
+        Returns:
+            The description.
+
+        Raises:
+            ValueError: for an unknown mode or format.
+        """
+        from headrace_flow._dump import dump
+
+        return dump(self, mode, format)
+
+    def __repr__(self) -> str:
+        return f"<Flow {' -> '.join(self.stage_names) or '(empty)'}>"

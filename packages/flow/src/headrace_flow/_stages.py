@@ -1,0 +1,400 @@
+"""Stage definitions: ``stage()``, ``batched()``, ``router()``, ``sync_stage()``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar, final
+
+from headrace_core import ConfigurationError, check_int, check_number, check_optional_number
+from headrace_core.backoff import exponential
+from headrace_flow._queues import QueueFactory
+from headrace_flow._scaling import FixedScaling, as_strategy
+
+__all__ = ["Stage", "batched", "router", "stage", "sync_stage"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+T = TypeVar("T")
+R = TypeVar("R")
+
+# kinds of a stage target
+MAP = "map"  # async def f(x) -> y
+GEN = "gen"  # async def f(x): yield ...
+CM = "cm"  # () -> async context manager yielding the item function
+BATCHED = "batched"
+ROUTER = "router"
+FLOW = "flow"  # a sub-flow (inlined)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-stage settings given inline; ``None`` means "not set here"."""
+
+    scaling: Any = None
+    queue_size: int | None = None
+    queue: QueueFactory | None = None
+    ordered: bool | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    initial_delay: float = 0.0
+    backoff_factor: float = 2.0
+    max_delay: float = float("inf")
+    jitter: float = 0.0
+    backoff: Any = None
+
+    def schedule(self) -> Any:
+        """The retry delays' schedule (core backoff)."""
+        if self.backoff is not None:
+            return self.backoff
+        return exponential(
+            base=self.initial_delay,
+            factor=self.backoff_factor,
+            max=max(self.max_delay, self.initial_delay),
+            jitter=self.jitter,
+        )
+
+
+def is_async_callable(target: Any) -> bool:
+    """Whether calling ``target`` returns a coroutine."""
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(type(target), "__call__", None)  # noqa: B004
+    return call is not None and not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
+
+
+def is_async_gen_callable(target: Any) -> bool:
+    """Whether calling ``target`` returns an async generator."""
+    if inspect.isasyncgenfunction(target):
+        return True
+    if isinstance(target, functools.partial):
+        return inspect.isasyncgenfunction(target.func)
+    call = getattr(type(target), "__call__", None)  # noqa: B004
+    return call is not None and not inspect.isfunction(target) and inspect.isasyncgenfunction(call)
+
+
+def _callable_without_args(target: Any) -> bool:
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return False
+    try:
+        signature.bind()
+    except TypeError:
+        return False
+    return True
+
+
+def classify(target: Any, where: str = "stage") -> str:
+    """Return the kind of a stage target, or raise ``TypeError``.
+
+    Raises:
+        TypeError: for a sync callable taking an item, or a non-callable.
+    """
+    from headrace_flow._flow import Flow  # cycle: a sub-flow is a stage target
+
+    if isinstance(target, Flow):
+        return FLOW
+    if is_async_gen_callable(target):
+        return GEN
+    if is_async_callable(target):
+        return MAP
+    if callable(target):
+        if _callable_without_args(target):
+            return CM
+        name = getattr(target, "__name__", repr(target))
+        raise TypeError(
+            f"{where} {name!r} is a sync callable; wrap it with sync_stage() (runs it in a "
+            "thread) or make it async"
+        )
+    raise TypeError(
+        f"{where} must be an async callable, a context manager factory or a Flow, got {target!r}"
+    )
+
+
+def _name_of(target: Any) -> str:
+    name = getattr(target, "__name__", None)
+    if isinstance(name, str) and name and name != "<lambda>":
+        return name
+    func = getattr(target, "func", None)  # functools.partial
+    name = getattr(func, "__name__", None)
+    if isinstance(name, str) and name and name != "<lambda>":
+        return name
+    return type(target).__name__ if not inspect.isfunction(target) else "stage"
+
+
+@final
+class Stage(Generic[In, Out]):
+    """A stage of a flow: a target plus its settings. Build it with :func:`stage`.
+
+    Attributes:
+        target: the item function, context manager factory, sub-flow or router.
+        name: the explicit name, or ``None`` for the target's ``__name__``.
+        kind: what the target is (``"map"``, ``"gen"``, ``"cm"``, ``"batched"``,
+            ``"router"``, ``"flow"``).
+    """
+
+    __slots__ = ("arms", "default", "kind", "max_wait", "name", "options", "size", "target")
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        kind: str,
+        name: str | None = None,
+        options: Options | None = None,
+        arms: dict[str, Any] | None = None,
+        default: Any = None,
+        size: int = 0,
+        max_wait: float | None = None,
+    ) -> None:
+        self.target = target
+        self.kind = kind
+        self.name = name
+        self.options = options if options is not None else Options()
+        self.arms = arms
+        self.default = default
+        self.size = size
+        self.max_wait = max_wait
+
+    @property
+    def display_name(self) -> str:
+        """The name the stage gets in a flow (before collision suffixes)."""
+        if self.name is not None:
+            return self.name
+        return _name_of(self.target)
+
+    def with_options(self, name: str | None, options: Options) -> Stage[In, Out]:
+        """Return a copy with another name and settings."""
+        return Stage(
+            self.target,
+            kind=self.kind,
+            name=name if name is not None else self.name,
+            options=options,
+            arms=self.arms,
+            default=self.default,
+            size=self.size,
+            max_wait=self.max_wait,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Stage {self.display_name!r} {self.kind}>"
+
+
+def _check_name(name: object, argument: str = "name") -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError.argument_error(argument, name, "must be a non-empty str")
+    return name
+
+
+def _check_retry_on(value: object) -> tuple[type[BaseException], ...]:
+    items = value if isinstance(value, tuple) else (value,)
+    if not items or not all(isinstance(x, type) and issubclass(x, BaseException) for x in items):
+        raise ConfigurationError.argument_error(
+            "retry_on", value, "must be an exception class or a tuple of them"
+        )
+    return tuple(items)
+
+
+def stage(
+    target: Any,
+    *,
+    name: str | None = None,
+    workers: int | None = None,
+    scaling: Any = None,
+    queue_size: int | None = None,
+    queue: QueueFactory | None = None,
+    ordered: bool = False,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    timeout: float | None = None,
+    initial_delay: float = 0.0,
+    backoff_factor: float = 2.0,
+    max_delay: float | None = None,
+    jitter: float = 0.0,
+    backoff: Any = None,
+) -> Stage[Any, Any]:
+    """Wrap a stage target with a name and settings.
+
+    Args:
+        target: an async item function (``return DROP`` filters), an async generator
+            function (fan-out), a no-argument context manager factory (entered once per
+            worker), a ``Flow`` (sub-flow) or a ``router(...)``.
+        name: the stage's name (default: the target's ``__name__``); for a sub-flow,
+            the prefix of its stages' dotted names.
+        workers: a fixed worker count (same as ``scaling=FixedScaling(workers)``).
+        scaling: a scaling strategy; exclusive with ``workers``.
+        queue_size: the input queue's bound (``0`` = unbounded).
+        queue: the input queue's factory (``fifo_queue``, ``lifo_queue``, ``priority_queue``).
+        ordered: release outputs in input order while still running every worker.
+        retries: extra attempts after the first failed one.
+        retry_on: the exceptions that are retried.
+        timeout: a per-item deadline in seconds (loop clock); expiry raises
+            ``StageTimeout`` (a ``TimeoutError``), retried if ``retry_on`` covers it.
+        initial_delay: the delay before the first retry (``0`` = at once).
+        backoff_factor: the growth of the delay per retry, ``>= 1``.
+        max_delay: the cap of the delay (default: none).
+        jitter: in ``[0, 1]``; each delay is multiplied by ``uniform(1 - jitter, 1)``.
+        backoff: a ``headrace_core.backoff`` schedule, instead of the four above.
+
+    Returns:
+        A :class:`Stage` to pass to :func:`flow`.
+
+    Raises:
+        ConfigurationError: for a bad setting (naming it), or ``workers`` with ``scaling``.
+        TypeError: for a sync callable (use :func:`sync_stage`) or a non-callable.
+    """
+    name = _check_name(name)
+    if workers is not None and scaling is not None:
+        raise ConfigurationError.argument_error(
+            "workers", workers, "workers= and scaling= are exclusive"
+        )
+    strategy = None
+    if workers is not None:
+        strategy = FixedScaling(check_int("workers", workers, ge=1))
+    elif scaling is not None:
+        strategy = as_strategy(scaling)
+    if queue_size is not None:
+        check_int("queue_size", queue_size, ge=0)
+    if queue is not None and not callable(queue):
+        raise ConfigurationError.argument_error("queue", queue, "must be a queue factory")
+    if not isinstance(ordered, bool):
+        raise ConfigurationError.argument_error("ordered", ordered, "must be a bool")
+    check_int("retries", retries, ge=0)
+    retry_types = _check_retry_on(retry_on)
+    check_optional_number("timeout", timeout, gt=0)
+    check_number("initial_delay", initial_delay, ge=0)
+    check_number("backoff_factor", backoff_factor, ge=1)
+    if max_delay is not None:
+        check_number("max_delay", max_delay, ge=0, finite=False)
+    check_number("jitter", jitter, ge=0, le=1)
+    if backoff is not None and not callable(getattr(backoff, "delays", None)):
+        raise ConfigurationError.argument_error("backoff", backoff, "must be a backoff schedule")
+    options = Options(
+        scaling=strategy,
+        queue_size=queue_size,
+        queue=queue,
+        ordered=ordered or None,
+        retries=retries,
+        retry_on=retry_types,
+        timeout=None if timeout is None else float(timeout),
+        initial_delay=float(initial_delay),
+        backoff_factor=float(backoff_factor),
+        max_delay=float("inf") if max_delay is None else float(max_delay),
+        jitter=float(jitter),
+        backoff=backoff,
+    )
+    if isinstance(target, Stage):
+        merged = replace(
+            options,
+            scaling=options.scaling if options.scaling is not None else target.options.scaling,
+            queue_size=options.queue_size
+            if options.queue_size is not None
+            else target.options.queue_size,
+            queue=options.queue if options.queue is not None else target.options.queue,
+            ordered=options.ordered if options.ordered is not None else target.options.ordered,
+        )
+        return target.with_options(name, merged)
+    kind = classify(target)
+    return Stage(target, kind=kind, name=name, options=options)
+
+
+def batched(size: int, *, max_wait: float | None = None, name: str = "batched") -> Stage[Any, Any]:
+    """A stage that groups items into lists of ``size`` (one worker).
+
+    A batch is emitted when it is full, when ``max_wait`` seconds (loop clock) have
+    passed since its **first** item arrived, and, partial, at the end of the stream.
+
+    Args:
+        size: items per batch, ``>= 1``.
+        max_wait: the longest a batch waits for more items (``None``: no limit), ``> 0``.
+        name: the stage's name.
+
+    Returns:
+        A :class:`Stage` emitting ``list``s.
+
+    Raises:
+        ConfigurationError: for a bad ``size``, ``max_wait`` or ``name``.
+    """
+    check_int("size", size, ge=1)
+    check_optional_number("max_wait", max_wait, gt=0)
+    _check_name(name)
+    return Stage(
+        None,
+        kind=BATCHED,
+        name=name,
+        options=Options(scaling=FixedScaling(1)),
+        size=size,
+        max_wait=None if max_wait is None else float(max_wait),
+    )
+
+
+def router(
+    classifier: Callable[[Any], Awaitable[Any]],
+    /,
+    *,
+    default: Any = None,
+    name: str | None = None,
+    **arms: Any,
+) -> Stage[Any, Any]:
+    """Route each item to one arm by the label ``await classifier(item)`` returns.
+
+    Arms are stage targets (functions, context manager factories, ``Flow``s); their
+    outputs merge into the stage after the router. An item whose label has no arm goes
+    to ``default``, or, without one, is dropped (a ``Dropped(ROUTER_MISS)`` event,
+    counted as filtered).
+
+    Args:
+        classifier: ``async def classify(item) -> label``.
+        default: the arm for unknown labels.
+        name: the router's name (default: the classifier's ``__name__``).
+        **arms: label -> arm.
+
+    Returns:
+        A :class:`Stage`.
+
+    Raises:
+        TypeError: when the classifier is not async or there is no arm.
+        ConfigurationError: for a bad ``name``.
+    """
+    if not is_async_callable(classifier):
+        raise TypeError("router() classifier must be an async function: async def f(item)")
+    _check_name(name)
+    if not arms and default is None:
+        raise TypeError("router() needs at least one arm")
+    for label, arm in arms.items():
+        if not isinstance(arm, Stage):
+            classify(arm, where=f"router arm {label!r}")
+    if default is not None and not isinstance(default, Stage):
+        classify(default, where="router default arm")
+    return Stage(classifier, kind=ROUTER, name=name, arms=dict(arms), default=default)
+
+
+def sync_stage(fn: Callable[[T], R]) -> Callable[[T], Awaitable[R]]:
+    """Make a sync function a stage: each call runs in a thread (``asyncio.to_thread``).
+
+    Args:
+        fn: a blocking function of one item.
+
+    Returns:
+        An async function with ``fn``'s name.
+    """
+
+    @functools.wraps(fn)
+    async def wrapped(item: T) -> R:
+        return await asyncio.to_thread(fn, item)
+
+    return wrapped
+
+
+def as_stage(target: Any) -> Stage[Any, Any]:
+    """Return ``target`` as a :class:`Stage` (positional forms of :func:`flow`)."""
+    if isinstance(target, Stage):
+        return target
+    return Stage(target, kind=classify(target))
