@@ -48,7 +48,7 @@ def landed() -> list[str]:
 
 def render() -> str:
     owner: dict[str, str] = {}
-    lines: list[str] = []
+    by_module: dict[str, list[str]] = {}
     for module_name in landed():
         module = importlib.import_module(module_name)
         # The order ruff's isort keeps: constants, classes, then the rest, case-insensitive.
@@ -66,10 +66,14 @@ def render() -> str:
                     )
                 continue
             owner[name] = module_name
-            lines.append(f"from {module_name} import {name} as {name}")
-    lines.insert(0, "from headrace._version import __version__ as __version__")
+            by_module.setdefault(module_name, []).append(name)
+    lines = ["from headrace._version import __version__ as __version__"]
+    for module_name in sorted(by_module):
+        lines += [f"from {module_name} import {n} as {n}" for n in by_module[module_name]]
     body = "\n".join(lines)
-    listing = "\n".join(f'    "{n}",' for n in sorted(owner))
+    # RUF022's order: SCREAMING_CASE, then CamelCase, then the rest.
+    ordered = sorted(owner, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))
+    listing = "\n".join(f'    "{n}",' for n in ordered)
     return f"{HEADER}{body}\n\n__all__ = [\n{listing}\n]\n"
 
 

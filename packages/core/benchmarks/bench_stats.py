@@ -91,6 +91,15 @@ async def emit_guarded(n: int) -> None:
                 listeners.emit(i)
 
 
+@BENCH.case("emit, no listener", "headrace `if listeners.active:` guard", kind="headrace", ops=OPS)
+async def emit_active(n: int) -> None:
+    listeners: Listeners[int] = Listeners("headrace.bench")
+    for _ in range(n):
+        for i in range(OPS):
+            if listeners.active:
+                listeners.emit(i)
+
+
 @BENCH.case("emit, no listener", "raw empty loop", kind="raw", ops=OPS)
 async def empty_loop(n: int) -> None:
     for _ in range(n):

@@ -22,11 +22,13 @@ def test_remove_is_idempotent() -> None:
     seen: list[int] = []
     listeners: Listeners[int] = Listeners("headrace.test")
     remove = listeners.add(seen.append)
+    assert listeners.active
     remove()
     remove()
     listeners.emit(1)
     assert seen == []
     assert not listeners
+    assert not listeners.active
 
 
 def test_failing_listener_is_logged_and_isolated(caplog: pytest.LogCaptureFixture) -> None:

@@ -27,13 +27,16 @@ class Listeners(Generic[E]):
         component: a description of the owning component for log messages.
     """
 
-    __slots__ = ("_callbacks", "_logger", "_tasks", "component")
+    __slots__ = ("_callbacks", "_logger", "_tasks", "active", "component")
 
     def __init__(self, logger: str, component: str | None = None) -> None:
         self._callbacks: list[Listener[E]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._logger = logging.getLogger(logger)
         self.component = component
+        #: Whether any listener is registered: a plain attribute, so a hot path can test
+        #: ``if listeners.active:`` before building an event, for the cost of one load.
+        self.active = False
 
     def add(self, callback: Listener[E]) -> Callable[[], None]:
         """Register ``callback``; return a callable that removes it (idempotent).
@@ -44,10 +47,12 @@ class Listeners(Generic[E]):
         if not callable(callback):
             raise TypeError(f"listener must be callable, got {callback!r}")
         self._callbacks.append(callback)
+        self.active = True
 
         def remove() -> None:
             with contextlib.suppress(ValueError):
                 self._callbacks.remove(callback)
+            self.active = bool(self._callbacks)
 
         return remove
 

@@ -8,6 +8,14 @@ This file is written by ``scripts/sync_umbrella.py``; do not edit it by hand.
 """
 
 from headrace._version import __version__ as __version__
+from headrace_coalesce import BatchFunction as BatchFunction
+from headrace_coalesce import BatchRoutingError as BatchRoutingError
+from headrace_coalesce import CoalesceEvent as CoalesceEvent
+from headrace_coalesce import CoalesceStats as CoalesceStats
+from headrace_coalesce import Loader as Loader
+from headrace_coalesce import MissingResult as MissingResult
+from headrace_coalesce import batch as batch
+from headrace_coalesce import collect as collect
 from headrace_core import BulkheadFull as BulkheadFull
 from headrace_core import CapacityExceeded as CapacityExceeded
 from headrace_core import CircuitOpenError as CircuitOpenError
@@ -24,6 +32,37 @@ from headrace_core import check_int as check_int
 from headrace_core import check_number as check_number
 from headrace_core import check_optional_number as check_optional_number
 from headrace_core import loop_time as loop_time
+from headrace_flow import DROP as DROP
+from headrace_flow import Drop as Drop
+from headrace_flow import Dropped as Dropped
+from headrace_flow import DropReason as DropReason
+from headrace_flow import ErrorEvent as ErrorEvent
+from headrace_flow import FixedScaling as FixedScaling
+from headrace_flow import Flow as Flow
+from headrace_flow import FlowClosed as FlowClosed
+from headrace_flow import FlowStats as FlowStats
+from headrace_flow import Last as Last
+from headrace_flow import PushHandle as PushHandle
+from headrace_flow import QueueFactory as QueueFactory
+from headrace_flow import QueueLike as QueueLike
+from headrace_flow import ScaleEvent as ScaleEvent
+from headrace_flow import ScalingStrategy as ScalingStrategy
+from headrace_flow import SourceError as SourceError
+from headrace_flow import Stage as Stage
+from headrace_flow import StageSnapshot as StageSnapshot
+from headrace_flow import StageStats as StageStats
+from headrace_flow import StageTimeout as StageTimeout
+from headrace_flow import TransformerError as TransformerError
+from headrace_flow import UtilizationScaling as UtilizationScaling
+from headrace_flow import batched as batched
+from headrace_flow import fifo_queue as fifo_queue
+from headrace_flow import flow as flow
+from headrace_flow import lifo_queue as lifo_queue
+from headrace_flow import log_and_continue as log_and_continue
+from headrace_flow import priority_queue as priority_queue
+from headrace_flow import router as router
+from headrace_flow import stage as stage
+from headrace_flow import sync_stage as sync_stage
 from headrace_guards import BreakerSnapshot as BreakerSnapshot
 from headrace_guards import Bulkhead as Bulkhead
 from headrace_guards import BulkheadSnapshot as BulkheadSnapshot
@@ -80,37 +119,6 @@ from headrace_leveled import task_func as task_func
 from headrace_leveled import task_group_func as task_group_func
 from headrace_leveled import task_group_task as task_group_task
 from headrace_leveled import task_sync_func as task_sync_func
-from headrace_flow import DROP as DROP
-from headrace_flow import Drop as Drop
-from headrace_flow import Dropped as Dropped
-from headrace_flow import DropReason as DropReason
-from headrace_flow import ErrorEvent as ErrorEvent
-from headrace_flow import FixedScaling as FixedScaling
-from headrace_flow import Flow as Flow
-from headrace_flow import FlowClosed as FlowClosed
-from headrace_flow import FlowStats as FlowStats
-from headrace_flow import Last as Last
-from headrace_flow import PushHandle as PushHandle
-from headrace_flow import QueueFactory as QueueFactory
-from headrace_flow import QueueLike as QueueLike
-from headrace_flow import ScaleEvent as ScaleEvent
-from headrace_flow import ScalingStrategy as ScalingStrategy
-from headrace_flow import SourceError as SourceError
-from headrace_flow import Stage as Stage
-from headrace_flow import StageSnapshot as StageSnapshot
-from headrace_flow import StageStats as StageStats
-from headrace_flow import StageTimeout as StageTimeout
-from headrace_flow import TransformerError as TransformerError
-from headrace_flow import UtilizationScaling as UtilizationScaling
-from headrace_flow import batched as batched
-from headrace_flow import fifo_queue as fifo_queue
-from headrace_flow import flow as flow
-from headrace_flow import lifo_queue as lifo_queue
-from headrace_flow import log_and_continue as log_and_continue
-from headrace_flow import priority_queue as priority_queue
-from headrace_flow import router as router
-from headrace_flow import stage as stage
-from headrace_flow import sync_stage as sync_stage
 from headrace_throttle import AIMD as AIMD
 from headrace_throttle import CircuitBreakerConfig as CircuitBreakerConfig
 from headrace_throttle import Gradient as Gradient
@@ -131,6 +139,7 @@ from headrace_throttle import Vegas as Vegas
 
 __all__ = [
     "AIMD",
+    "DROP",
     "AsyncDagLevelAdapterBuilder",
     "AsyncDagTaskProcessor",
     "AsyncDagTaskProcessorBuilder",
@@ -138,6 +147,8 @@ __all__ = [
     "AsyncTask",
     "AsyncTaskProcessor",
     "AsyncTaskProcessorBuilder",
+    "BatchFunction",
+    "BatchRoutingError",
     "BreakerSnapshot",
     "Builder",
     "Bulkhead",
@@ -149,11 +160,12 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "Closed",
+    "CoalesceEvent",
+    "CoalesceStats",
     "ConfigurationError",
     "Consecutive",
     "CountWindow",
     "CycleError",
-    "DROP",
     "Drop",
     "DropReason",
     "Dropped",
@@ -173,7 +185,9 @@ __all__ = [
     "HedgeSnapshot",
     "Last",
     "Limit",
+    "Loader",
     "LoopBinding",
+    "MissingResult",
     "PerLoop",
     "Phase",
     "PhaseGuard",
@@ -229,10 +243,12 @@ __all__ = [
     "TransformerError",
     "UtilizationScaling",
     "Vegas",
+    "batch",
     "batched",
     "check_int",
     "check_number",
     "check_optional_number",
+    "collect",
     "fifo_queue",
     "flatten_exceptions",
     "flow",

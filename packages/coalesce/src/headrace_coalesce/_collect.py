@@ -1,0 +1,123 @@
+"""``collect()``: how a ``@batch`` body hands its item to the wrapper that drives it.
+
+The wrapper starts the decorated body by hand (``coro.send(None)``) and runs it up to
+``await collect(item)``, which yields a small box holding the item back to the wrapper
+instead of suspending the task. The leader's body is resumed later with the batch's items
+in the box (:class:`Resume`); a follower's suspended body is closed once its result is in.
+A body that awaits something before ``collect()`` is driven by :func:`drive`, which passes
+those awaits on to the task.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+__all__ = ["COLLECT", "Resume", "collect", "drive", "no_collect"]
+
+T = TypeVar("T")
+
+
+class _Marker:
+    """First element of the box ``collect()`` yields; its repr explains a misuse."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return (
+            "<headrace_coalesce: collect() must be awaited directly in the body of a "
+            "@batch function, once per call>"
+        )
+
+
+COLLECT: Final = _Marker()
+
+if TYPE_CHECKING:
+
+    async def collect(item: T) -> list[T]:
+        """Add ``item`` to the current batch and wait for the batch.
+
+        Await it exactly once in the body of a ``@batch`` function. Code before it runs in
+        every caller; only the leader resumes after it, with the batch's items, and returns
+        one result per item (a ``Sequence`` in the same order, or a ``Mapping`` keyed by
+        item). Followers never resume: their result comes from the leader's bulk call.
+
+        Args:
+            item: this caller's item.
+
+        Returns:
+            (In the leader only) the unique live items of the batch, in call order.
+
+        Raises:
+            RuntimeError: when awaited outside a ``@batch`` body, twice in one call, or in
+                another task than the call's own (the event loop refuses the yielded box).
+        """
+        ...
+
+else:
+
+    @types.coroutine
+    def collect(item: Any) -> Generator[list[Any], None, Any]:
+        """Add ``item`` to the current batch and wait for the batch.
+
+        Await it exactly once in the body of a ``@batch`` function. Code before it runs in
+        every caller; only the leader resumes after it, with the batch's items, and returns
+        one result per item (a ``Sequence`` in the same order, or a ``Mapping`` keyed by
+        item). Followers never resume: their result comes from the leader's bulk call.
+
+        Args:
+            item: this caller's item.
+
+        Returns:
+            (In the leader only) the unique live items of the batch, in call order.
+
+        Raises:
+            RuntimeError: when awaited outside a ``@batch`` body, twice in one call, or in
+                another task than the call's own (the event loop refuses the yielded box).
+        """
+        # The wrapper that drives the body takes this box; for the leader it stores the
+        # items in box[1] before resuming. No try block here: closing a parked follower
+        # then costs no exception in this frame.
+        box = [COLLECT, item]
+        yield box
+        return box[1]
+
+
+class Resume:
+    """Await a coroutine that was started by hand (plain ``await`` refuses it)."""
+
+    __slots__ = ("iterator",)
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.iterator = coro.__await__()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.iterator
+
+
+@types.coroutine
+def drive(coro: Coroutine[Any, Any, Any], value: Any, name: str) -> Generator[Any, Any, list[Any]]:
+    """Forward a body's awaits to the task until it reaches ``collect()`` (slow path)."""
+    while True:
+        try:
+            sent = yield value
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # a cancellation (or a throw) goes to the body
+            try:
+                value = coro.throw(exc)
+            except StopIteration:
+                raise RuntimeError(no_collect(name)) from None
+        else:
+            try:
+                value = coro.send(sent)
+            except StopIteration:
+                raise RuntimeError(no_collect(name)) from None
+        if type(value) is list and value and value[0] is COLLECT:
+            return value
+
+
+def no_collect(name: str) -> str:
+    return f"@batch function {name} returned without awaiting collect(item)"

@@ -1,0 +1,359 @@
+"""The shared state of one ``@batch`` function: lanes, batches, leading and routing.
+
+The first caller of a window becomes the *leader*: it waits for the window, resumes its
+own body with the batch's unique live items, and routes the bulk result to everybody.
+Every other caller is a *follower*: it parks on a future. Because each follower's body
+stays suspended at ``collect()`` until its result arrives, any follower can take over: if
+the leader is cancelled, the next live caller resumes *its own* body with the items still
+wanted and reruns the bulk call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Final
+
+from headrace_coalesce._collect import Resume
+from headrace_coalesce._lane import (
+    DONE,
+    OPEN,
+    RUNNING,
+    BatchBase,
+    Lane,
+    Options,
+    admit,
+    discard_if_idle,
+    filled,
+    finish,
+    sleep0,
+)
+from headrace_coalesce._routing import BatchRoutingError, as_error, is_sequence, lookup
+from headrace_coalesce._stats import _Recorder
+from headrace_core import PerLoop
+
+__all__ = ["PROMOTE", "Batch", "Core"]
+
+PROMOTE: Final[Any] = object()  # a follower's future result: "you lead now"
+
+
+class Batch(BatchBase):
+    """One batch of one lane: its items, its callers and who leads it."""
+
+    __slots__ = ("dead", "entries", "futs", "ids", "items", "keys", "leader")
+
+    def __init__(self, lane: Lane, dedupe: bool, keyed: bool) -> None:
+        # window state (see _lane.BatchBase; set inline: this runs once per batch)
+        self.lane = lane
+        self.state = OPEN
+        self.expired = False
+        self.granted = False
+        self.queued = False
+        self.wake: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.items: list[Any] = []  # unique items, call order
+        self.keys: dict[Hashable, int] | None = {} if dedupe else None  # key -> entry
+        self.ids: list[Any] | None = [] if keyed else None  # key(item) per entry
+        # per caller, call order: a follower's future (None for the first leader)
+        self.futs: list[asyncio.Future[Any] | None] = []
+        self.entries: list[int] | None = None  # caller -> entry; None: identity
+        self.dead = 0  # callers cancelled (including leaders)
+        self.leader = 0  # position of the caller that leads now (-1: none)
+
+
+class _LoopState:
+    __slots__ = ("lane", "lanes")
+
+    def __init__(self, options: Options) -> None:
+        self.lane = Lane(options)
+        self.lanes: dict[Hashable, Lane] = {}
+
+
+class Core:
+    """Everything a ``BatchFunction`` and its bound copies share."""
+
+    __slots__ = (
+        "calls",
+        "dedupe",
+        "fn",
+        "group_by",
+        "inline_join",
+        "key",
+        "last",
+        "max_size",
+        "method",
+        "name",
+        "options",
+        "per_loop",
+        "plain_lane",
+        "rec",
+        "zero_config",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        options: Options,
+        key: Callable[[Any], Hashable] | None,
+        dedupe: bool,
+        group_by: Callable[..., Hashable] | None,
+    ) -> None:
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+        self.options = options
+        self.key = key
+        self.dedupe = dedupe
+        self.group_by = group_by
+        self.per_loop: PerLoop[_LoopState] = PerLoop(lambda: _LoopState(options))
+        self.rec = _Recorder(self.name)
+        self.calls = self.rec.calls
+        self.max_size = options.max_size
+        self.zero_config = not options.max_wait and options.max_concurrent is None
+        self.plain_lane = group_by is None  # the loop's default lane serves unbound calls
+        self.method = False  # set by BatchFunction.__set_name__ in a class body
+        self.inline_join = key is None and dedupe  # items are their own keys
+        # the last loop's default lane, checked through a weak reference (fast path)
+        self.last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
+
+    def default_lane(self, loop: asyncio.AbstractEventLoop) -> Lane:
+        lane = self.per_loop.get(loop).lane
+        self.last = (weakref.ref(loop), lane)
+        return lane
+
+    def lane_for(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Lane:
+        state = self.per_loop.get(loop)
+        group: Hashable = None
+        if self.group_by is not None:
+            if instance is None:
+                group = self.group_by(*args, **kwargs)
+            else:
+                group = self.group_by(instance, *args, **kwargs)
+        if instance is None and self.method and args:
+            instance = args[0]  # Class.method(obj, ...): still per instance
+        key = (None if instance is None else id(instance), group)
+        lanes = state.lanes
+        lane = lanes.get(key)
+        if lane is None:
+            lane = lanes[key] = Lane(self.options, lanes, key, instance)
+        return lane
+
+    def join(self, batch: Batch, item: Any) -> None:
+        """Add one caller's item (its future, if any, is appended by the caller)."""
+        items = batch.items
+        keys = batch.keys
+        keyfn = self.key
+        n = len(items)
+        if keys is not None:
+            k = item if keyfn is None else keyfn(item)
+            try:
+                entry = keys.setdefault(k, n)
+            except TypeError:  # unhashable: allowed, never de-duplicated
+                entry = n
+            if entry != n:
+                self.duplicate(batch, entry)
+                return
+            if batch.ids is not None:
+                batch.ids.append(k)
+        elif keyfn is not None and batch.ids is not None:
+            batch.ids.append(keyfn(item))
+        items.append(item)
+        if batch.entries is not None:
+            batch.entries.append(n)
+        if n + 1 == self.options.max_size:
+            filled(batch)
+
+    def duplicate(self, batch: Batch, entry: int) -> None:
+        """The next caller's item is already in ``batch`` as ``entry``."""
+        self.rec.deduplicated.value += 1
+        entries = batch.entries
+        if entries is None:
+            entries = batch.entries = list(range(len(batch.futs)))
+        entries.append(entry)
+
+    async def lead(
+        self,
+        batch: Batch,
+        coro: Coroutine[Any, Any, Any],
+        box: list[Any],
+        pos: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Any:
+        rec = self.rec
+        if batch.state == OPEN:
+            try:
+                if self.zero_config and not batch.expired:  # admit() inlined: one hop
+                    await sleep0()
+                    batch.expired = True
+                    lane = batch.lane
+                    if lane.open is batch:
+                        lane.open = None
+                    batch.state = RUNNING
+                    if lane.registry is not None:
+                        discard_if_idle(lane)
+                else:
+                    await admit(batch, loop)
+            except asyncio.CancelledError:
+                rec.cancelled.value += 1
+                coro.close()
+                self.leader_lost(batch, pos)
+                raise
+        remap: list[int] | None = None
+        if batch.dead == 0 and batch.entries is None:
+            # a cancelled follower's future is done at once; its task may not have run yet
+            for fut in batch.futs:
+                if fut is not None and fut.done():
+                    sent, remap = self.live(batch)
+                    break
+            else:
+                sent = batch.items[:]
+        else:
+            sent, remap = self.live(batch)
+        size = len(sent)
+        box[1] = sent
+        rec.dispatched(size)
+        gauge = rec.in_flight
+        try:
+            result = await Resume(coro)
+        except asyncio.CancelledError as exc:
+            gauge.value -= 1
+            rec.cancelled.value += 1
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self.leader_lost(batch, pos)
+            else:  # the body raised CancelledError by itself: a failure of the bulk call
+                self.fail(batch, exc, pos, size)
+            raise
+        except BaseException as exc:
+            gauge.value -= 1
+            self.fail(batch, exc, pos, size)
+            raise
+        gauge.value -= 1
+        return self.route(batch, result, sent, remap, pos)
+
+    def live(self, batch: Batch) -> tuple[list[Any], list[int]]:
+        """The items some live caller still waits for, and old entry -> new index."""
+        items = batch.items
+        entries = batch.entries
+        leader = batch.leader
+        alive = [False] * len(items)
+        for pos, fut in enumerate(batch.futs):
+            if pos == leader or (fut is not None and not fut.done()):
+                alive[entries[pos] if entries is not None else pos] = True
+        remap = [-1] * len(items)
+        sent: list[Any] = []
+        for entry, wanted in enumerate(alive):
+            if wanted:
+                remap[entry] = len(sent)
+                sent.append(items[entry])
+        return sent, remap
+
+    def route(
+        self,
+        batch: Batch,
+        result: Any,
+        sent: list[Any],
+        remap: list[int] | None,
+        pos: int,
+    ) -> Any:
+        size = len(sent)
+        if type(result) is list and len(result) == size:
+            sequence = True
+        else:
+            try:
+                sequence = is_sequence(result, size, self.name)
+            except BatchRoutingError as error:
+                self.fail(batch, error, pos, size)
+                raise error from None
+        futs = batch.futs
+        if sequence and remap is None:  # the common case: no duplicates, nobody cancelled
+            for fut, value in zip(futs, result):  # noqa: B905 - lengths checked above
+                if fut is None or fut.done():  # the leader; or cancelled meanwhile
+                    continue
+                if isinstance(value, BaseException):
+                    fut.set_exception(as_error(value))
+                else:
+                    fut.set_result(value)
+            own = result[0]
+        else:
+            entries = batch.entries
+            keys = batch.ids if batch.ids is not None else batch.items
+            own = None
+            for p, fut in enumerate(futs):
+                if p != pos and (fut is None or fut.done()):
+                    continue
+                entry = entries[p] if entries is not None else p
+                if sequence:
+                    value = result[entry if remap is None else remap[entry]]
+                else:
+                    value = lookup(result, keys[entry])
+                if p == pos:
+                    own = value
+                elif isinstance(value, BaseException):
+                    fut.set_exception(as_error(value))  # type: ignore[union-attr]
+                else:
+                    fut.set_result(value)  # type: ignore[union-attr]
+        if batch.timer is None and not batch.queued and not batch.granted:  # finish() inlined
+            batch.state = DONE
+            lane = batch.lane
+            if lane.open is batch:
+                lane.open = None
+            if lane.registry is not None:
+                discard_if_idle(lane)
+        else:
+            finish(batch)
+        if self.rec.listening:
+            self.rec.emit("completed", size)
+        if isinstance(own, BaseException):
+            raise own
+        return own
+
+    def fail(self, batch: Batch, error: BaseException, pos: int, size: int) -> None:
+        """The bulk call raised (or returned a mis-shaped result): every caller gets it."""
+        self.rec.failed.value += 1
+        cancel = isinstance(error, asyncio.CancelledError)
+        carried = as_error(error)
+        for p, fut in enumerate(batch.futs):
+            if p == pos or fut is None or fut.done():
+                continue
+            if cancel:
+                fut.cancel()
+            else:
+                fut.set_exception(carried)
+        finish(batch)
+        if self.rec.listening:
+            self.rec.emit("failed", size, error)
+
+    def leader_lost(self, batch: Batch, pos: int) -> None:
+        """The leader at ``pos`` was cancelled: promote the next live caller, or drop."""
+        batch.dead += 1
+        if batch.state == DONE:
+            return
+        for p, fut in enumerate(batch.futs):
+            if p != pos and fut is not None and not fut.done():
+                batch.leader = p
+                fut.set_result(PROMOTE)
+                if self.rec.listening:
+                    self.rec.emit("handed_over", len(batch.items))
+                return
+        batch.leader = -1
+        finish(batch)
+        if self.rec.listening:
+            self.rec.emit("dropped", len(batch.items))
+
+    def follower_failed(self, batch: Batch, fut: asyncio.Future[Any], error: BaseException) -> None:
+        if not isinstance(error, asyncio.CancelledError):
+            return
+        self.rec.cancelled.value += 1
+        if fut.cancelled():
+            batch.dead += 1
+            return
+        # the result arrived, but the task was cancelled before it resumed
+        if fut.exception() is None and fut.result() is PROMOTE:
+            self.leader_lost(batch, batch.futs.index(fut))

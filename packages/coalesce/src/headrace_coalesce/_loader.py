@@ -1,0 +1,262 @@
+"""``Loader``: a DataLoader whose cache never keeps a cancelled load or a failed batch."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, final
+
+from headrace_coalesce._lane import Lane, Options, check_callable, require_async
+from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery, cancelling
+from headrace_coalesce._routing import as_error
+from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
+from headrace_core import ConfigurationError, PerLoop
+from headrace_core.stats import Listener
+
+__all__ = ["Loader"]
+
+_get_running_loop = asyncio.get_running_loop
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@final
+class Loader(LoaderMachinery, Generic[K, V]):
+    """Batch and cache loads of keys: ``await loader.load(key)`` from anywhere.
+
+    Loads made in the same window become one ``load_fn(keys)`` call, which returns one
+    value per key (a ``Sequence`` in the order of ``keys``, or a ``Mapping`` keyed by
+    ``key(k)``); an exception instance in the results is raised in the callers of that
+    key. The loader binds to no event loop at construction; batches are per loop.
+
+    Args:
+        load_fn: ``async def load_fn(keys: list[K])`` returning the values.
+        max_size: most keys per ``load_fn`` call (``>= 1``); reaching it dispatches at once.
+        max_wait: seconds (``>= 0``, loop clock) the window stays open after its first key;
+            ``0`` means the loads of the same loop iteration.
+        max_concurrent: most ``load_fn`` calls in flight per loop (``>= 1``).
+        cache: remember values by key. Cancelled loads and whole-batch failures are never
+            kept. With ``cache=False`` identical keys of one batch are still loaded once.
+        cache_errors: also keep exception values returned for single keys.
+        key: the cache key of a key (default: the key itself).
+
+    Raises:
+        ConfigurationError: when an option is invalid (the message names it).
+        TypeError: when ``load_fn`` is not an async function.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        load_fn: Callable[[list[K]], Awaitable[Sequence[V | BaseException] | Mapping[Any, V]]],
+        *,
+        max_size: int | None = None,
+        max_wait: float = 0.0,
+        max_concurrent: int | None = None,
+        cache: bool = True,
+        cache_errors: bool = False,
+        key: Callable[[K], Hashable] | None = None,
+    ) -> None:
+        require_async("load_fn", load_fn)
+        options = Options(max_size, max_wait, max_concurrent)
+        for name, flag in (("cache", cache), ("cache_errors", cache_errors)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError.argument_error(name, flag, "must be a bool")
+        check_callable("key", key)
+        self._fn = load_fn
+        self._name = f"Loader({getattr(load_fn, '__qualname__', None) or load_fn!r})"
+        self._options = options
+        self._caching = cache
+        self._cache_errors = cache_errors
+        self._keyfn = key
+        self._cache: dict[Hashable, Entry] = {}
+        self._per_loop: PerLoop[Lane] = PerLoop(lambda: Lane(options))
+        self._rec = _Recorder(self._name)
+        self._runners: set[asyncio.Task[None]] = set()
+        self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
+
+    # -- loading --------------------------------------------------------------------
+    async def load(self, key: K) -> V:
+        """Load one key (from the cache when it holds the key, else in the next batch).
+
+        Args:
+            key: the key.
+
+        Returns:
+            The value ``load_fn`` returned for ``key``.
+
+        Raises:
+            BatchRoutingError: when ``load_fn`` returned a mis-shaped result.
+            MissingResult: when a ``Mapping`` result lacks this key.
+            Exception: what ``load_fn`` raised, or the exception value for this key.
+        """
+        rec = self._rec
+        rec.calls.value += 1
+        keyfn = self._keyfn
+        ck = key if keyfn is None else keyfn(key)
+        loop = _get_running_loop()
+        if self._caching:
+            try:
+                hit = self._cache.get(ck)
+            except TypeError:  # unhashable key: never cached
+                hit = None
+            if hit is not None:
+                if hit.waiters is None:  # resolved: no future, no task, no suspension
+                    rec.cache_hits.value += 1
+                    error = hit.error
+                    if error is not None:
+                        raise error.with_traceback(None)
+                    return hit.value  # type: ignore[no-any-return]
+                if hit.loop is not loop:
+                    hit = self._hit(ck, loop)
+                if hit is not None and hit.waiters is not None:
+                    rec.cache_hits.value += 1
+                    shared: asyncio.Future[Any] = loop.create_future()
+                    hit.waiters.append(shared)
+                    try:
+                        return await shared  # type: ignore[no-any-return]
+                    except asyncio.CancelledError:
+                        self._waiter_cancelled(hit, shared)
+                        raise
+        entry, fut, batch = self._enqueue(key, ck, loop)
+        if batch is not None:
+            self._start_runner(batch, loop)
+        try:
+            return await fut  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            self._waiter_cancelled(entry, fut)
+            raise
+
+    async def load_many(self, keys: Iterable[K]) -> list[V]:
+        """Load several keys at once (in as few batches as ``max_size`` allows).
+
+        Args:
+            keys: the keys; duplicates are loaded once.
+
+        Returns:
+            The values, in the order of ``keys``.
+
+        Raises:
+            Exception: the error of the first failed key (in the order of ``keys``), once
+                every key has been answered.
+        """
+        keys = list(keys)
+        rec = self._rec
+        loop = asyncio.get_running_loop()
+        keyfn = self._keyfn
+        out: list[Any] = [None] * len(keys)
+        errors: dict[int, BaseException] = {}
+        waiting: list[tuple[int, Entry, asyncio.Future[Any]]] = []
+        led: list[LoadBatch] = []
+        for i, key in enumerate(keys):
+            rec.calls.value += 1
+            ck = key if keyfn is None else keyfn(key)
+            hit = self._hit(ck, loop) if self._caching else None
+            if hit is not None:
+                rec.cache_hits.value += 1
+                if hit.waiters is None:
+                    if hit.error is not None:
+                        errors[i] = hit.error.with_traceback(None)
+                    else:
+                        out[i] = hit.value
+                    continue
+                fut: asyncio.Future[Any] = loop.create_future()
+                hit.waiters.append(fut)
+                waiting.append((i, hit, fut))
+                continue
+            entry, fut, batch = self._enqueue(key, ck, loop)
+            waiting.append((i, entry, fut))
+            if batch is not None:
+                led.append(batch)
+        for batch in led:
+            self._start_runner(batch, loop)
+        for n, (i, _, fut) in enumerate(waiting):
+            try:
+                out[i] = fut.result() if fut.done() else await fut
+            except asyncio.CancelledError:
+                if fut.cancelled() and cancelling():
+                    rec.cancelled.value += 1
+                    self._abandon(waiting[n:])
+                    raise
+                errors[i] = asyncio.CancelledError()
+            except BaseException as exc:
+                errors[i] = exc
+        if errors:
+            raise errors[min(errors)]
+        return out
+
+    # -- the cache ------------------------------------------------------------------
+    def prime(self, key: K, value: V | BaseException, *, force: bool = False) -> None:
+        """Put a value (or an exception to raise) in the cache for ``key``.
+
+        Does nothing when ``key`` is already cached (pending or resolved) unless
+        ``force=True``, which replaces the entry. Does nothing with ``cache=False``.
+
+        Args:
+            key: the key.
+            value: its value, or an exception instance that ``load(key)`` will raise.
+            force: replace an existing entry.
+        """
+        if not self._caching:
+            return
+        ck = key if self._keyfn is None else self._keyfn(key)
+        existing = self._cache.get(ck)
+        if existing is not None and not force:
+            return
+        entry = Entry(key, ck, None)
+        entry.waiters = None
+        if isinstance(value, BaseException):
+            entry.error = as_error(value)
+        else:
+            entry.value = value
+        entry.cached = True
+        if existing is not None:
+            existing.cached = False
+        self._cache[ck] = entry
+
+    def clear(self, key: K) -> None:
+        """Forget ``key``; the next load calls ``load_fn`` again (pending waiters keep waiting).
+
+        Args:
+            key: the key.
+        """
+        ck = key if self._keyfn is None else self._keyfn(key)
+        entry = self._cache.pop(ck, None)
+        if entry is not None:
+            entry.cached = False
+
+    def clear_all(self) -> None:
+        """Forget every cached key."""
+        for entry in self._cache.values():
+            entry.cached = False
+        self._cache.clear()
+
+    # -- observability --------------------------------------------------------------
+    def stats(self) -> CoalesceStats:
+        """Return a frozen snapshot of the counters.
+
+        Returns:
+            The current :class:`CoalesceStats`.
+        """
+        return self._rec.snapshot()
+
+    snapshot = stats
+
+    def add_listener(self, callback: Listener[CoalesceEvent]) -> Callable[[], None]:
+        """Call ``callback(event)`` after each batch transition (sync or async; isolated).
+
+        Args:
+            callback: receives a :class:`CoalesceEvent`.
+
+        Returns:
+            A callable that removes the listener.
+
+        Raises:
+            TypeError: when ``callback`` is not callable.
+        """
+        return self._rec.add_listener(callback)
+
+    def __repr__(self) -> str:
+        return f"<{self._name} cached={len(self._cache)}>"

@@ -1,0 +1,88 @@
+"""Routing a bulk result back to its callers: the shape check, the lookups, the two errors."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, final
+
+from headrace_core import HeadraceError
+
+__all__ = ["BatchRoutingError", "MissingResult", "as_error", "is_sequence", "lookup"]
+
+
+@final
+class BatchRoutingError(HeadraceError, TypeError):
+    """A bulk call returned something that cannot be routed back to its callers.
+
+    Raised in every caller of the batch when the result is neither a ``Sequence`` nor a
+    ``Mapping``, or when a ``Sequence`` does not have exactly one value per item sent.
+    """
+
+
+@final
+class MissingResult(HeadraceError, KeyError):
+    """A ``Mapping`` returned by a bulk call lacks the key of one caller's item.
+
+    Raised in that caller only; the other callers get their values.
+
+    Attributes:
+        key: the key that was looked up (``key(item)``, or the item itself).
+    """
+
+    def __init__(self, key: Hashable, message: str | None = None) -> None:
+        self.key = key
+        super().__init__(message if message is not None else f"no result for key {key!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+_TEXT = (str, bytes, bytearray, memoryview)
+
+
+def is_sequence(result: object, expected: int, name: str) -> bool:
+    """Return True for a routable ``Sequence``, False for a ``Mapping``.
+
+    Raises:
+        BatchRoutingError: when ``result`` is neither (text is not a result sequence), or
+            when a ``Sequence`` does not hold exactly ``expected`` values.
+    """
+    kind = type(result)
+    if kind is list or kind is tuple:
+        pass
+    elif isinstance(result, Mapping):
+        return False
+    elif not isinstance(result, Sequence) or isinstance(result, _TEXT):
+        raise BatchRoutingError(
+            f"{name} returned {kind.__name__}; return a Sequence with one value per item "
+            "(in the order of collect()) or a Mapping keyed by item"
+        )
+    size = len(result)  # type: ignore[arg-type]
+    if size != expected:
+        raise BatchRoutingError(
+            f"{name} returned {size} result(s) for {expected} item(s); "
+            "a Sequence result needs exactly one value per item"
+        )
+    return True
+
+
+def as_error(value: BaseException) -> BaseException:
+    """Return an exception that a future can carry (``StopIteration`` cannot)."""
+    if isinstance(value, StopIteration):
+        error = RuntimeError(f"bulk result was a StopIteration: {value!r}")
+        error.__cause__ = value
+        return error
+    return value
+
+
+def lookup(result: Mapping[Any, Any], key: Any) -> Any:
+    """Return ``result[key]`` or the error that the caller of ``key`` must raise."""
+    try:
+        return result[key]
+    except KeyError:
+        return MissingResult(key)
+    except TypeError:
+        return BatchRoutingError(
+            f"item key {key!r} is unhashable, so a Mapping result cannot be looked up; "
+            "pass key= to @batch or return a Sequence"
+        )

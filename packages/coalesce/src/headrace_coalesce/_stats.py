@@ -1,0 +1,140 @@
+"""Counters, the frozen snapshot and the events of a batcher or loader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, final
+
+from headrace_core.stats import Counter, Gauge, Listener, Listeners
+
+__all__ = ["CoalesceEvent", "CoalesceStats"]
+
+EventKind = Literal["dispatched", "completed", "failed", "handed_over", "dropped"]
+
+
+@final
+@dataclass(frozen=True)
+class CoalesceStats:
+    """A frozen snapshot of one ``@batch`` function or one ``Loader``.
+
+    Attributes:
+        calls: decorated calls (or ``load`` keys) made.
+        batches: bulk calls run (a rerun after a leader hand-over counts).
+        items: items passed to bulk calls (after de-duplication, cancelled items excluded).
+        deduplicated: calls served by an identical item of another caller in the same batch.
+        failed_batches: bulk calls that raised or returned a mis-shaped result.
+        cancelled: calls that ended cancelled.
+        in_flight: bulk calls running now (not callers).
+        batch_sizes: number of items in a bulk call -> how many bulk calls had that size.
+        cache_hits: ``load`` calls answered from the cache (a pending entry included).
+    """
+
+    calls: int
+    batches: int
+    items: int
+    deduplicated: int
+    failed_batches: int
+    cancelled: int
+    in_flight: int
+    batch_sizes: Mapping[int, int]
+    cache_hits: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CoalesceEvent:
+    """One transition of a batch, given to listeners after the state has changed.
+
+    Attributes:
+        kind: ``"dispatched"`` (a bulk call starts), ``"completed"`` (its results were
+            routed), ``"failed"`` (it raised or returned a mis-shaped result),
+            ``"handed_over"`` (its leader was cancelled and the next live caller takes
+            over) or ``"dropped"`` (every caller was cancelled before dispatch).
+        at: the loop time of the transition.
+        size: the number of items in the batch.
+        name: the batched function's qualified name, or ``"Loader(<load_fn>)"``.
+        error: the exception of a failed batch, else ``None``.
+    """
+
+    kind: EventKind
+    at: float
+    size: int
+    name: str
+    error: BaseException | None = None
+
+
+class _Recorder:
+    """The counters behind ``stats()``; hot paths bump ``.value`` directly."""
+
+    __slots__ = (
+        "batches",
+        "cache_hits",
+        "calls",
+        "cancelled",
+        "deduplicated",
+        "failed",
+        "in_flight",
+        "items",
+        "listeners",
+        "listening",
+        "name",
+        "sizes",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = Counter()
+        self.batches = Counter()
+        self.items = Counter()
+        self.deduplicated = Counter()
+        self.failed = Counter()
+        self.cancelled = Counter()
+        self.cache_hits = Counter()
+        self.in_flight = Gauge()
+        self.sizes: dict[int, int] = {}
+        self.listeners: Listeners[CoalesceEvent] = Listeners("headrace.coalesce", name)
+        self.listening = False  # a plain flag: the hot paths check it twice per batch
+
+    def dispatched(self, size: int) -> None:
+        self.batches.value += 1
+        self.items.value += size
+        sizes = self.sizes
+        sizes[size] = sizes.get(size, 0) + 1
+        gauge = self.in_flight
+        gauge.value += 1
+        if gauge.value > gauge.peak:
+            gauge.peak = gauge.value
+        if self.listening:
+            self.emit("dispatched", size)
+
+    def emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:
+        try:
+            at = asyncio.get_running_loop().time()
+        except RuntimeError:  # pragma: no cover - events are emitted inside a loop
+            at = 0.0
+        self.listeners.emit(CoalesceEvent(kind, at, size, self.name, error))
+
+    def add_listener(self, callback: Listener[CoalesceEvent]) -> Callable[[], None]:
+        remove = self.listeners.add(callback)
+        self.listening = True
+
+        def remove_listener() -> None:
+            remove()
+            self.listening = bool(self.listeners)
+
+        return remove_listener
+
+    def snapshot(self) -> CoalesceStats:
+        return CoalesceStats(
+            calls=self.calls.value,
+            batches=self.batches.value,
+            items=self.items.value,
+            deduplicated=self.deduplicated.value,
+            failed_batches=self.failed.value,
+            cancelled=self.cancelled.value,
+            in_flight=int(self.in_flight.value),
+            batch_sizes={k: v for k, v in sorted(self.sizes.items()) if v},
+            cache_hits=self.cache_hits.value,
+        )

@@ -1,0 +1,543 @@
+"""Loader: batching, the cache, and the DataLoader rows of the spec."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import pytest
+
+from headrace_coalesce import BatchRoutingError, Loader, MissingResult
+from headrace_core import ConfigurationError
+from headrace_core.testing import VirtualClock
+
+
+class Backend:
+    """A load_fn that records its calls; optional delay and per-key errors."""
+
+    def __init__(self, delay: float = 0.0, fail: Exception | None = None) -> None:
+        self.calls: list[list[Any]] = []
+        self.delay = delay
+        self.fail = fail
+
+    async def __call__(self, keys: list[Any]) -> list[Any]:
+        self.calls.append(list(keys))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return [k * 10 if not isinstance(k, str) else k.upper() for k in keys]
+
+
+async def test_loads_in_one_window_become_one_call() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    assert list(await asyncio.gather(*(loader.load(i) for i in range(4)))) == [0, 10, 20, 30]
+    assert backend.calls == [[0, 1, 2, 3]]
+    stats = loader.stats()
+    assert (stats.calls, stats.batches, stats.items, stats.cache_hits) == (4, 1, 4, 0)
+    assert loader.snapshot() == stats
+
+
+async def test_cache_serves_repeated_keys() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    assert list(await asyncio.gather(loader.load(1), loader.load(1), loader.load(2))) == [
+        10,
+        10,
+        20,
+    ]
+    assert await loader.load(1) == 10
+    assert backend.calls == [[1, 2]]
+    assert loader.stats().cache_hits == 2
+
+
+async def test_cache_hit_creates_no_task_and_does_not_suspend() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    await loader.load(1)
+    created: list[object] = []
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+
+    def factory_spy(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    loop.set_task_factory(factory_spy)
+    try:
+        coro = loader.load(1)
+        with pytest.raises(StopIteration) as info:
+            coro.send(None)  # completes without yielding to the loop
+        assert info.value.value == 10
+    finally:
+        loop.set_task_factory(factory)
+    assert created == []
+
+
+async def test_load_many_keeps_order_and_dedupes() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    assert await loader.load_many([3, 1, 3, 2]) == [30, 10, 30, 20]
+    assert backend.calls == [[3, 1, 2]]
+    assert await loader.load_many(iter([2, 4])) == [20, 40]
+    assert backend.calls[-1] == [4]
+
+
+async def test_load_many_joins_loads_of_the_same_window() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    results = list(await asyncio.gather(loader.load(1), loader.load_many([2, 3]), loader.load(4)))
+    assert results == [10, [20, 30], 40]
+    assert backend.calls == [[1, 2, 3, 4]]
+
+
+async def test_load_many_raises_first_failed_key_after_all() -> None:
+    async def fn(keys: list[int]) -> list[object]:
+        return [ValueError(k) if k % 2 else k for k in keys]
+
+    loader: Loader[int, object] = Loader(fn)
+    with pytest.raises(ValueError, match="3"):
+        await loader.load_many([2, 3, 4, 5])
+
+
+async def test_load_many_split_by_max_size() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend, max_size=2)
+    assert await loader.load_many(range(5)) == [0, 10, 20, 30, 40]
+    assert backend.calls == [[0, 1], [2, 3], [4]]
+
+
+async def test_mapping_results_and_missing_keys() -> None:
+    async def fn(keys: list[int]) -> dict[int, str]:
+        return {k: f"v{k}" for k in keys if k != 2}
+
+    loader: Loader[int, str] = Loader(fn)
+    results = list(await asyncio.gather(loader.load(1), loader.load(2), return_exceptions=True))
+    assert results[0] == "v1"
+    assert isinstance(results[1], MissingResult)
+
+
+async def test_mapping_routes_by_cache_key() -> None:
+    async def fn(keys: list[dict[str, int]]) -> dict[int, int]:
+        return {k["id"]: k["id"] * 2 for k in keys}
+
+    loader: Loader[dict[str, int], int] = Loader(fn, key=lambda k: k["id"])
+    assert list(await asyncio.gather(loader.load({"id": 1}), loader.load({"id": 1}))) == [2, 2]
+
+
+async def test_wrong_length_fails_every_key_and_is_not_cached() -> None:
+    calls = 0
+
+    async def fn(keys: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return [1]
+
+    loader: Loader[int, int] = Loader(fn)
+    results = list(await asyncio.gather(loader.load(1), loader.load(2), return_exceptions=True))
+    assert all(isinstance(r, BatchRoutingError) for r in results)
+    with pytest.raises(BatchRoutingError):
+        await loader.load_many([1, 2])
+    assert calls == 2
+    assert loader.stats().failed_batches == 2
+
+
+async def test_item_errors_raised_per_key_not_cached_by_default() -> None:
+    calls: list[list[int]] = []
+
+    async def fn(keys: list[int]) -> list[object]:
+        calls.append(keys)
+        return [KeyError(k) if k == 2 else k for k in keys]
+
+    loader: Loader[int, object] = Loader(fn)
+    results = list(await asyncio.gather(loader.load(1), loader.load(2), return_exceptions=True))
+    assert results[0] == 1
+    assert isinstance(results[1], KeyError)
+    with pytest.raises(KeyError):
+        await loader.load(2)
+    assert calls == [[1, 2], [2]]
+
+
+async def test_item_errors_cached_with_cache_errors() -> None:
+    calls: list[list[int]] = []
+
+    async def fn(keys: list[int]) -> list[object]:
+        calls.append(keys)
+        return [KeyError(k) for k in keys]
+
+    loader: Loader[int, object] = Loader(fn, cache_errors=True)
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            await loader.load(1)
+    assert calls == [[1]]
+
+
+async def test_whole_batch_failure_is_not_cached() -> None:
+    """Row 5 (strawberry caches it): the next load calls load_fn again."""
+    backend = Backend(fail=ConnectionError("down"))
+    loader: Loader[int, int] = Loader(backend)
+    results = list(await asyncio.gather(loader.load(1), loader.load(2), return_exceptions=True))
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert results[0] is results[1]
+    backend.fail = None
+    assert await loader.load(1) == 10
+    assert backend.calls == [[1, 2], [1]]
+
+
+async def test_cache_false_dedupes_inside_one_batch_only() -> None:
+    """graphql/dataloader#280."""
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend, cache=False)
+    assert list(await asyncio.gather(loader.load(1), loader.load(1), loader.load(2))) == [
+        10,
+        10,
+        20,
+    ]
+    assert await loader.load(1) == 10
+    assert backend.calls == [[1, 2], [1]]
+    stats = loader.stats()
+    assert stats.deduplicated == 1
+    assert stats.cache_hits == 0
+
+
+async def test_unhashable_keys_are_loaded_uncached() -> None:
+    async def fn(keys: list[list[int]]) -> list[int]:
+        return [sum(k) for k in keys]
+
+    loader: Loader[list[int], int] = Loader(fn)
+    assert list(await asyncio.gather(loader.load([1, 2]), loader.load([1, 2]))) == [3, 3]
+    assert await loader.load_many([[4], [5]]) == [4, 5]
+
+
+async def test_prime_clear_clear_all() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    loader.prime(1, 111)
+    assert await loader.load(1) == 111
+    loader.prime(1, 222)  # already cached: ignored
+    assert await loader.load(1) == 111
+    loader.prime(1, 222, force=True)
+    assert await loader.load(1) == 222
+    loader.prime(2, ValueError("primed"))
+    with pytest.raises(ValueError, match="primed"):
+        await loader.load(2)
+    loader.clear(1)
+    assert await loader.load(1) == 10
+    loader.clear(99)  # unknown key: nothing happens
+    loader.clear_all()
+    assert await loader.load_many([1, 2]) == [10, 20]
+    assert backend.calls == [[1], [1, 2]]
+
+
+async def test_prime_ignores_a_pending_key_unless_forced() -> None:
+    backend = Backend(delay=1)
+    loader: Loader[int, int] = Loader(backend)
+    with VirtualClock():
+        task = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.5)
+        loader.prime(1, 5)
+        assert await loader.load(1) == 10  # joined the pending load
+        loader.prime(1, 7, force=True)
+        assert await task == 10  # the pending load finishes for its waiters
+        assert await loader.load(1) == 7
+
+
+def test_prime_outside_a_loop_and_no_loop_bound_at_construction() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    loader.prime(5, 55)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(loader.load(5), loader.load(6)))
+
+    assert asyncio.run(main()) == [55, 60]
+    assert asyncio.run(main()) == [55, 60]  # a second loop: no "Event loop is closed"
+    assert backend.calls == [[6]]
+
+
+def test_prime_with_cache_disabled_is_a_no_op() -> None:
+    loader: Loader[int, int] = Loader(Backend(), cache=False)
+    loader.prime(1, 1)
+
+    async def main() -> int:
+        return await loader.load(1)
+
+    assert asyncio.run(main()) == 10
+
+
+def test_pending_entry_from_a_dead_loop_is_reloaded() -> None:
+    backend = Backend(delay=100)
+    loader: Loader[int, int] = Loader(backend)
+
+    async def abandon() -> None:
+        task = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        task.cancel()
+        list(await asyncio.gather(task, return_exceptions=True))
+
+    asyncio.run(abandon())
+    backend.delay = 0
+
+    async def main() -> int:
+        return await loader.load(1)
+
+    assert asyncio.run(main()) == 10
+
+
+async def test_shared_pending_load_survives_one_waiter_cancelled() -> None:
+    """Row 4: cancelling one caller must not cancel the shared load."""
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        first = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(loader.load(1))  # a cache hit on the pending entry
+        await asyncio.sleep(0.1)
+        second.cancel()
+        assert await first == 10
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert await loader.load(1) == 10
+        assert backend.calls == [[1]]
+
+
+async def test_first_caller_cancelled_during_load_does_not_cancel_it() -> None:
+    """The load runs on its own: one waiter's cancellation never reruns or cancels it."""
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        tasks = [asyncio.create_task(loader.load(i)) for i in range(3)]
+        await asyncio.sleep(0.5)
+        tasks[0].cancel()
+        results = list(await asyncio.gather(*tasks, return_exceptions=True))
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [10, 20]
+        assert backend.calls == [[0, 1, 2]]
+        assert loader.stats().batches == 1
+        # the load of key 0 completed, so its value is cached
+        assert await loader.load(0) == 0
+        assert backend.calls == [[0, 1, 2]]
+
+
+async def test_pending_waiter_of_another_batch_keeps_the_key_alive() -> None:
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        owner = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.5)
+        hitter = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.1)
+        owner.cancel()
+        assert await hitter == 10
+        assert backend.calls == [[1]]
+        with pytest.raises(asyncio.CancelledError):
+            await owner
+
+
+async def test_cancelled_load_never_stays_in_the_cache() -> None:
+    """Row 5 (aiodataloader: CANCELLED forever)."""
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        task = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await loader.load(1) == 10
+        assert backend.calls == [[1], [1]]
+
+
+async def test_leader_cancelled_in_window_others_still_loaded() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    tasks = [asyncio.create_task(loader.load(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+    results = list(await asyncio.gather(*tasks, return_exceptions=True))
+    assert results[1:] == [10, 20]
+    assert backend.calls == [[1, 2]]
+
+
+async def test_all_waiters_cancelled_skips_load_fn() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    tasks = [asyncio.create_task(loader.load(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    for t in tasks:
+        t.cancel()
+    list(await asyncio.gather(*tasks, return_exceptions=True))
+    assert backend.calls == []
+    assert loader.stats().cancelled == 3
+    assert await loader.load(1) == 10
+
+
+async def test_follower_cancelled_before_dispatch_not_sent() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    tasks = [asyncio.create_task(loader.load(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    results = list(await asyncio.gather(*tasks, return_exceptions=True))
+    assert results[0] == 0
+    assert results[2] == 20
+    assert backend.calls == [[0, 2]]
+
+
+async def test_all_waiters_cancelled_during_load_stop_it() -> None:
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        tasks = [asyncio.create_task(loader.load(i)) for i in range(2)]
+        await asyncio.sleep(0.5)
+        tasks[0].cancel()
+        await asyncio.sleep(0.1)  # key 1 still has a waiter: the load goes on
+        tasks[1].cancel()  # nobody waits any more: the load is cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert backend.calls == [[0, 1]]
+        assert loader.stats().in_flight == 0
+        assert await loader.load(1) == 10  # nothing cached from the cancelled load
+        assert backend.calls == [[0, 1], [1]]
+
+
+async def test_load_many_cancelled_while_leading() -> None:
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        many = asyncio.create_task(loader.load_many([1, 2]))
+        other = asyncio.create_task(loader.load(3))
+        await asyncio.sleep(0.5)
+        many.cancel()
+        assert await other == 30
+        with pytest.raises(asyncio.CancelledError):
+            await many
+        assert backend.calls == [[1, 2, 3]]
+
+
+async def test_load_many_cancelled_while_waiting_for_others() -> None:
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        first = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0)
+        many = asyncio.create_task(loader.load_many([1, 2]))
+        await asyncio.sleep(0.5)
+        many.cancel()
+        assert await first == 10
+        with pytest.raises(asyncio.CancelledError):
+            await many
+
+
+async def test_load_fn_raising_cancelled_error_by_itself() -> None:
+    async def fn(keys: list[int]) -> list[int]:
+        raise asyncio.CancelledError
+
+    loader: Loader[int, int] = Loader(fn)
+    results = list(await asyncio.gather(loader.load(1), loader.load(2), return_exceptions=True))
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert loader.stats().failed_batches == 1
+
+
+async def test_max_wait_and_max_concurrent() -> None:
+    with VirtualClock() as clock:
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend, max_wait=0.5, max_concurrent=1)
+        start = clock.now()
+
+        async def at(delay: float, k: int) -> int:
+            await asyncio.sleep(delay)
+            return await loader.load(k)
+
+        results = list(await asyncio.gather(at(0, 1), at(0.4, 2), at(0.6, 3), at(1.2, 4)))
+        assert results == [10, 20, 30, 40]
+        assert backend.calls == [[1, 2], [3, 4]]
+        assert clock.now() - start == pytest.approx(2.5)
+
+
+async def test_key_function_caches_by_key() -> None:
+    calls: list[list[dict[str, int]]] = []
+
+    async def fn(keys: list[dict[str, int]]) -> list[int]:
+        calls.append(keys)
+        return [k["id"] for k in keys]
+
+    loader: Loader[dict[str, int], int] = Loader(fn, key=lambda k: k["id"])
+    assert list(await asyncio.gather(loader.load({"id": 1}), loader.load({"id": 1, "x": 2}))) == [
+        1,
+        1,
+    ]
+    assert len(calls) == 1
+
+
+def test_async_callables_are_accepted() -> None:
+    backend = Backend()
+    Loader(backend)
+    Loader(functools.partial(Backend()))
+
+    async def fn(keys: list[int], scale: int) -> list[int]:
+        return [k * scale for k in keys]
+
+    loader: Loader[int, int] = Loader(functools.partial(fn, scale=3))
+    assert asyncio.run(loader.load(2)) == 6
+
+
+def test_non_async_load_fn_is_type_error() -> None:
+    def fn(keys: list[int]) -> list[int]:
+        return keys
+
+    with pytest.raises(TypeError, match="async"):
+        Loader(fn)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async"):
+        Loader(functools.partial(fn))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Loader(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("max_size", 0),
+        ("max_wait", -0.1),
+        ("max_concurrent", 0),
+        ("cache", "yes"),
+        ("cache_errors", 1),
+        ("key", "id"),
+    ],
+)
+def test_bad_options_fail_at_construction(argument: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=argument):
+        Loader(Backend(), **{argument: value})  # type: ignore[arg-type]
+
+
+async def test_listener_receives_events() -> None:
+    loader: Loader[int, int] = Loader(Backend())
+    events: list[str] = []
+    remove = loader.add_listener(lambda e: events.append(e.kind))
+    await loader.load(1)
+    remove()
+    await loader.load(2)
+    assert events == ["dispatched", "completed"]
+    assert "Loader" in repr(loader)
+
+
+async def test_load_many_of_nothing() -> None:
+    backend = Backend()
+    loader: Loader[int, int] = Loader(backend)
+    assert await loader.load_many([]) == []
+    assert backend.calls == []
+
+
+async def test_clear_all_while_pending_keeps_the_waiters() -> None:
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        task = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.5)
+        loader.clear_all()
+        assert await task == 10
+        assert await loader.load(1) == 10  # forgotten: loaded again
+        assert backend.calls == [[1], [1]]
