@@ -58,3 +58,18 @@ def test_rich_output_when_color() -> None:
     assert ui.rich
     ui.table("t", ["a"], [[1]])
     assert "a" in out.getvalue()
+
+
+@pytest.mark.redis
+async def test_shared_scene_three_processes_share_one_rate(redis_url: str) -> None:
+    from headrace._tour.shared import RATE, run_workers
+
+    seconds = 2.0
+    counts = await run_workers(redis_url, workers=3, seconds=seconds)
+    total = sum(counts)
+    assert all(n > 0 for n in counts)
+    # One shared limit: together they stay near RATE per second (the workers start up to
+    # ~1.5 s apart, which widens the window), far below the 3 x RATE of three own limits.
+    assert total <= RATE * (seconds + 1.5) + 6
+    assert total < 3 * RATE * seconds
+    assert total >= RATE * seconds * 0.5

@@ -10,6 +10,7 @@ Run: ``python packages/leveled/benchmarks/bench_levels.py``
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -20,6 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from headrace_leveled import Processor, Task, TaskFunction
 from shared.bench import Bench
 
+
+def _sdax_label() -> str:
+    try:
+        return f"sdax {importlib.metadata.version('sdax')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "sdax"
+
+
+SDAX = _sdax_label()
 BENCH = Bench("leveled: zero-work pre+execute+post per task")
 
 SHAPES = [(100, 10), (10, 10), (1, 1000), (1000, 1)]
@@ -143,7 +153,7 @@ def register(levels: int, width: int) -> None:
 
     peers: dict[str, Any] = {}
 
-    @BENCH.case(group, "sdax 0.7.2", kind="peer", ops=ops, requires=("sdax",))
+    @BENCH.case(group, SDAX, kind="peer", ops=ops, requires=("sdax",))
     async def sdax(n: int) -> None:
         peer = peers.get("sdax") or peers.setdefault("sdax", sdax_processor(levels, width))
         for _ in range(n):
@@ -183,7 +193,7 @@ def register_timeout(levels: int, width: int) -> None:
 
     peers: dict[str, Any] = {}
 
-    @BENCH.case(group, "sdax 0.7.2, timeout (wait_for)", kind="peer", ops=ops, requires=("sdax",))
+    @BENCH.case(group, f"{SDAX}, timeout (wait_for)", kind="peer", ops=ops, requires=("sdax",))
     async def sdax(n: int) -> None:
         peer = peers.get("sdax") or peers.setdefault("sdax", sdax_processor(levels, width, TIMEOUT))
         for _ in range(n):
