@@ -123,3 +123,11 @@ def test_a_workflow_per_package() -> None:
         text = (workflows / f"{package}.yml").read_text(encoding="utf-8")
         assert f"packages/{package}/**" in text
         assert f"{package}-v*" in release
+
+
+def test_every_docs_page_is_in_the_nav() -> None:
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = text[text.index("\nnav:") : text.index("\ntheme:")]
+    for page in sorted((ROOT / "docs").glob("**/*.md")):
+        relative = page.relative_to(ROOT / "docs").as_posix()
+        assert relative in nav, f"{relative} is not in the mkdocs.yml nav"
