@@ -289,3 +289,16 @@ async def test_fixture_gives_an_active_clock(virtual_clock: VirtualClock) -> Non
     await asyncio.sleep(42)
     assert virtual_clock.active
     assert virtual_clock.now() - start == pytest.approx(42)
+
+
+@pytest.mark.parametrize("repeat", range(20))
+async def test_default_start_keeps_whole_second_arithmetic_exact(repeat: int) -> None:
+    loop = asyncio.get_running_loop()
+    real = loop.time()
+    with VirtualClock() as clock:
+        start = clock.now()
+        assert start >= real
+        assert start == int(start)
+        for delay in (1, 2, 4, 0.5, 0.25):
+            await asyncio.sleep(delay)
+        assert clock.now() - start == 7.75

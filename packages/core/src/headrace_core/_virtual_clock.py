@@ -36,7 +36,8 @@ class VirtualClock:
             only moves through :meth:`advance`.
         autojump_threshold: real seconds to wait for I/O before jumping while sockets are
             registered (``>= 0``).
-        start: the virtual time to start from; default the loop's current time.
+        start: the virtual time to start from; default the loop's current time rounded
+            up to a whole second (so differences of whole-second delays are exact).
     """
 
     __slots__ = (
@@ -81,7 +82,10 @@ class VirtualClock:
                 f"VirtualClock needs a selector event loop (asyncio's default), not {loop!r}"
             )
         real_now = loop.time()
-        self._now = real_now if self._start is None else self._start
+        # By default start at the loop's time rounded up to a whole second: time never goes
+        # back, and sums of whole or binary-fraction delays stay exact (``now() - start``
+        # is exactly 7.0 after sleeping 1, 2 and 4 seconds).
+        self._now = float(math.ceil(real_now)) if self._start is None else self._start
         self._shift_timers(loop, self._now - real_now)
         self._loop = loop
         self._selector = selector
