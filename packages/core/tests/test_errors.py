@@ -112,3 +112,33 @@ def test_circuit_state_members() -> None:
 
 def test_version_is_exposed() -> None:
     assert isinstance(headrace_core.__version__, str)
+
+
+def test_is_async_callable() -> None:
+    import functools
+
+    from headrace_core import is_async_callable
+
+    async def coro(x: int) -> int:
+        return x
+
+    def sync(x: int) -> int:
+        return x
+
+    class AsyncCall:
+        async def __call__(self) -> None:
+            pass
+
+    class SyncCall:
+        def __call__(self) -> None:
+            pass
+
+    assert is_async_callable(coro)
+    assert is_async_callable(functools.partial(coro, 1))
+    assert is_async_callable(AsyncCall())
+    assert not is_async_callable(AsyncCall)
+    assert not is_async_callable(sync)
+    assert not is_async_callable(functools.partial(sync, 1))
+    assert not is_async_callable(SyncCall())
+    assert not is_async_callable(lambda: coro(1))
+    assert not is_async_callable(42)

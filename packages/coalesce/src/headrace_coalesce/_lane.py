@@ -11,14 +11,12 @@ batch stands (window already over, slot already granted).
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import types
 from collections import deque
 from collections.abc import Generator, Hashable
 from typing import Any, Final
 
-from headrace_core import ConfigurationError, check_int, check_number
+from headrace_core import ConfigurationError, check_int, check_number, is_async_callable
 
 OPEN: Final = 0  # accepting items
 RUNNING: Final = 1  # dispatched: no more items
@@ -38,24 +36,13 @@ class Options:
         )
 
 
-def _is_async(fn: object) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    if isinstance(fn, type) or not callable(fn):
-        return False
-    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's __call__, not fn's
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
 def require_async(argument: str, fn: object) -> None:
     """Raise ``TypeError`` unless ``fn`` is an async callable.
 
     Raises:
         TypeError: when ``fn`` is not callable, or calling it does not return a coroutine.
     """
-    if not _is_async(fn):
+    if not is_async_callable(fn):
         raise TypeError(f"{argument} must be an async function (async def), got {fn!r}")
 
 

@@ -24,6 +24,7 @@ from headrace_core._stats import loop_time as loop_time
 from headrace_core._validate import check_int as check_int
 from headrace_core._validate import check_number as check_number
 from headrace_core._validate import check_optional_number as check_optional_number
+from headrace_core._validate import is_async_callable as is_async_callable
 from headrace_core._version import __version__ as __version__
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_optional_number",
+    "is_async_callable",
     "loop_time",
 ]
 
@@ -61,6 +63,7 @@ for _obj in (
     check_int,
     check_number,
     check_optional_number,
+    is_async_callable,
 ):
     _obj.__module__ = __name__
 del _obj

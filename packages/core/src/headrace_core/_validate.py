@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 from headrace_core._errors import ConfigurationError
@@ -10,6 +12,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_optional_number",
+    "is_async_callable",
 ]
 
 
@@ -108,3 +111,21 @@ def check_int(
             argument, value, f"must be an int <= {le}", component=component
         )
     return value
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine, judged without calling it.
+
+    True for an ``async def`` function or method, a ``functools.partial`` of one, and an
+    object whose class defines an ``async def __call__``; False for classes, sync
+    callables and non-callables. Decorator forms across headrace use it to raise
+    ``TypeError`` at decoration.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if isinstance(fn, type) or inspect.isfunction(fn) or not callable(fn):
+        return False
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's __call__
+    return call is not None and inspect.iscoroutinefunction(call)

@@ -9,7 +9,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, final
 
-from headrace_core import ConfigurationError, check_int, check_number, check_optional_number
+from headrace_core import (
+    ConfigurationError,
+    check_int,
+    check_number,
+    check_optional_number,
+    is_async_callable,
+)
 from headrace_core.backoff import exponential
 from headrace_flow._queues import QueueFactory
 from headrace_flow._scaling import FixedScaling, as_strategy
@@ -57,14 +63,6 @@ class Options:
             max=max(self.max_delay, self.initial_delay),
             jitter=self.jitter,
         )
-
-
-def is_async_callable(target: Any) -> bool:
-    """Whether calling ``target`` returns a coroutine."""
-    if inspect.iscoroutinefunction(target):
-        return True
-    call = getattr(type(target), "__call__", None)  # noqa: B004
-    return call is not None and not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
 
 
 def is_async_gen_callable(target: Any) -> bool:

@@ -16,6 +16,7 @@ from headrace_core import (
     check_int,
     check_number,
     check_optional_number,
+    is_async_callable,
 )
 from headrace_core.backoff import Backoff
 from headrace_core.store import BreakerStore
@@ -35,7 +36,6 @@ from headrace_guards._common import (
     check_callable,
     check_clock,
     compile_spec,
-    is_async_callable,
     now_of,
 )
 from headrace_guards._policies import Consecutive, CountWindow, Policy, TimeWindow, make_window

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeAlias, TypeVar, final
 
-from headrace_core import ConfigurationError
+from headrace_core import ConfigurationError, is_async_callable
 from headrace_core.stats import Listeners
 
 P = ParamSpec("P")
@@ -120,16 +119,6 @@ def check_name(name: object) -> str | None:
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigurationError.argument_error("name", name, "must be a non-empty str or None")
     return name
-
-
-def is_async_callable(fn: object) -> bool:
-    """Whether ``fn`` is an ``async def`` function (or an object with an async ``__call__``)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(type(fn), "__call__", None)  # noqa: B004 (we want the async __call__)
-    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
 
 
 def numeric_retry_after(exc: BaseException) -> float | None:

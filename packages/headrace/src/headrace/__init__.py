@@ -31,6 +31,7 @@ from headrace_core import Rejected as Rejected
 from headrace_core import check_int as check_int
 from headrace_core import check_number as check_number
 from headrace_core import check_optional_number as check_optional_number
+from headrace_core import is_async_callable as is_async_callable
 from headrace_core import loop_time as loop_time
 from headrace_flow import DROP as DROP
 from headrace_flow import Drop as Drop
@@ -252,6 +253,7 @@ __all__ = [
     "fifo_queue",
     "flatten_exceptions",
     "flow",
+    "is_async_callable",
     "join",
     "lifo_queue",
     "log_and_continue",
