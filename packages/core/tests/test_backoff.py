@@ -1,13 +1,21 @@
 import itertools
 import math
 import random
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headrace_core import ConfigurationError
-from headrace_core.backoff import Backoff, decorrelated_jitter, exponential, fixed, full_jitter
+from headrace_core import BackoffError, ConfigurationError
+from headrace_core.backoff import (
+    Backoff,
+    decorrelated_jitter,
+    exponential,
+    fixed,
+    full_jitter,
+    next_delay,
+)
 
 
 def take(schedule: Backoff, n: int, rng: random.Random | None = None) -> list[float]:
@@ -110,3 +118,32 @@ def test_property_all_schedules_stay_within_cap(
 
 def test_infinite_max_is_allowed() -> None:
     assert take(exponential(base=1, factor=10, max=math.inf), 3) == [1, 10, 100]
+
+
+def test_next_delay_names_the_owner_when_a_schedule_runs_out() -> None:
+    error = "the old error"
+    cause = ValueError(error)
+    with pytest.raises(BackoffError, match=r"Retry\(backoff=\.\.\.\): .* ran out") as info:
+        next_delay(iter([0.5][:0]), owner="Retry(backoff=...)", cause=cause)
+    assert info.value.__cause__ is cause
+    assert isinstance(info.value, RuntimeError)
+
+
+@pytest.mark.parametrize("bad", [None, "1", math.nan, -1.0, math.inf, True])
+def test_next_delay_rejects_a_value_that_is_not_a_finite_delay(bad: object) -> None:
+    with pytest.raises(BackoffError, match=r"yielded .*finite number >= 0"):
+        next_delay(iter([bad]))  # type: ignore[list-item]
+
+
+def test_next_delay_passes_good_values_and_the_schedules_own_errors() -> None:
+    assert next_delay(iter([2])) == 2.0
+
+    class Broken:
+        def __iter__(self) -> Iterator[float]:
+            return self
+
+        def __next__(self) -> float:
+            raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        next_delay(Broken())

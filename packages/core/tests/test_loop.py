@@ -1,10 +1,12 @@
 import asyncio
 import gc
+import math
+import sys
 import threading
 
 import pytest
 
-from headrace_core import LoopBinding, PerLoop
+from headrace_core import TIME_TOLERANCE, LoopBinding, PerLoop, within
 
 
 def test_per_loop_state_is_fresh_in_each_asyncio_run() -> None:
@@ -76,3 +78,45 @@ def test_loop_binding_refuses_a_second_running_loop_in_another_thread() -> None:
     finally:
         release.set()
         thread.join()
+
+
+@pytest.mark.parametrize("magnitude", [0.0, 5e3, 8.64e4, 1e6, 1e8])
+def test_within_forgives_rounding_at_every_clock_magnitude(magnitude: float) -> None:
+    # A wait computed from loop times at this magnitude, meeting a bound it equals exactly.
+    deadline = magnitude + 0.3
+    wait = deadline - magnitude
+    assert within(wait, 0.3)
+    assert within(0.3 + TIME_TOLERANCE / 2, 0.3)
+    assert not within(0.3 + 1e-6, 0.3)
+    assert within(1e300, math.inf)
+    assert not within(math.inf, 1.0)
+
+
+def test_per_loop_state_is_never_mixed_between_threads() -> None:
+    # Two threads, each running its own loop, hammer one PerLoop: each must always get
+    # the value created for its own loop.
+    state: PerLoop[list[int]] = PerLoop(list)
+    errors: list[str] = []
+
+    def worker(n: int) -> None:
+        async def main() -> None:
+            mine = state.get()
+            mine.append(n)
+            for _ in range(100_000):
+                if state.get() is not mine:
+                    errors.append(f"thread {n} saw another loop's state")
+                    return
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -200,10 +200,10 @@ async def test_fifty_concurrent_failures_make_one_open_event() -> None:
         results = await asyncio.gather(
             *(breaker.call(slow_fail, i) for i in range(50)), return_exceptions=True
         )
-    assert all(isinstance(r, Boom) for r in results)
-    assert changes(events) == [(CircuitState.CLOSED, CircuitState.OPEN, "failures")]
-    assert breaker.snapshot().failures == 50
-    assert breaker.snapshot().generation == 1
+        assert all(isinstance(r, Boom) for r in results)
+        assert changes(events) == [(CircuitState.CLOSED, CircuitState.OPEN, "failures")]
+        assert breaker.snapshot().failures == 50
+        assert breaker.snapshot().generation == 1
 
 
 async def test_late_failure_of_old_generation_never_extends_open() -> None:

@@ -8,6 +8,7 @@ from headrace_core import backoff as backoff
 from headrace_core import stats as stats
 from headrace_core import store as store
 from headrace_core import testing as testing
+from headrace_core._errors import BackoffError as BackoffError
 from headrace_core._errors import BulkheadFull as BulkheadFull
 from headrace_core._errors import CapacityExceeded as CapacityExceeded
 from headrace_core._errors import CircuitOpenError as CircuitOpenError
@@ -18,8 +19,10 @@ from headrace_core._errors import GuardTimeout as GuardTimeout
 from headrace_core._errors import HeadraceError as HeadraceError
 from headrace_core._errors import RateLimited as RateLimited
 from headrace_core._errors import Rejected as Rejected
+from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
 from headrace_core._loop import LoopBinding as LoopBinding
 from headrace_core._loop import PerLoop as PerLoop
+from headrace_core._loop import within as within
 from headrace_core._stats import loop_time as loop_time
 from headrace_core._validate import check_int as check_int
 from headrace_core._validate import check_number as check_number
@@ -28,6 +31,8 @@ from headrace_core._validate import is_async_callable as is_async_callable
 from headrace_core._version import __version__ as __version__
 
 __all__ = [
+    "TIME_TOLERANCE",
+    "BackoffError",
     "BulkheadFull",
     "CapacityExceeded",
     "CircuitOpenError",
@@ -45,9 +50,11 @@ __all__ = [
     "check_optional_number",
     "is_async_callable",
     "loop_time",
+    "within",
 ]
 
 for _obj in (
+    BackoffError,
     BulkheadFull,
     CapacityExceeded,
     CircuitOpenError,
@@ -64,6 +71,7 @@ for _obj in (
     check_number,
     check_optional_number,
     is_async_callable,
+    within,
 ):
     _obj.__module__ = __name__
 del _obj

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from headrace_core._errors import BackoffError
 from headrace_core._validate import check_number
 
 
@@ -17,6 +19,45 @@ class Backoff(Protocol):
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
         """Return a new infinite iterator of delays in seconds (one per retry)."""
         ...
+
+
+def next_delay(
+    delays: Iterator[float], *, owner: str = "backoff", cause: BaseException | None = None
+) -> float:
+    """Return the next delay of a schedule, or raise :class:`BackoffError` saying what is wrong.
+
+    Use it wherever a retry asks a (possibly user-written) schedule for its next delay: a
+    schedule that runs out, or yields a value that is not a finite number ``>= 0`` (``None``,
+    a string, NaN, a negative number), fails with a message naming ``owner``, instead of
+    ``StopIteration`` escaping into a coroutine. An exception the schedule raises itself
+    propagates unchanged.
+
+    Args:
+        delays: the iterator returned by the schedule's ``delays()``.
+        owner: what the schedule belongs to, for the message (e.g. ``"Retry(backoff=...)"``).
+        cause: the error that caused this retry, chained as ``__cause__``.
+
+    Raises:
+        BackoffError: the schedule ran out or yielded a bad value.
+    """
+    try:
+        delay: object = next(delays)
+    except StopIteration:
+        raise BackoffError(
+            f"{owner}: the backoff schedule ran out of delays; delays() must yield a delay "
+            "for every retry (an endless iterator)"
+        ) from cause
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise BackoffError(
+            f"{owner}: the backoff schedule yielded {delay!r}; each delay must be a finite "
+            "number >= 0"
+        ) from cause
+    return float(delay)
 
 
 def _check_growth(base: float, factor: float, max: float, *, base_gt_zero: bool) -> None:

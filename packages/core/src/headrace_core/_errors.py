@@ -229,3 +229,12 @@ class GuardTimeout(HeadraceError, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class BackoffError(HeadraceError, RuntimeError):
+    """A backoff schedule failed its contract while a retry needed its next delay.
+
+    A schedule's ``delays()`` must yield a finite number ``>= 0`` for every retry; this is
+    raised when a custom schedule runs out or yields anything else. The error that caused
+    the retry is chained as ``__cause__``.
+    """

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar, final
 
 T = TypeVar("T")
+
+#: Slack allowed when a wait or deadline computed from loop times meets its bound. Loop
+#: times are floats whose rounding grows with the clock's magnitude (at 1e6 s one unit in
+#: the last place is about 1e-10 s); far below anything a timer can resolve, it keeps a
+#: decision at a bound from flipping with how long the machine has been up.
+TIME_TOLERANCE = 1e-7
+
+
+def within(value: float, bound: float) -> bool:
+    """Return whether ``value <= bound``, forgiving the float rounding of loop-time arithmetic.
+
+    Use it wherever a wait or a deadline computed from loop times meets a bound (a
+    limiter's ``max_wait``, a budget window, a pacing interval, a lease): the outcome then
+    does not depend on the clock's magnitude. ``inf`` bounds admit every finite value.
+    """
+    return value <= bound + TIME_TOLERANCE or (math.isinf(bound) and bound > 0)
 
 
 @final
@@ -21,15 +38,16 @@ class PerLoop(Generic[T]):
         factory: builds the state for a loop that has none yet.
     """
 
-    __slots__ = ("_factory", "_last_loop", "_last_value", "_states")
+    __slots__ = ("_factory", "_last", "_states")
 
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
             weakref.WeakKeyDictionary()
         )
-        self._last_loop: weakref.ReferenceType[asyncio.AbstractEventLoop] | None = None
-        self._last_value: T | None = None
+        # The last (loop, value) pair, read and written as one tuple: two threads, each
+        # running its own loop, never see one's loop with the other's value.
+        self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], T] | None = None
 
     def get(self, loop: asyncio.AbstractEventLoop | None = None) -> T:
         """Return the state of ``loop`` (default: the running loop), creating it if needed.
@@ -39,15 +57,14 @@ class PerLoop(Generic[T]):
         """
         if loop is None:
             loop = asyncio.get_running_loop()
-        last = self._last_loop
-        if last is not None and last() is loop:
-            return self._last_value  # type: ignore[return-value]
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         try:
             value = self._states[loop]
         except KeyError:
-            value = self._states[loop] = self._factory()
-        self._last_loop = weakref.ref(loop)
-        self._last_value = value
+            value = self._states.setdefault(loop, self._factory())
+        self._last = (weakref.ref(loop), value)
         return value
 
     def peek(self, loop: asyncio.AbstractEventLoop | None = None) -> T | None:
@@ -66,8 +83,7 @@ class PerLoop(Generic[T]):
     def clear(self) -> None:
         """Forget the state of every loop."""
         self._states.clear()
-        self._last_loop = None
-        self._last_value = None
+        self._last = None
 
     def __len__(self) -> int:
         return len(self._states)

@@ -36,8 +36,9 @@ class VirtualClock:
             only moves through :meth:`advance`.
         autojump_threshold: real seconds to wait for I/O before jumping while sockets are
             registered (``>= 0``).
-        start: the virtual time to start from; default the loop's current time rounded
-            up to a whole second (so differences of whole-second delays are exact).
+        start: the virtual time to start from; default ``0.0``, the same in every run (so
+            a test never depends on how long the machine has been up). Timers already
+            scheduled keep their remaining delays.
     """
 
     __slots__ = (
@@ -61,12 +62,12 @@ class VirtualClock:
     ) -> None:
         self.autojump = bool(autojump)
         self.autojump_threshold = check_number("autojump_threshold", autojump_threshold, ge=0)
-        self._start = None if start is None else check_number("start", start)
+        self._start = 0.0 if start is None else check_number("start", start)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._selector: selectors.BaseSelector | None = None
         self._real_select: Callable[[float | None], list[Any]] | None = None
         self._wakeup_fd = -1
-        self._now = 0.0 if start is None else float(start)
+        self._now = self._start
         self._limits: list[float] = []
 
     # -- context manager -------------------------------------------------------------
@@ -82,10 +83,7 @@ class VirtualClock:
                 f"VirtualClock needs a selector event loop (asyncio's default), not {loop!r}"
             )
         real_now = loop.time()
-        # By default start at the loop's time rounded up to a whole second: time never goes
-        # back, and sums of whole or binary-fraction delays stay exact (``now() - start``
-        # is exactly 7.0 after sleeping 1, 2 and 4 seconds).
-        self._now = float(math.ceil(real_now)) if self._start is None else self._start
+        self._now = self._start
         self._shift_timers(loop, self._now - real_now)
         self._loop = loop
         self._selector = selector

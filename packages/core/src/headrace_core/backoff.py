@@ -19,9 +19,12 @@ from headrace_core._backoff import (
 from headrace_core._backoff import (
     full_jitter as full_jitter,
 )
+from headrace_core._backoff import (
+    next_delay as next_delay,
+)
 
-__all__ = ["Backoff", "decorrelated_jitter", "exponential", "fixed", "full_jitter"]
+__all__ = ["Backoff", "decorrelated_jitter", "exponential", "fixed", "full_jitter", "next_delay"]
 
-for _obj in (Backoff, decorrelated_jitter, exponential, fixed, full_jitter):
+for _obj in (Backoff, decorrelated_jitter, exponential, fixed, full_jitter, next_delay):
     _obj.__module__ = __name__
 del _obj

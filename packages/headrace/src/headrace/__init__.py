@@ -16,6 +16,8 @@ from headrace_coalesce import Loader as Loader
 from headrace_coalesce import MissingResult as MissingResult
 from headrace_coalesce import batch as batch
 from headrace_coalesce import collect as collect
+from headrace_core import TIME_TOLERANCE as TIME_TOLERANCE
+from headrace_core import BackoffError as BackoffError
 from headrace_core import BulkheadFull as BulkheadFull
 from headrace_core import CapacityExceeded as CapacityExceeded
 from headrace_core import CircuitOpenError as CircuitOpenError
@@ -33,6 +35,7 @@ from headrace_core import check_number as check_number
 from headrace_core import check_optional_number as check_optional_number
 from headrace_core import is_async_callable as is_async_callable
 from headrace_core import loop_time as loop_time
+from headrace_core import within as within
 from headrace_flow import DROP as DROP
 from headrace_flow import Drop as Drop
 from headrace_flow import Dropped as Dropped
@@ -141,6 +144,7 @@ from headrace_throttle import Vegas as Vegas
 __all__ = [
     "AIMD",
     "DROP",
+    "TIME_TOLERANCE",
     "AsyncDagLevelAdapterBuilder",
     "AsyncDagTaskProcessor",
     "AsyncDagTaskProcessorBuilder",
@@ -148,6 +152,7 @@ __all__ = [
     "AsyncTask",
     "AsyncTaskProcessor",
     "AsyncTaskProcessorBuilder",
+    "BackoffError",
     "BatchFunction",
     "BatchRoutingError",
     "BreakerSnapshot",
@@ -268,4 +273,5 @@ __all__ = [
     "task_group_func",
     "task_group_task",
     "task_sync_func",
+    "within",
 ]
