@@ -115,3 +115,18 @@ def test_ewma_with_injected_clock() -> None:
     assert rate.rate() == pytest.approx(5.0 / math.e)
     with pytest.raises(ConfigurationError, match="tau"):
         EwmaRate(tau=0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_nan_or_infinite_sample_is_ignored_and_corrupts_nothing(bad: float) -> None:
+    h = LatencyHistogram()
+    for x in (0.1, bad, 0.3, bad, 0.2):
+        h.record(x)
+    snap = h.snapshot()
+    assert snap.count == 3
+    assert snap.max == 0.3
+    assert snap.mean == pytest.approx(0.2)
+    assert snap.p50 == pytest.approx(0.2, rel=0.1)
+    h.record(math.inf)
+    h.record(-math.inf)
+    assert h.snapshot().count == 3

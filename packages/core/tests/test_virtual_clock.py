@@ -306,3 +306,59 @@ async def test_default_start_is_zero_in_every_run(repeat: int) -> None:
         for delay in (1, 2, 4, 0.5, 0.25):
             await asyncio.sleep(delay)
         assert clock.now() - start == 7.75
+
+
+async def test_the_loops_executor_work_holds_virtual_time_back() -> None:
+    # Name resolution (getaddrinfo) runs in the loop's executor with no socket registered:
+    # it must hold virtual time back like a socket, or a caller's deadline fires at once.
+    loop = asyncio.get_running_loop()
+
+    def slow_lookup() -> str:
+        time.sleep(0.02)
+        return "resolved"
+
+    with VirtualClock() as clock:
+        async with asyncio.timeout(1.0):
+            assert await loop.run_in_executor(None, slow_lookup) == "resolved"
+            infos = await loop.getaddrinfo("localhost", 80)
+        assert infos
+        assert clock.now() < 1.0
+
+
+async def test_to_thread_work_does_not_hold_virtual_time_back() -> None:
+    # A test's own thread runs beside virtual time: the timer fires while it works.
+    release = threading.Event()
+
+    def blocked() -> str:
+        release.wait(5)
+        return "done"
+
+    with VirtualClock() as clock:
+        worker = asyncio.ensure_future(asyncio.to_thread(blocked))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(3600):
+                await asyncio.shield(worker)
+        assert clock.now() == 3600
+        release.set()
+        assert await worker == "done"
+
+
+async def test_open_connection_by_host_name_works_under_virtual_time() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with VirtualClock():
+            async with asyncio.timeout(0.5):
+                reader, writer = await asyncio.open_connection("localhost", port)
+                writer.write(b"ping\n")
+                assert await reader.readline() == b"ping\n"
+                writer.close()
+                await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()

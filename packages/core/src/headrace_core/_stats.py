@@ -171,7 +171,12 @@ class LatencyHistogram:
         self._max = 0.0
 
     def record(self, seconds: float) -> None:
-        """Record one sample, in seconds (negative samples count as zero)."""
+        """Record one sample, in seconds.
+
+        Negative samples count as zero; NaN and infinite samples are ignored (not
+        counted), so one bad duration cannot corrupt the mean, the maximum or the
+        percentiles.
+        """
         buffer = self._buffer
         buffer.append(seconds)
         if len(buffer) >= _FLUSH_AT:
@@ -181,12 +186,22 @@ class LatencyHistogram:
         buffer = self._buffer
         if not buffer:
             return
+        try:
+            total = math.fsum(buffer)
+        except ValueError:  # inf and -inf among the samples
+            total = math.nan
+        if not math.isfinite(total):
+            buffer[:] = [x for x in buffer if math.isfinite(x)]
+            if not buffer:
+                return
+            total = math.fsum(buffer)
         low = min(buffer)
         if low < 0:
             buffer[:] = [x if x > 0 else 0.0 for x in buffer]
             low = 0.0
+            total = math.fsum(buffer)
         self._count += len(buffer)
-        self._total += math.fsum(buffer)
+        self._total += total
         high = max(buffer)
         if high > self._max:
             self._max = high

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import heapq
 import math
 import selectors
@@ -27,7 +29,10 @@ class VirtualClock:
 
     Real I/O still works: while a file descriptor other than the loop's own wake-up pipe is
     registered, the loop first waits ``autojump_threshold`` real seconds for I/O before it
-    jumps. Work running in threads does not hold virtual time back.
+    jumps. Work the loop itself runs in its executor (``getaddrinfo`` for a connection by
+    host name, ``loop.run_in_executor``) holds time back the same way, so connecting to
+    ``localhost`` does not time out at once. Work of ``asyncio.to_thread`` does not: a
+    test's own thread runs beside virtual time.
 
     Leaving the block restores the loop; timers still pending keep their remaining delay.
 
@@ -42,6 +47,7 @@ class VirtualClock:
     """
 
     __slots__ = (
+        "_executor_jobs",
         "_limits",
         "_loop",
         "_now",
@@ -69,6 +75,7 @@ class VirtualClock:
         self._wakeup_fd = -1
         self._now = self._start
         self._limits: list[float] = []
+        self._executor_jobs = 0
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> VirtualClock:
@@ -91,6 +98,7 @@ class VirtualClock:
         ssock = getattr(loop, "_ssock", None)
         self._wakeup_fd = ssock.fileno() if ssock is not None else -1
         loop.time = self.now  # type: ignore[method-assign]
+        loop.run_in_executor = self._tracking(loop.run_in_executor)  # type: ignore[method-assign]
         selector.select = self._select  # type: ignore[method-assign]
         setattr(loop, _ACTIVE, self)
         return self
@@ -105,6 +113,7 @@ class VirtualClock:
         if loop is None or selector is None:
             return
         del loop.time
+        del loop.run_in_executor
         del selector.select
         delattr(loop, _ACTIVE)
         self._shift_timers(loop, loop.time() - self._now)
@@ -112,6 +121,25 @@ class VirtualClock:
         self._selector = None
         self._real_select = None
         self._limits.clear()
+
+    def _tracking(self, run_in_executor: Callable[..., Any]) -> Callable[..., Any]:
+        # Count the loop's own executor jobs while they run; ``asyncio.to_thread`` (a
+        # partial of a context's ``run``) is the user's thread and is not counted.
+        def run(executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+            future = run_in_executor(executor, func, *args)
+            target = getattr(func, "func", None)
+            if not (
+                isinstance(func, functools.partial)
+                and isinstance(getattr(target, "__self__", None), contextvars.Context)
+            ):
+                self._executor_jobs += 1
+                future.add_done_callback(self._job_done)
+            return future
+
+        return run
+
+    def _job_done(self, future: object) -> None:
+        self._executor_jobs -= 1
 
     @staticmethod
     def _shift_timers(loop: asyncio.AbstractEventLoop, delta: float) -> None:
@@ -179,7 +207,7 @@ class VirtualClock:
         selector = self._selector
         assert selector is not None
         fds = selector.get_map()
-        other_io = len(fds) > (1 if self._wakeup_fd in fds else 0)
+        other_io = self._executor_jobs > 0 or len(fds) > (1 if self._wakeup_fd in fds else 0)
         wait = 0.0 if not other_io or timeout is None else min(timeout, self.autojump_threshold)
         events = real_select(wait)
         if events:
