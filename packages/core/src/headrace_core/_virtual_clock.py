@@ -98,7 +98,7 @@ class VirtualClock:
         ssock = getattr(loop, "_ssock", None)
         self._wakeup_fd = ssock.fileno() if ssock is not None else -1
         loop.time = self.now  # type: ignore[method-assign]
-        loop.run_in_executor = self._tracking(loop.run_in_executor)  # type: ignore[method-assign]
+        loop.run_in_executor = self._tracking(loop.run_in_executor)  # type: ignore[method-assign,assignment]
         selector.select = self._select  # type: ignore[method-assign]
         setattr(loop, _ACTIVE, self)
         return self
