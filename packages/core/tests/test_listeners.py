@@ -137,3 +137,22 @@ def test_listener_may_add_and_remove_listeners_while_firing() -> None:
     assert seen == ["first", "second"]
     listeners.emit(2)
     assert seen == ["first", "second", "second", "late"]
+
+
+def test_a_listener_whose_repr_raises_is_logged_by_its_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr")
+
+        def __call__(self, event: int) -> None:
+            raise ValueError("boom")
+
+    listeners: Listeners[int] = Listeners("headrace.core", "test")
+    listeners.add(Hostile())
+    with caplog.at_level(logging.ERROR, logger="headrace.core"):
+        listeners.emit(1)
+    assert "listener" in caplog.text
+    assert "Hostile" in caplog.text
+    assert "boom" in caplog.text

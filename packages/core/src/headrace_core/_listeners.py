@@ -19,8 +19,15 @@ class Listeners(Generic[E]):
     """Listeners of one component: sync or async, isolated, fired once per event in order.
 
     A listener's exception is logged with ``logger.exception`` on the component's logger
-    and swallowed. An awaitable returned by a listener is scheduled as a task, referenced
-    until done, and awaited or cancelled by :meth:`aclose`.
+    and swallowed, ``CancelledError`` raised by the listener itself included. An awaitable
+    returned by a listener is scheduled as a task, referenced until done, and awaited or
+    cancelled by :meth:`aclose`.
+
+    ``KeyboardInterrupt`` and ``SystemExit`` are not swallowed: raised by a sync listener,
+    the remaining listeners still run, then the first of them propagates to the code that
+    emitted the event (components emit after their state has changed, so they stay
+    consistent). Raised by an async listener (its own task, with no caller to reach), it
+    is logged as an error and does not escape into the event loop.
 
     Args:
         logger: the logger name, ``headrace.<package>``.
@@ -71,37 +78,45 @@ class Listeners(Generic[E]):
         """Call every listener with ``event``; never raises."""
         if not self._callbacks:
             return
+        interrupt: BaseException | None = None
         for callback in tuple(self._callbacks):
             try:
                 result = callback(event)
-            except Exception:
+            except (Exception, asyncio.CancelledError):
                 self._logger.exception(
-                    "listener %r of %s failed", callback, self.component or "component"
+                    "listener %s of %s failed", _describe(callback), self.component or "component"
                 )
+                continue
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit: after the others
+                if interrupt is None:
+                    interrupt = exc
                 continue
             if inspect.isawaitable(result):
                 self._schedule(callback, result)
+        if interrupt is not None:
+            raise interrupt
 
     def _schedule(self, callback: Listener[E], awaitable: Awaitable[Any]) -> None:
         try:
-            task = asyncio.ensure_future(awaitable)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
             self._logger.error(
-                "async listener %r of %s needs a running event loop",
-                callback,
+                "async listener %s of %s needs a running event loop",
+                _describe(callback),
                 self.component or "component",
             )
             return
+        task = loop.create_task(_isolated(awaitable))
         self._tasks.add(task)
 
         def done(task: asyncio.Task[Any]) -> None:
             self._tasks.discard(task)
             if not task.cancelled() and (error := task.exception()) is not None:
                 self._logger.error(
-                    "listener %r of %s failed",
-                    callback,
+                    "listener %s of %s failed",
+                    _describe(callback),
                     self.component or "component",
                     exc_info=error,
                 )
@@ -126,3 +141,20 @@ class Listeners(Generic[E]):
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _isolated(awaitable: Awaitable[Any]) -> Any:
+    # An async listener runs in its own task with no caller to reach: KeyboardInterrupt
+    # and SystemExit become its failure (logged) instead of escaping into the event loop.
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise RuntimeError(f"listener raised {type(exc).__name__}") from exc
+
+
+def _describe(callback: object) -> str:
+    # Never call a user's __repr__ from a log message: it may raise.
+    name = getattr(callback, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(callback).__qualname__
+    return name

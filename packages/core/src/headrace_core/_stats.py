@@ -100,6 +100,9 @@ class EwmaRate:
         """Record ``n`` events now."""
         now = self._clock()
         last = self._last
+        if now != now:  # a NaN reading says nothing about time: count, keep the time
+            self._rate += n / self.tau
+            return
         if last is not None and now > last:
             self._rate *= math.exp((last - now) / self.tau)
         self._last = now if last is None or now > last else last
@@ -111,7 +114,7 @@ class EwmaRate:
         if last is None:
             return 0.0
         now = self._clock()
-        if now <= last:
+        if not now > last:  # also a NaN reading
             return self._rate
         return self._rate * math.exp((last - now) / self.tau)
 
