@@ -124,7 +124,7 @@ async def test_names_are_validated(make: Maker) -> None:
             await store.acquire(bad, 1, "lease", 1.0)
         with pytest.raises(ConfigurationError, match="name"):
             store.check_name(bad)
-    assert store.check_name("billing api") == "billing api"
+    store.check_name("billing api")  # accepted: returns None
 
 
 async def test_implements_every_store_protocol(make: Maker) -> None:
@@ -432,7 +432,7 @@ async def test_bulkhead_limit_is_shared(make: Maker) -> None:
     assert await b.in_flight("shared-pool") == 0
     sent = count_round_trips(b)
     assert await second.call(ok) == "ok"
-    assert sent == ["EVALSHA", "ZREM"]
+    assert sent == ["EVALSHA", "EVALSHA"]
 
 
 async def test_waiting_bulkhead_gets_the_slot_when_released(make: Maker) -> None:
@@ -480,8 +480,8 @@ async def test_gcra_is_shared_and_max_wait_consumes_nothing(make: Maker) -> None
         await one.acquire()
     with pytest.raises(RateLimited):
         await two.acquire()
-    wait = await a.reserve("api", 1, 10.0, 2, 1, None)
-    assert wait is not None
+    reserved, wait = await a.reserve("api", 1, 10.0, 2, 1, None)
+    assert reserved
     assert 9 < wait <= 10
 
 
@@ -507,28 +507,27 @@ async def test_cancelled_waiter_refunds(make: Maker) -> None:
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    wait = await store.reserve("api", 5, 1.0, 1, 1, None)
-    assert wait is not None
+    reserved, wait = await store.reserve("api", 5, 1.0, 1, 1, None)
+    assert reserved
     assert wait <= 0.2 - 0.015  # the cancelled reservation was given back
 
 
 # -- budgets -----------------------------------------------------------------------------
 async def test_budget_window_reserve_adjust_and_expiry(make: Maker) -> None:
     store = make()
-    loop = asyncio.get_running_loop()
-    granted, retry_at, entry = await store.reserve("tok", 6, 10, 0.6)
+    granted, retry_after, entry = await store.reserve("tok", 6, 10, 0.6)
     assert granted
-    assert retry_at is None
+    assert retry_after is None
     assert entry is not None
     assert (await store.reserve("tok", 5, 10, 0.6))[0] is False
     await store.adjust("tok", entry, 2)  # the call used 2 tokens, not 6
     assert (await store.reserve("tok", 8, 10, 0.6))[0] is True  # 2 + 8
     assert (await store.reserve("tok", 1, 10, 0.6))[0] is False  # 10 used
-    granted, retry_at, _ = await store.reserve("tok", 9, 10, 0.6)
+    granted, retry_after, _ = await store.reserve("tok", 9, 10, 0.6)
     assert not granted
-    assert retry_at is not None
-    assert loop.time() < retry_at <= loop.time() + 0.6
-    await asyncio.sleep(max(0.0, retry_at - loop.time()) + 0.01)
+    assert retry_after is not None
+    assert 0 < retry_after <= 0.6  # relative seconds, on the server's clock
+    await asyncio.sleep(retry_after + 0.01)
     assert (await store.reserve("tok", 9, 10, 0.6))[0] is True
     assert (await store.reserve("tok", 11, 10, 0.6)) == (False, None, None)
     await store.adjust("tok", "no-such-entry", 5)  # harmless
@@ -567,6 +566,7 @@ async def test_fail_open_admits_everything_and_logs_once(
         assert (await store.snapshot("svc")) == {"available": False}
         assert await store.in_flight("pool") == 0
         assert await store.reserve("tok", 1, 1, 1.0) == (True, None, None)
+        assert await store.reserve("api", 5.0, 1.0, 5, 1, 0) == (True, 0.0)
     finally:
         await store.aclose()
 
@@ -580,9 +580,8 @@ async def test_fail_closed_rejects_with_each_guards_error() -> None:
             await RateLimiter(5, name="api", store=store).acquire()
         with pytest.raises(BulkheadFull):
             await Bulkhead(3, name="pool6", store=store).call(ok)
-        granted, retry_at, _ = await store.reserve("tok", 1, 10, 1.0)
-        assert not granted
-        assert retry_at is not None
+        assert await store.reserve("tok", 1, 10, 1.0) == (False, 1.0, None)
+        assert await store.reserve("api", 5.0, 1.0, 5, 1, None) == (False, 1.0)
         assert not await store.renew("pool", "x", 1.0)
     finally:
         await store.aclose()
@@ -629,12 +628,12 @@ async def test_store_methods_are_typed(make: Maker) -> None:
     from typing import assert_type
 
     store = make()
-    rate = assert_type(await store.reserve("api", 10.0, 1.0, 10, 1, None), float | None)
+    rate = assert_type(await store.reserve("api", 10.0, 1.0, 10, 1, None), tuple[bool, float])
     budget = assert_type(
         await store.reserve("tok", 1, 10, 1.0), tuple[bool, float | None, str | None]
     )
     admitted = assert_type(await store.admit("svc", 0.0), tuple[bool, int, CircuitState, float])
-    assert rate == 0.0
+    assert rate == (True, 0.0)
     assert budget[0] is True
     assert admitted[0] is True
     assert_type(RedisStore.from_url("redis://127.0.0.1:1/0"), RedisStore)
@@ -760,3 +759,109 @@ async def test_recovery_is_logged(make: Maker, caplog: pytest.LogCaptureFixture)
     assert "unreachable or slower than 5s (TimeoutError)" in messages[0]
     assert "reachable again" in messages[1]
     assert store.healthy
+
+
+# -- the store protocols -----------------------------------------------------------------
+async def test_rate_refusal_returns_the_wait_it_would_need(make: Maker) -> None:
+    store = make()
+    assert await store.reserve("api", 1, 10.0, 2, 2, 0) == (True, 0.0)  # the burst, at once
+    reserved, wait = await store.reserve("api", 1, 10.0, 2, 1, 0)
+    assert not reserved
+    assert 9 < wait <= 10  # the real wait, not 0 and not max_wait
+    again, wait_again = await store.reserve("api", 1, 10.0, 2, 1, 0)
+    assert not again
+    assert wait_again <= wait  # the refusal took nothing
+    reserved, wait = await store.reserve("api", 1, 10.0, 2, 1, 10.0)
+    assert reserved
+    assert 9 < wait <= 10
+
+
+async def test_budget_retry_after_is_relative_seconds(make: Maker) -> None:
+    store = make()
+    assert (await store.reserve("tok", 10, 10, 30.0))[0]
+    granted, retry_after, entry = await store.reserve("tok", 1, 10, 30.0)
+    assert (granted, entry) == (False, None)
+    assert retry_after is not None
+    assert 29 < retry_after <= 30  # seconds from now, whatever the loop's clock reads
+
+
+async def test_release_of_a_lease_not_held_is_a_no_op(make: Maker) -> None:
+    store = make()
+    await store.release("idem", "never-acquired")
+    assert await store.acquire("idem", 1, "a", 30)
+    await store.release("idem", "a")
+    await store.release("idem", "a")  # twice: nothing happens
+    assert await store.in_flight("idem") == 0
+    assert await store.acquire("idem", 1, "b", 30)
+    await store.release("idem", "never-acquired")  # leaves b's lease alone
+    assert await store.in_flight("idem") == 1
+    await store.release("idem", "b")
+    assert await store.in_flight("idem") == 0
+
+
+async def test_an_acquire_arriving_after_its_release_takes_nothing(make: Maker) -> None:
+    store = make()
+    await store.release("late", "lost")  # the caller gave the lease up first
+    assert not await store.acquire("late", 2, "lost", 30)  # the request it gave up
+    assert await store.in_flight("late") == 0
+    assert await store.acquire("late", 2, "fresh", 30)
+
+
+async def test_check_name_is_the_optional_protocol_method(make: Maker) -> None:
+    store = make()
+    for protocol in (BreakerStore, BulkheadStore, RateStore, BudgetStore):
+        assert "check_name" in (protocol.__doc__ or "")
+    store.check_name("ok:name")
+    for bad in ("", "{tag}", "x" * 257):
+        with pytest.raises(ConfigurationError, match="name") as caught:
+            store.check_name(bad)
+        assert repr(bad) in str(caught.value)
+
+
+_BUSY = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = start
+while now - start < tonumber(ARGV[1]) do
+  t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+return 1
+"""
+
+
+async def busy_server(redis_url: str, seconds: float) -> asyncio.Task[Any]:
+    """Keep the server busy for ``seconds`` (one long script), so commands queue up."""
+    admin: Any = Redis.from_url(redis_url)
+
+    async def run() -> Any:
+        try:
+            return await admin.eval(_BUSY, 0, seconds)
+        finally:
+            await admin.aclose()
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.02)  # the script has started
+    return task
+
+
+async def test_an_acquire_whose_reply_was_lost_is_undone_by_release(
+    make: Maker, redis_url: str
+) -> None:
+    store = make(timeout=0.1, on_error="fail_closed")
+    admin: Any = Redis.from_url(redis_url)
+    key = f"{store.prefix}{{bh:lost}}:leases"
+    try:
+        assert await store.acquire("lost", 1, "warm", 30)  # connected, script loaded
+        await store.release("lost", "warm")
+        busy = await busy_server(redis_url, 0.4)
+        with pytest.raises(BulkheadFull):  # the client gave up after 0.1 s ...
+            await store.acquire("lost", 1, "unseen", 30)
+        await busy
+        assert await admin.zscore(key, "unseen") is not None  # ... but Redis ran it
+        await store.release("lost", "unseen")
+        assert await admin.zscore(key, "unseen") is None
+        assert await store.in_flight("lost") == 0
+        assert await store.acquire("lost", 1, "next", 30)
+    finally:
+        await admin.aclose()

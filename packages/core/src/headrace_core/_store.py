@@ -1,4 +1,15 @@
-"""Protocols of shared-state stores (in-process state needs none; Redis implements all four)."""
+"""Protocols of shared-state stores (in-process state needs none; Redis implements all four).
+
+Every protocol also admits one optional method, which a component looks up with
+``getattr`` and calls, when present, at construction::
+
+    def check_name(self, name: str) -> None: ...
+
+It raises :class:`~headrace_core.ConfigurationError` naming ``name`` when this store cannot
+use that name as a key (for example an empty or too long name, or characters that would
+break its key format), so that a bad name fails where the component is built, not at its
+first call. A store without it accepts every name.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +24,10 @@ Outcome = Literal["success", "failure", "slow", "slow_failure", "neutral"]
 
 @runtime_checkable
 class BreakerStore(Protocol):
-    """Shared circuit-breaker state; each method is one atomic state change."""
+    """Shared circuit-breaker state; each method is one atomic state change.
+
+    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
+    """
 
     async def admit(
         self, name: str, now: float, **config: Any
@@ -42,14 +56,31 @@ class BreakerStore(Protocol):
 
 @runtime_checkable
 class BulkheadStore(Protocol):
-    """Shared bulkhead slots held as leases with a TTL."""
+    """Shared bulkhead slots held as leases with a TTL.
+
+    A lease id names one acquisition: the caller makes a new one for each, and may send
+    :meth:`acquire` again with the same id until it succeeds (taking a lease it already
+    holds succeeds without taking a second slot). Once the id is released it is spent.
+
+    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
+    """
 
     async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
-        """Take a slot for ``lease_id`` if fewer than ``limit`` live leases are held."""
+        """Take a slot for ``lease_id`` if fewer than ``limit`` live leases are held.
+
+        Returns False, taking nothing, when the slots are taken, or when ``lease_id`` was
+        already released (an acquire still in flight when its lease was given up).
+        """
         ...
 
     async def release(self, name: str, lease_id: str) -> None:
-        """Give the slot of ``lease_id`` back."""
+        """Give the slot of ``lease_id`` back; idempotent.
+
+        Releasing a lease that is not held (never acquired, already released, expired, or
+        taken by an acquire whose reply was lost) is a no-op, and an acquire of that id
+        that arrives later takes nothing. So an acquire whose outcome is unknown (it timed
+        out, or its reply was lost) is undone by releasing its lease id.
+        """
         ...
 
     async def renew(self, name: str, lease_id: str, ttl: float) -> bool:
@@ -63,7 +94,10 @@ class BulkheadStore(Protocol):
 
 @runtime_checkable
 class RateStore(Protocol):
-    """Shared GCRA rate-limiter state."""
+    """Shared GCRA rate-limiter state.
+
+    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
+    """
 
     async def reserve(
         self,
@@ -73,8 +107,16 @@ class RateStore(Protocol):
         burst: int,
         cost: int,
         max_wait: float | None = None,
-    ) -> float | None:
-        """Reserve ``cost``: the seconds to wait, or None (over ``max_wait``: nothing taken)."""
+    ) -> tuple[bool, float]:
+        """Reserve ``cost`` tokens: ``(reserved, wait)``.
+
+        ``(True, wait)``: reserved; the caller waits ``wait`` seconds (``>= 0``) before it
+        proceeds. ``(False, wait)``: refused, because the wait would pass ``max_wait``;
+        nothing is taken, and ``wait`` is the wait that would have been needed (what a
+        limiter reports as ``RateLimited.retry_after``). A store that cannot decide (its
+        backend is down) answers ``(True, 0.0)`` when it fails open, and refuses with the
+        seconds after which asking again makes sense when it fails closed.
+        """
         ...
 
     async def refund(self, name: str, rate: float, per: float, cost: int) -> None:
@@ -84,12 +126,21 @@ class RateStore(Protocol):
 
 @runtime_checkable
 class BudgetStore(Protocol):
-    """Shared rolling-window budgets (requests or tokens per window)."""
+    """Shared rolling-window budgets (requests or tokens per window).
+
+    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
+    """
 
     async def reserve(
         self, name: str, amount: float, cap: float, window: float
     ) -> tuple[bool, float | None, str | None]:
-        """Reserve ``amount``: ``(granted, retry_at, entry)``; ``entry`` identifies the grant."""
+        """Reserve ``amount``: ``(granted, retry_after, entry)``.
+
+        ``entry`` identifies a grant (for :meth:`adjust`; None when the store keeps
+        none). On a refusal, ``retry_after`` is the seconds from now (relative, not a
+        clock reading) until enough of the window has passed for the same request to be
+        granted, or None when that is unknown (e.g. ``amount`` is over ``cap``).
+        """
         ...
 
     async def adjust(self, name: str, entry: str, amount: float) -> None:

@@ -12,18 +12,23 @@ from typing import Any, Final, Literal
 from headrace_core import ConfigurationError, check_number, check_optional_number
 
 try:
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "headrace_guards.redis needs redis-py: pip install 'headrace-guards[redis]'"
     ) from _exc
 
-__all__ = ["DOWN", "Script", "StoreBase", "logger"]
+__all__ = ["DOWN", "DOWN_RETRY_AFTER", "Script", "StoreBase", "checked", "logger"]
 
 logger: Final = logging.getLogger("headrace.guards.redis")
 
 #: Returned by :meth:`StoreBase._run` when Redis failed or was too slow.
 DOWN: Final = object()
+#: Seconds after which a caller refused because Redis is down (fail_closed) may ask again.
+DOWN_RETRY_AFTER: Final = 1.0
+# Errors that say the client is not allowed in: a configuration fault, not an outage, so
+# they reach the caller whatever ``on_error`` says (they would never heal by waiting).
+_REFUSED: Final = (AuthenticationError, NoPermissionError)
 
 # Seconds between two "Redis is unreachable" log records of one store.
 _LOG_EVERY = 60.0
@@ -69,6 +74,28 @@ def check_name(name: object) -> str:
             "name", name, "must not contain braces or control characters for a Redis store"
         )
     return name
+
+
+async def checked(awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable``; re-raise a cancellation of this task that it swallowed.
+
+    Some redis-py versions (8.0 to 8.2 on Python 3.11) return a reply, or raise another
+    error, when the task is cancelled while the reply is being read: the cancellation is
+    lost. The task's cancellation count still shows it was asked for, so it is raised
+    again here.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    try:
+        result = await awaitable
+    except Exception as exc:
+        if task.cancelling() > cancelling:
+            raise asyncio.CancelledError from exc
+        raise
+    if task.cancelling() > cancelling:
+        raise asyncio.CancelledError
+    return result
 
 
 def text(value: Any) -> str:
@@ -158,31 +185,40 @@ class StoreBase:
         self._loop = loop
 
     async def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run ``script`` atomically; :data:`DOWN` when Redis failed or was too slow."""
+        """Run ``script`` atomically; :data:`DOWN` when Redis failed or was too slow.
+
+        A cancellation of the calling task that arrives while the reply is read is never
+        lost, even when the client swallows it (redis-py 8.0 to 8.2 on Python 3.11 can):
+        when the task's cancellation count rose during the call and no ``CancelledError``
+        came out, one is raised here, so the store's own timeout ends as a timeout and a
+        caller's cancel or deadline goes on as a cancellation.
+
+        Raises:
+            redis.exceptions.AuthenticationError: when Redis refused the client's
+                credentials (also ``NoPermissionError`` for an ACL refusal).
+        """
         if asyncio.get_running_loop() is not self._loop:
             self._bind()
         client = self._client
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
         try:
             async with asyncio.timeout(self.timeout):
                 try:
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                except NoScriptError:  # a restarted or flushed server: load it again
-                    await client.script_load(script.source)
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._trouble(exc)
-            return DOWN
-        if self._down_since is not None:
-            self._recovered()
-        return reply
-
-    async def _command(self, make: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one plain command under the same timeout and failure policy as scripts."""
-        if asyncio.get_running_loop() is not self._loop:
-            self._bind()
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply = await make()
+                    try:
+                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                    except NoScriptError:  # a restarted or flushed server: load it again
+                        await client.script_load(script.source)
+                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                except Exception as exc:
+                    if task.cancelling() > cancelling:
+                        raise asyncio.CancelledError from exc
+                    raise
+                if task.cancelling() > cancelling:
+                    raise asyncio.CancelledError
+        except _REFUSED as exc:
+            raise self._refused(exc) from exc
         except (RedisError, OSError, TimeoutError) as exc:
             self._trouble(exc)
             return DOWN
@@ -219,6 +255,20 @@ class StoreBase:
                 if self.fail_open
                 else "rejecting calls (fail_closed)",
             )
+
+    def _refused(self, exc: RedisError) -> RedisError:
+        """Log and build the error for credentials (or permissions) that Redis refused."""
+        self._errors += 1
+        what = "authentication" if isinstance(exc, AuthenticationError) else "permission"
+        message = (
+            f"Redis store {self.prefix!r}: {what} failed ({type(exc).__name__}: {exc}); "
+            "check the client's username, password and ACL (not retried as an outage)"
+        )
+        now = asyncio.get_running_loop().time()
+        if self._last_log is None or now - self._last_log >= _LOG_EVERY:
+            self._last_log = now
+            logger.error("%s", message)
+        return type(exc)(message)
 
     def _recovered(self) -> None:
         assert self._down_since is not None

@@ -22,7 +22,7 @@ from typing import Any
 
 from headrace_core import CircuitState
 from headrace_core.store import Outcome
-from headrace_guards._redis_base import DOWN, Script, StoreBase, text
+from headrace_guards._redis_base import DOWN, DOWN_RETRY_AFTER, Script, StoreBase, checked, text
 from headrace_guards._redis_lua import (
     BREAKER_ADMIT,
     BREAKER_FORCE,
@@ -38,8 +38,6 @@ _CODES = {state: code for code, state in enumerate(_STATES)}
 _FIELDS = ("state", "probes", "window")
 _ADMIT, _RECORD, _FORCE = Script(BREAKER_ADMIT), Script(BREAKER_RECORD), Script(BREAKER_FORCE)
 _RESET, _SNAPSHOT = Script(BREAKER_RESET), Script(BREAKER_SNAPSHOT)
-# Retry-after of a rejection when Redis is down and the store fails closed.
-_DOWN_RETRY_AFTER = 1.0
 # Distinct (name, config) argument lists kept encoded.
 _ARG_CACHE_SIZE = 1024
 # Seconds between two attempts to subscribe to the transition channel.
@@ -182,7 +180,9 @@ class BreakerPart(StoreBase):
             # for it (briefly, it has arrived), the rest only drain what is buffered.
             wait = self.timeout
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                message = await checked(
+                    pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                )
                 if message is None:
                     break
                 wait = 0.0
@@ -223,9 +223,9 @@ class BreakerPart(StoreBase):
         pubsub = make()
         try:
             async with asyncio.timeout(self.timeout):
-                await pubsub.subscribe(self._channel)
+                await checked(pubsub.subscribe(self._channel))
                 while True:
-                    message = await pubsub.get_message(timeout=self.timeout)
+                    message = await checked(pubsub.get_message(timeout=self.timeout))
                     if message is not None and message.get("type") in ("subscribe", b"subscribe"):
                         break
         except Exception:
@@ -289,7 +289,7 @@ class BreakerPart(StoreBase):
             gen = view.gen if view is not None else 0
             if self.fail_open:
                 return True, gen, CircuitState.CLOSED, 0.0
-            return False, gen, CircuitState.OPEN, _DOWN_RETRY_AFTER
+            return False, gen, CircuitState.OPEN, DOWN_RETRY_AFTER
         allowed, gen, code, retry_text, took_probe = reply
         state, retry_after = _STATES[int(code)], float(retry_text)
         self._learn(name, int(gen), state, retry_after)
@@ -407,7 +407,7 @@ class BreakerPart(StoreBase):
 async def _close_pubsub(pubsub: Any) -> None:
     try:
         async with asyncio.timeout(0.5):
-            await pubsub.aclose()
+            await checked(pubsub.aclose())
     except Exception:
         pass
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, overload
 
-from headrace_guards._redis_base import DOWN, Script, text
+from headrace_guards._redis_base import DOWN, DOWN_RETRY_AFTER, Script, text
 from headrace_guards._redis_breaker import BreakerPart
 from headrace_guards._redis_lua import BUDGET_ADJUST, BUDGET_RESERVE, RATE_REFUND, RATE_RESERVE
 
@@ -13,8 +12,6 @@ __all__ = ["LimitsPart"]
 
 _RESERVE, _REFUND = Script(RATE_RESERVE), Script(RATE_REFUND)
 _B_RESERVE, _B_ADJUST = Script(BUDGET_RESERVE), Script(BUDGET_ADJUST)
-# When Redis is down and the store fails closed, a budget asks again after this long.
-_BUDGET_DOWN_RETRY = 1.0
 
 
 class LimitsPart(BreakerPart):
@@ -40,16 +37,23 @@ class LimitsPart(BreakerPart):
         burst: int,
         cost: int,
         max_wait: float | None = None,
-    ) -> float | None: ...
+    ) -> tuple[bool, float]: ...
 
     async def reserve(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Reserve rate-limiter tokens, or an amount of a budget (both protocols say reserve).
 
-        ``reserve(name, rate, per, burst, cost, max_wait=None) -> float | None`` is the
-        ``RateStore`` form: GCRA in one key, the seconds to wait, or None when the wait
-        would pass ``max_wait`` (then nothing is taken). ``reserve(name, amount, cap,
-        window) -> (granted, retry_at, entry)`` is the ``BudgetStore`` form: a rolling
-        window, ``retry_at`` in loop time. The forms are told apart by their arguments.
+        ``reserve(name, rate, per, burst, cost, max_wait=None) -> (reserved, wait)`` is the
+        ``RateStore`` form: GCRA in one key. ``(True, wait)``: reserved, wait ``wait``
+        seconds first; ``(False, wait)``: the wait would pass ``max_wait``, nothing is
+        taken, and ``wait`` is the wait that would have been needed. When Redis fails,
+        ``(True, 0.0)`` failing open, ``(False, 1.0)`` failing closed.
+
+        ``reserve(name, amount, cap, window) -> (granted, retry_after, entry)`` is the
+        ``BudgetStore`` form: a rolling window; on a refusal ``retry_after`` is the seconds
+        from now (on the server's clock) until the request would fit, None when it never
+        would (``amount > cap``); failing closed, ``(False, 1.0, None)``.
+
+        The forms are told apart by their arguments.
 
         Args:
             name: the component's name.
@@ -64,9 +68,9 @@ class LimitsPart(BreakerPart):
         keys, script_args = self._rate_args(name, *args, **kwargs)
         reply = await self._run(_RESERVE, keys, script_args)
         if reply is DOWN:
-            return 0.0 if self.fail_open else None
+            return (True, 0.0) if self.fail_open else (False, DOWN_RETRY_AFTER)
         ok, wait = reply
-        return float(wait) if int(ok) else None
+        return bool(int(ok)), float(wait)
 
     def _rate_args(
         self,
@@ -103,16 +107,13 @@ class LimitsPart(BreakerPart):
     ) -> tuple[bool, float | None, str | None]:
         keys = self._keys_of("budget", name, ("charges", "amounts"))
         reply = await self._run(_B_RESERVE, keys, (amount, cap, window))
-        loop = asyncio.get_running_loop()
         if reply is DOWN:
-            if self.fail_open:
-                return True, None, None
-            return False, loop.time() + _BUDGET_DOWN_RETRY, None
+            return (True, None, None) if self.fail_open else (False, DOWN_RETRY_AFTER, None)
         ok, retry_text, entry = reply
         if int(ok):
             return True, None, text(entry)
         retry = text(retry_text)
-        return False, (loop.time() + float(retry)) if retry else None, None
+        return False, float(retry) if retry else None, None
 
     async def adjust(self, name: str, entry: str, amount: float) -> None:
         """Change the amount charged for ``entry`` (a grant's estimate, reconciled).

@@ -16,6 +16,7 @@ __all__ = [
     "BUDGET_RESERVE",
     "BULKHEAD_ACQUIRE",
     "BULKHEAD_COUNT",
+    "BULKHEAD_RELEASE",
     "BULKHEAD_RENEW",
     "RATE_REFUND",
     "RATE_RESERVE",
@@ -242,7 +243,9 @@ return h
 """
 )
 
-# The bulkhead. KEYS[1]: a zset of lease ids scored by expiry.
+# The bulkhead. KEYS[1]: a zset of lease ids scored by expiry; KEYS[2]: a zset of lease ids
+# released while not held, scored by when they may be forgotten (an acquire of one of them
+# that arrives later, e.g. one whose reply the client never saw, takes nothing).
 # ARGV: limit, lease id, ttl.
 BULKHEAD_ACQUIRE = (
     _NOW
@@ -251,6 +254,7 @@ local L = KEYS[1]
 local ttl = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', L, '-inf', fmt(now))
 if not redis.call('ZSCORE', L, ARGV[2]) then
+  if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
   if redis.call('ZCARD', L) >= tonumber(ARGV[1]) then return 0 end
 end
 redis.call('ZADD', L, fmt(now + ttl), ARGV[2])
@@ -259,6 +263,20 @@ if redis.call('PTTL', L) < ms then redis.call('PEXPIRE', L, ms) end
 return 1
 """
 )
+
+# KEYS: leases, released. ARGV: lease id, how long a released id is remembered.
+# Returns 1 when the lease was held, 0 when it was not (then the id is remembered).
+BULKHEAD_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then return 1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local keep = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
+redis.call('ZADD', KEYS[2], string.format('%.17g', now + keep), ARGV[1])
+local ms = math.ceil(keep * 1000) + 1000
+if redis.call('PTTL', KEYS[2]) < ms then redis.call('PEXPIRE', KEYS[2], ms) end
+return 0
+"""
 
 # ARGV: ttl, lease ids... Returns how many of them were still live and are renewed.
 BULKHEAD_RENEW = (

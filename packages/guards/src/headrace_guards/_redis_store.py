@@ -8,14 +8,21 @@ from typing import Any, Literal, final
 from redis.asyncio import Redis
 
 from headrace_core import BulkheadFull, check_number
-from headrace_guards._redis_base import DOWN, Script, check_name, logger, text
+from headrace_guards._redis_base import DOWN, Script, check_name, checked, logger, text
 from headrace_guards._redis_breaker import _close_pubsub
 from headrace_guards._redis_limits import LimitsPart
-from headrace_guards._redis_lua import BULKHEAD_ACQUIRE, BULKHEAD_COUNT, BULKHEAD_RENEW
+from headrace_guards._redis_lua import (
+    BULKHEAD_ACQUIRE,
+    BULKHEAD_COUNT,
+    BULKHEAD_RELEASE,
+    BULKHEAD_RENEW,
+)
 
 __all__ = ["RedisStore"]
 
 _ACQUIRE, _RENEW, _COUNT = Script(BULKHEAD_ACQUIRE), Script(BULKHEAD_RENEW), Script(BULKHEAD_COUNT)
+_RELEASE = Script(BULKHEAD_RELEASE)
+_BH_FIELDS = ("leases", "released")
 _DELETE_BATCH = 500
 
 
@@ -122,23 +129,21 @@ class RedisStore(LimitsPart):
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r}, on_error={self.on_error!r})"
 
-    def check_name(self, name: object) -> str:
-        """Validate a component name as a key part (a guard may call this when it is built).
+    def check_name(self, name: str) -> None:
+        """Validate a component name as a key part (a guard calls this when it is built).
 
         Every store method validates the names it gets on first use; this lets a guard fail
-        at construction instead.
+        at construction instead. Keys are ``<prefix>{<kind>:<name>}:<field>``.
 
         Args:
             name: the component's name.
 
-        Returns:
-            The name.
-
         Raises:
-            ConfigurationError: when the name is not a str of 1..256 characters, or holds
-                braces (they would break the Cluster hash tag) or control characters.
+            ConfigurationError: naming ``name``, when it is not a str of 1..256
+                characters, or holds braces (they would break the Cluster hash tag) or
+                control characters.
         """
-        return check_name(name)
+        check_name(name)
 
     # -- BulkheadStore ---------------------------------------------------------------
     async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
@@ -153,14 +158,16 @@ class RedisStore(LimitsPart):
             ttl: the guard's lease time-to-live in seconds.
 
         Returns:
-            True when the slot was taken (also when Redis failed and the store fails open).
+            True when the slot was taken (also when Redis failed and the store fails open);
+            False when every slot is taken, or ``lease_id`` was released already.
 
         Raises:
-            BulkheadFull: when Redis failed and the store fails closed.
+            BulkheadFull: when Redis failed and the store fails closed. Redis may still
+                have run the acquire (its reply was lost): releasing ``lease_id`` undoes it.
         """
-        (key,) = self._keys_of("bh", name, ("leases",))
+        keys = self._keys_of("bh", name, _BH_FIELDS)
         ttl = min(float(ttl), self.lease_ttl)
-        reply = await self._run(_ACQUIRE, (key,), (limit, lease_id, ttl))
+        reply = await self._run(_ACQUIRE, keys, (limit, lease_id, ttl))
         if reply is DOWN:
             if self.fail_open:
                 return True
@@ -171,15 +178,20 @@ class RedisStore(LimitsPart):
         return True
 
     async def release(self, name: str, lease_id: str) -> None:
-        """Give the slot of ``lease_id`` back (one ``ZREM``).
+        """Give the slot of ``lease_id`` back (one round trip); idempotent.
+
+        Releasing a lease that is not held (never acquired, released already, expired, or
+        taken by an acquire whose reply was lost) changes nothing, except that Redis
+        remembers the id for ``lease_ttl``: an acquire of it arriving later takes nothing.
+        When Redis fails, an acquired lease expires after its TTL (it is no longer renewed).
 
         Args:
             name: the bulkhead's name.
             lease_id: the holder's id.
         """
-        (key,) = self._keys_of("bh", name, ("leases",))
+        keys = self._keys_of("bh", name, _BH_FIELDS)
         self._unhold(name, lease_id)
-        await self._command(lambda: self._client.zrem(key, lease_id))
+        await self._run(_RELEASE, keys, (lease_id, self.lease_ttl))
 
     async def renew(self, name: str, lease_id: str, ttl: float) -> bool:
         """Extend the lease of ``lease_id`` by ``min(ttl, lease_ttl)`` from now.
@@ -193,7 +205,7 @@ class RedisStore(LimitsPart):
             False when the lease had already expired (or Redis failed and the store fails
             closed).
         """
-        (key,) = self._keys_of("bh", name, ("leases",))
+        key = self._keys_of("bh", name, _BH_FIELDS)[0]
         reply = await self._run(_RENEW, (key,), (min(float(ttl), self.lease_ttl), lease_id))
         if reply is DOWN:
             return self.fail_open
@@ -208,7 +220,7 @@ class RedisStore(LimitsPart):
         Returns:
             The live leases held by every worker.
         """
-        (key,) = self._keys_of("bh", name, ("leases",))
+        key = self._keys_of("bh", name, _BH_FIELDS)[0]
         reply = await self._run(_COUNT, (key,), ())
         return 0 if reply is DOWN else int(reply)
 
@@ -247,7 +259,7 @@ class RedisStore(LimitsPart):
         for name, leases in list(self._held.items()):
             if not leases:
                 continue
-            (key,) = self._keys_of("bh", name, ("leases",))
+            key = self._keys_of("bh", name, _BH_FIELDS)[0]
             ttl = min(leases.values())
             reply = await self._run(_RENEW, (key,), (ttl, *leases))
             if reply is DOWN:
@@ -276,10 +288,10 @@ class RedisStore(LimitsPart):
         async for key in client.scan_iter(match=f"{self.prefix}*", count=1000):
             batch.append(key)
             if len(batch) >= _DELETE_BATCH:
-                deleted += int(await client.unlink(*batch))
+                deleted += int(await checked(client.unlink(*batch)))
                 batch.clear()
         if batch:
-            deleted += int(await client.unlink(*batch))
+            deleted += int(await checked(client.unlink(*batch)))
         self._views.clear()
         self._probes.clear()
         return deleted
@@ -305,7 +317,7 @@ class RedisStore(LimitsPart):
         if self._loop is not None:
             self._bind()  # a client of a finished loop cannot be closed from this one
         if self._owns_client:
-            await self._client.aclose()
+            await checked(self._client.aclose())
 
     async def __aenter__(self) -> RedisStore:
         return self
