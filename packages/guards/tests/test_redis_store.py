@@ -865,3 +865,74 @@ async def test_an_acquire_whose_reply_was_lost_is_undone_by_release(
         assert await store.acquire("lost", 1, "next", 30)
     finally:
         await admin.aclose()
+
+
+async def test_a_lost_acquire_is_given_back_by_the_next_call(make: Maker, redis_url: str) -> None:
+    store = make(timeout=0.1, on_error="fail_closed")
+    admin: Any = Redis.from_url(redis_url)
+    key = f"{store.prefix}{{bh:gone}}:leases"
+    try:
+        assert await store.acquire("gone", 1, "warm", 30)
+        await store.release("gone", "warm")
+        busy = await busy_server(redis_url, 0.4)
+        with pytest.raises(BulkheadFull):
+            await store.acquire("gone", 1, "unseen", 30)
+        await busy
+        assert await admin.zscore(key, "unseen") is not None  # Redis ran it
+        assert await store.acquire("gone", 1, "next", 30)  # the slot is free again
+        assert await admin.zscore(key, "unseen") is None
+        assert not await store.acquire("gone", 1, "unseen", 30)  # and stays given back
+    finally:
+        await admin.aclose()
+
+
+async def test_a_lost_release_is_sent_again(make: Maker, redis_url: str) -> None:
+    store = make(timeout=0.1)
+    assert await store.acquire("again", 1, "held", 30)
+    admin: Any = Redis.from_url(redis_url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        await store.release("again", "held")  # lost: Redis is paused
+        await asyncio.sleep(0.35)
+        assert await store.in_flight("again") == 1  # still held in Redis ...
+        assert await store.acquire("again", 1, "next", 30)  # ... until the next call
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+
+
+async def test_a_lost_probe_is_given_back_by_the_next_admission(
+    make: Maker, redis_url: str
+) -> None:
+    store = make(timeout=0.1, on_error="fail_closed", cache_ttl=0)
+    await store.force("probe", CircuitState.HALF_OPEN)
+    allowed, gen, state, _ = await store.admit("probe", 0.0)
+    assert (allowed, state) == (True, CircuitState.HALF_OPEN)
+    await store.record("probe", gen, "neutral", 0.0)  # the permit is back
+    busy = await busy_server(redis_url, 0.4)
+    allowed, *_ = await store.admit("probe", 0.0)
+    assert not allowed  # failed closed, but Redis took the probe
+    await busy
+    assert (await store.snapshot("probe"))["ho_taken"] == 1
+    allowed, gen, state, _ = await store.admit("probe", 0.0)
+    assert (allowed, state) == (True, CircuitState.HALF_OPEN)  # not wedged for probe_ttl
+    await store.record("probe", gen, "neutral", 0.0)
+    assert (await store.snapshot("probe"))["ho_taken"] == 0
+
+
+async def test_a_lost_budget_charge_is_taken_back(make: Maker, redis_url: str) -> None:
+    store = make(timeout=0.1, on_error="fail_closed")
+    admin: Any = Redis.from_url(redis_url)
+    amounts = f"{store.prefix}{{budget:lost}}:amounts"
+    try:
+        assert (await store.reserve("lost", 1, 10, 60.0))[0]
+        busy = await busy_server(redis_url, 0.4)
+        assert await store.reserve("lost", 5, 10, 60.0) == (False, 1.0, None)
+        await busy
+        assert float(await admin.hget(amounts, "used")) == 6  # Redis charged it
+        granted, _, entry = await store.reserve("lost", 9, 10, 60.0)  # 1 + 9: fits again
+        assert granted
+        assert entry is not None
+        assert float(await admin.hget(amounts, "used")) == 10
+    finally:
+        await admin.aclose()

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal
 
-from headrace_core import ConfigurationError, check_number, check_optional_number
+from headrace_core import ConfigurationError, HeadraceError, check_number, check_optional_number
 
 try:
     from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError
@@ -18,7 +18,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "headrace_guards.redis needs redis-py: pip install 'headrace-guards[redis]'"
     ) from _exc
 
-__all__ = ["DOWN", "DOWN_RETRY_AFTER", "Script", "StoreBase", "checked", "logger"]
+__all__ = ["DOWN", "DOWN_RETRY_AFTER", "MALFORMED", "Script", "StoreBase", "checked", "logger"]
 
 logger: Final = logging.getLogger("headrace.guards.redis")
 
@@ -36,6 +36,11 @@ _BAD_CHARS = frozenset("{}*?[]\\") | {chr(c) for c in range(33)} | {chr(127)}
 _BAD_NAME_CHARS = frozenset("{}") | {chr(c) for c in range(32)} | {chr(127)}
 _MAX_NAME = 256
 _MAX_PREFIX = 64
+# Ids (leases, probes, charges) whose reply was lost, kept per component to give back at
+# the next contact; past this many the oldest are left to their TTL.
+_MAX_LOST = 256
+#: What parsing a reply of an unexpected shape raises.
+MALFORMED: Final = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 
 
 class Script:
@@ -83,12 +88,20 @@ async def checked(awaitable: Awaitable[Any]) -> Any:
     error, when the task is cancelled while the reply is being read: the cancellation is
     lost. The task's cancellation count still shows it was asked for, so it is raised
     again here.
+
+    A ``CancelledError`` that the client raises while this task is not being cancelled is
+    the client's failure, not a cancellation: it is raised as a ``HeadraceError`` chaining
+    it, so that no caller mistakes it for its own cancellation.
     """
     task = asyncio.current_task()
     assert task is not None
     cancelling = task.cancelling()
     try:
         result = await awaitable
+    except asyncio.CancelledError as exc:
+        if task.cancelling() > cancelling:
+            raise
+        raise stray_cancel(exc) from exc
     except Exception as exc:
         if task.cancelling() > cancelling:
             raise asyncio.CancelledError from exc
@@ -96,6 +109,22 @@ async def checked(awaitable: Awaitable[Any]) -> Any:
     if task.cancelling() > cancelling:
         raise asyncio.CancelledError
     return result
+
+
+def stray_cancel(exc: asyncio.CancelledError) -> HeadraceError:
+    """The error for a ``CancelledError`` that the client raised by itself."""
+    return HeadraceError(
+        "the Redis client raised CancelledError while the task was not being cancelled"
+    )
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, shortened, or the type's name when that repr fails."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def text(value: Any) -> str:
@@ -109,12 +138,14 @@ class StoreBase:
     __slots__ = (
         "__weakref__",
         "_client",
+        "_deferred",
         "_down_since",
         "_errors",
         "_factory",
         "_keys",
         "_last_log",
         "_loop",
+        "_lost",
         "_owns_client",
         "fail_open",
         "lease_ttl",
@@ -156,6 +187,8 @@ class StoreBase:
         self._down_since: float | None = None
         self._last_log: float | None = None
         self._errors = 0
+        self._lost: dict[tuple[str, str], list[str]] = {}
+        self._deferred: BaseException | None = None
 
     # -- keys ------------------------------------------------------------------------
     def _keys_of(self, kind: str, name: str, fields: Sequence[str]) -> tuple[str, ...]:
@@ -193,12 +226,18 @@ class StoreBase:
         came out, one is raised here, so the store's own timeout ends as a timeout and a
         caller's cancel or deadline goes on as a cancellation.
 
+        A ``CancelledError`` that the client raises while the task is not being cancelled
+        is raised as a ``HeadraceError`` chaining it; any other error that is not Redis's
+        failure (a client's own bug) reaches the caller as it is.
+
         Raises:
             redis.exceptions.AuthenticationError: when Redis refused the client's
                 credentials (also ``NoPermissionError`` for an ACL refusal).
         """
         if asyncio.get_running_loop() is not self._loop:
             self._bind()
+        if self._deferred is not None:
+            self._raise_deferred()
         client = self._client
         task = asyncio.current_task()
         assert task is not None
@@ -211,6 +250,10 @@ class StoreBase:
                     except NoScriptError:  # a restarted or flushed server: load it again
                         await client.script_load(script.source)
                         reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                except asyncio.CancelledError as exc:
+                    if task.cancelling() > cancelling:
+                        raise
+                    raise stray_cancel(exc) from exc
                 except Exception as exc:
                     if task.cancelling() > cancelling:
                         raise asyncio.CancelledError from exc
@@ -225,6 +268,36 @@ class StoreBase:
         if self._down_since is not None:
             self._recovered()
         return reply
+
+    # -- replies that were lost --------------------------------------------------------
+    def _take_lost(self, kind: str, name: str) -> list[str]:
+        """Take the ids of ``name`` whose reply was lost, to give back with the next call."""
+        return self._lost.pop((kind, name), None) or []
+
+    def _lose(self, kind: str, name: str, ids: Sequence[str]) -> None:
+        """Remember ids whose outcome is unknown (their reply was lost) to give back later."""
+        if not ids:
+            return
+        lost = self._lost.setdefault((kind, name), [])
+        lost.extend(ids)
+        if len(lost) > _MAX_LOST:
+            del lost[: len(lost) - _MAX_LOST]
+
+    def _malformed(self, operation: str, reply: object) -> HeadraceError:
+        """The error for a reply of an unexpected shape (a client that is not redis-py's)."""
+        return HeadraceError(
+            f"{safe_repr(self)}: unexpected reply to {operation}: {safe_repr(reply)}"
+        )
+
+    def _defer(self, exc: BaseException) -> None:
+        """Keep a KeyboardInterrupt/SystemExit of a background task for the next caller."""
+        if self._deferred is None:
+            self._deferred = exc
+
+    def _raise_deferred(self) -> None:
+        exc, self._deferred = self._deferred, None
+        if exc is not None:
+            raise exc
 
     # -- failure policy and logging ----------------------------------------------------
     @property

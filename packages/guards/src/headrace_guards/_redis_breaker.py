@@ -22,7 +22,15 @@ from typing import Any
 
 from headrace_core import CircuitState
 from headrace_core.store import Outcome
-from headrace_guards._redis_base import DOWN, DOWN_RETRY_AFTER, Script, StoreBase, checked, text
+from headrace_guards._redis_base import (
+    DOWN,
+    DOWN_RETRY_AFTER,
+    MALFORMED,
+    Script,
+    StoreBase,
+    checked,
+    text,
+)
 from headrace_guards._redis_lua import (
     BREAKER_ADMIT,
     BREAKER_FORCE,
@@ -284,18 +292,29 @@ class BreakerPart(StoreBase):
                 if view.state is CircuitState.OPEN and local < view.reopen:
                     return False, view.gen, CircuitState.OPEN, view.reopen - local
         probe = f"{self._token}-{next(self._probe_ids)}"
-        reply = await self._run(_ADMIT, keys, [*self._args(name, config), probe])
+        lost = self._take_lost("cb", name)
+        reply: Any = DOWN
+        try:
+            reply = await self._run(_ADMIT, keys, [*self._args(name, config), probe, *lost])
+        finally:
+            if reply is DOWN:  # the probe may have been taken: give it back next time
+                self._lose("cb", name, [*lost, probe])
         if reply is DOWN:
             gen = view.gen if view is not None else 0
             if self.fail_open:
                 return True, gen, CircuitState.CLOSED, 0.0
             return False, gen, CircuitState.OPEN, DOWN_RETRY_AFTER
-        allowed, gen, code, retry_text, took_probe = reply
-        state, retry_after = _STATES[int(code)], float(retry_text)
-        self._learn(name, int(gen), state, retry_after)
-        if int(took_probe):
-            self._probes.setdefault((name, int(gen)), []).append(probe)
-        return bool(int(allowed)), int(gen), state, retry_after
+        try:
+            allowed, gen_value, code, retry_text, took_probe = reply
+            gen, state, retry_after = int(gen_value), _STATES[int(code)], float(retry_text)
+            took, admitted = int(took_probe), bool(int(allowed))
+        except MALFORMED:
+            self._lose("cb", name, [probe])
+            raise self._malformed("admit", reply) from None
+        self._learn(name, gen, state, retry_after)
+        if took:
+            self._probes.setdefault((name, gen), []).append(probe)
+        return admitted, gen, state, retry_after
 
     async def record(
         self, name: str, generation: int, outcome: Outcome, duration: float, **config: Any
@@ -320,15 +339,24 @@ class BreakerPart(StoreBase):
             if not probes:
                 del self._probes[(name, generation)]
         args = self._args(name, config)
-        reply = await self._run(_RECORD, keys, [*args, generation, outcome, probe])
+        lost = self._take_lost("cb", name)
+        reply: Any = DOWN
+        try:
+            reply = await self._run(_RECORD, keys, [*args, generation, outcome, probe, *lost])
+        finally:
+            if reply is DOWN:  # the probe stays taken: give it back next time
+                self._lose("cb", name, [*lost, probe] if probe else lost)
         if reply is DOWN:
             view = self._views.get(name)
             if view is None or self.fail_open:
                 return CircuitState.CLOSED if self.fail_open else CircuitState.OPEN
             return view.state
-        gen, code, retry_text = reply
-        state = _STATES[int(code)]
-        self._learn(name, int(gen), state, float(retry_text))
+        try:
+            gen_value, code, retry_text = reply
+            gen, state, retry_after = int(gen_value), _STATES[int(code)], float(retry_text)
+        except MALFORMED:
+            raise self._malformed("record", reply) from None
+        self._learn(name, gen, state, retry_after)
         return state
 
     async def force(self, name: str, state: CircuitState, **config: Any) -> None:
@@ -343,8 +371,12 @@ class BreakerPart(StoreBase):
         args = [*self._args(name, config), _CODES[state]]
         reply = await self._run(_FORCE, keys, args)
         if reply is not DOWN:
-            gen, code, retry_text = reply
-            self._learn(name, int(gen), _STATES[int(code)], float(retry_text))
+            try:
+                gen_value, code, retry_text = reply
+                gen, state, retry_after = int(gen_value), _STATES[int(code)], float(retry_text)
+            except MALFORMED:
+                raise self._malformed("force", reply) from None
+            self._learn(name, gen, state, retry_after)
 
     async def reset(self, name: str) -> None:
         """Close the breaker for every worker and clear its counters, window and probes.
@@ -355,7 +387,11 @@ class BreakerPart(StoreBase):
         keys = self._keys_of("cb", name, _FIELDS)
         reply = await self._run(_RESET, keys, [self._channel, name])
         if reply is not DOWN:
-            self._learn(name, int(reply), CircuitState.CLOSED, 0.0)
+            try:
+                gen = int(reply)
+            except MALFORMED:
+                raise self._malformed("reset", reply) from None
+            self._learn(name, gen, CircuitState.CLOSED, 0.0)
 
     async def snapshot(self, name: str) -> Mapping[str, Any]:
         """Return the breaker's stored state (the effective state after a due recovery).
@@ -374,34 +410,37 @@ class BreakerPart(StoreBase):
         reply = await self._run(_SNAPSHOT, keys, [])
         if reply is DOWN:
             return {"available": False}
-        raw = {text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
-        now = float(raw["now"])
-        forced = text(raw.get("forced", "0")) == "1"
-        state = _STATES[int(raw.get("st", 0))]
-        open_until = float(raw.get("open_until", 0.0))
-        if state is CircuitState.OPEN and not forced and now >= open_until:
-            state = CircuitState.HALF_OPEN
-        if state is CircuitState.OPEN:
-            retry_after = math.inf if forced else max(0.0, open_until - now)
-        else:
-            retry_after = 0.0
-        reason = raw.get("reason")
-        return {
-            "available": True,
-            "state": state,
-            "generation": int(raw.get("gen", 0)),
-            "opened_at": float(raw.get("opened_at", 0.0)),
-            "open_until": math.inf if forced else open_until,
-            "retry_after": retry_after,
-            "forced": forced,
-            "streak": int(raw.get("streak", 0)),
-            "ho_taken": int(raw.get("ho_taken", 0)),
-            "ho_ok": int(raw.get("ho_ok", 0)),
-            "window_calls": int(raw.get("wc", 0)),
-            "window_failures": int(raw.get("wf", 0)),
-            "window_slow": int(raw.get("ws", 0)),
-            "last_reason": None if reason is None else text(reason),
-        }
+        try:
+            raw = {text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+            now = float(raw["now"])
+            forced = text(raw.get("forced", "0")) == "1"
+            state = _STATES[int(raw.get("st", 0))]
+            open_until = float(raw.get("open_until", 0.0))
+            if state is CircuitState.OPEN and not forced and now >= open_until:
+                state = CircuitState.HALF_OPEN
+            if state is CircuitState.OPEN:
+                retry_after = math.inf if forced else max(0.0, open_until - now)
+            else:
+                retry_after = 0.0
+            reason = raw.get("reason")
+            return {
+                "available": True,
+                "state": state,
+                "generation": int(raw.get("gen", 0)),
+                "opened_at": float(raw.get("opened_at", 0.0)),
+                "open_until": math.inf if forced else open_until,
+                "retry_after": retry_after,
+                "forced": forced,
+                "streak": int(raw.get("streak", 0)),
+                "ho_taken": int(raw.get("ho_taken", 0)),
+                "ho_ok": int(raw.get("ho_ok", 0)),
+                "window_calls": int(raw.get("wc", 0)),
+                "window_failures": int(raw.get("wf", 0)),
+                "window_slow": int(raw.get("ws", 0)),
+                "last_reason": None if reason is None else text(reason),
+            }
+        except MALFORMED:
+            raise self._malformed("snapshot", reply) from None
 
 
 async def _close_pubsub(pubsub: Any) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, overload
 
-from headrace_guards._redis_base import DOWN, DOWN_RETRY_AFTER, Script, text
+from headrace_guards._redis_base import DOWN, DOWN_RETRY_AFTER, MALFORMED, Script, text
 from headrace_guards._redis_breaker import BreakerPart
 from headrace_guards._redis_lua import BUDGET_ADJUST, BUDGET_RESERVE, RATE_REFUND, RATE_RESERVE
 
@@ -17,10 +18,11 @@ _B_RESERVE, _B_ADJUST = Script(BUDGET_RESERVE), Script(BUDGET_ADJUST)
 class LimitsPart(BreakerPart):
     """``RateStore`` and ``BudgetStore`` on Redis (a base class of ``RedisStore``)."""
 
-    __slots__ = ("_rates",)
+    __slots__ = ("_charge_ids", "_rates")
 
     def _init_limits(self) -> None:
         self._rates: dict[tuple[str, float, float, int], tuple[tuple[str, ...], str, str]] = {}
+        self._charge_ids = itertools.count()
 
     # -- RateStore -------------------------------------------------------------------
     @overload
@@ -69,8 +71,11 @@ class LimitsPart(BreakerPart):
         reply = await self._run(_RESERVE, keys, script_args)
         if reply is DOWN:
             return (True, 0.0) if self.fail_open else (False, DOWN_RETRY_AFTER)
-        ok, wait = reply
-        return bool(int(ok)), float(wait)
+        try:
+            ok, wait = reply
+            return bool(int(ok)), float(wait)
+        except MALFORMED:
+            raise self._malformed("reserve", reply) from None
 
     def _rate_args(
         self,
@@ -106,19 +111,31 @@ class LimitsPart(BreakerPart):
         self, name: str, amount: float, cap: float, window: float
     ) -> tuple[bool, float | None, str | None]:
         keys = self._keys_of("budget", name, ("charges", "amounts"))
-        reply = await self._run(_B_RESERVE, keys, (amount, cap, window))
+        charge = f"{self._token}-{next(self._charge_ids)}"
+        lost = self._take_lost("budget", name)
+        reply: Any = DOWN
+        try:
+            reply = await self._run(_B_RESERVE, keys, (amount, cap, window, charge, *lost))
+        finally:
+            if reply is DOWN:  # Redis may have charged it: taken back at the next contact
+                self._lose("budget", name, [*lost, charge])
         if reply is DOWN:
             return (True, None, None) if self.fail_open else (False, DOWN_RETRY_AFTER, None)
-        ok, retry_text, entry = reply
-        if int(ok):
-            return True, None, text(entry)
-        retry = text(retry_text)
-        return False, float(retry) if retry else None, None
+        try:
+            ok, retry_text, entry = reply
+            if int(ok):
+                return True, None, text(entry)
+            retry = text(retry_text)
+            return False, float(retry) if retry else None, None
+        except MALFORMED:
+            self._lose("budget", name, [charge])
+            raise self._malformed("reserve", reply) from None
 
     async def adjust(self, name: str, entry: str, amount: float) -> None:
         """Change the amount charged for ``entry`` (a grant's estimate, reconciled).
 
-        A charge whose window has passed is gone and stays gone.
+        A charge whose window has passed is gone and stays gone. When Redis fails, the
+        estimate stays charged (until the charge leaves the window).
 
         Args:
             name: the budget's name.
@@ -126,4 +143,10 @@ class LimitsPart(BreakerPart):
             amount: the amount to charge instead.
         """
         keys = self._keys_of("budget", name, ("charges", "amounts"))
-        await self._run(_B_ADJUST, keys, (amount, entry, ""))
+        lost = self._take_lost("budget", name)
+        reply: Any = DOWN
+        try:
+            reply = await self._run(_B_ADJUST, keys, (amount, entry, "", *lost))
+        finally:
+            if reply is DOWN:
+                self._lose("budget", name, lost)

@@ -100,9 +100,12 @@ end
 """
 )
 
+# ARGV[14]: the probe id to take; ARGV[15..]: probes of this worker whose admission or
+# record reply was lost, given back first.
 BREAKER_ADMIT = (
     _BREAKER
     + """
+for i = 15, #ARGV do redis.call('ZREM', P, ARGV[i]) end
 refresh()
 if st == 0 then return {1, gen, 0, '0', 0} end
 if st == 1 then return {0, gen, 1, retry_after(), 0} end
@@ -117,7 +120,7 @@ return {0, gen, 2, '0', 0}
 """
 )
 
-# ARGV[14]: generation, ARGV[15]: outcome, ARGV[16]: probe id or ''.
+# ARGV[14]: generation, ARGV[15]: outcome, ARGV[16]: probe id or '', ARGV[17..]: lost probes.
 BREAKER_RECORD = (
     _BREAKER
     + """
@@ -177,6 +180,7 @@ local function window_add(fail, slow)
   return nil
 end
 
+for i = 17, #ARGV do redis.call('ZREM', P, ARGV[i]) end
 refresh()
 if ARGV[16] ~= '' then redis.call('ZREM', P, ARGV[16]) end
 local outcome = ARGV[15]
@@ -244,14 +248,34 @@ return h
 )
 
 # The bulkhead. KEYS[1]: a zset of lease ids scored by expiry; KEYS[2]: a zset of lease ids
-# released while not held, scored by when they may be forgotten (an acquire of one of them
-# that arrives later, e.g. one whose reply the client never saw, takes nothing).
-# ARGV: limit, lease id, ttl.
+# released while not held, scored by when they may be forgotten: an acquire of one of them
+# that arrives later (one whose reply the client never saw) takes nothing.
+_BULKHEAD_GIVE_BACK = """
+local function give_back(from, keep)
+  local forget = nil
+  for i = from, #ARGV do
+    if redis.call('ZREM', KEYS[1], ARGV[i]) == 0 then
+      forget = forget or now + keep
+      redis.call('ZADD', KEYS[2], fmt(forget), ARGV[i])
+    end
+  end
+  if forget then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+    local ms = math.ceil(keep * 1000) + 1000
+    if redis.call('PTTL', KEYS[2]) < ms then redis.call('PEXPIRE', KEYS[2], ms) end
+  end
+end
+"""
+
+# ARGV: limit, lease id, ttl, how long a released id is remembered, then the lease ids of
+# this worker whose acquire or release reply was lost (released first).
 BULKHEAD_ACQUIRE = (
     _NOW
+    + _BULKHEAD_GIVE_BACK
     + """
 local L = KEYS[1]
 local ttl = tonumber(ARGV[3])
+if #ARGV > 4 then give_back(5, tonumber(ARGV[4])) end
 redis.call('ZREMRANGEBYSCORE', L, '-inf', fmt(now))
 if not redis.call('ZSCORE', L, ARGV[2]) then
   if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
@@ -264,19 +288,16 @@ return 1
 """
 )
 
-# KEYS: leases, released. ARGV: lease id, how long a released id is remembered.
-# Returns 1 when the lease was held, 0 when it was not (then the id is remembered).
-BULKHEAD_RELEASE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then return 1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local keep = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
-redis.call('ZADD', KEYS[2], string.format('%.17g', now + keep), ARGV[1])
-local ms = math.ceil(keep * 1000) + 1000
-if redis.call('PTTL', KEYS[2]) < ms then redis.call('PEXPIRE', KEYS[2], ms) end
-return 0
+# ARGV: how long a released id is remembered, then the lease ids to release. A lease that
+# is not held is remembered as released instead.
+BULKHEAD_RELEASE = (
+    _NOW
+    + _BULKHEAD_GIVE_BACK
+    + """
+give_back(2, tonumber(ARGV[1]))
+return 1
 """
+)
 
 # ARGV: ttl, lease ids... Returns how many of them were still live and are renewed.
 BULKHEAD_RENEW = (
@@ -343,7 +364,8 @@ return 1
 )
 
 # Budgets. KEYS[1]: a zset of charge ids scored by start; KEYS[2]: a hash with 'used',
-# 'seq', 'win' and one 'a<id>' amount per charge. ARGV: amount, cap, window.
+# 'win' and one 'a<id>' amount per charge. ARGV: amount, cap, window, then per script;
+# the last ones are the charges of this worker whose reserve reply was lost (taken back).
 _BUDGET = (
     _NOW
     + """
@@ -361,21 +383,34 @@ if #gone > 0 then
   if redis.call('ZCARD', Z) == 0 then used = 0 end
   redis.call('HSET', H, 'used', fmt(used))
 end
+local function take_back(from)
+  for i = from, #ARGV do
+    local charged = tonumber(redis.call('HGET', H, 'a' .. ARGV[i]))
+    if charged then
+      used = used - charged
+      redis.call('HDEL', H, 'a' .. ARGV[i])
+      redis.call('ZREM', Z, ARGV[i])
+      redis.call('HSET', H, 'used', fmt(used))
+    end
+  end
+end
 """
 )
 
+# ARGV[4]: the new charge's id (unique per worker and call); ARGV[5..]: lost charges.
 BUDGET_RESERVE = (
     _BUDGET
     + """
+take_back(5)
 local amount, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 if used + amount <= cap then
-  local id = redis.call('HINCRBY', H, 'seq', 1)
+  local id = ARGV[4]
   redis.call('ZADD', Z, fmt(now), id)
   redis.call('HSET', H, 'used', fmt(used + amount), 'a' .. id, fmt(amount), 'win', fmt(window))
   local ms = math.ceil(window * 1000) + 1000
   redis.call('PEXPIRE', Z, ms)
   redis.call('PEXPIRE', H, ms)
-  return {1, '', tostring(id)}
+  return {1, '', id}
 end
 if amount > cap then return {0, '', ''} end
 local need = used + amount - cap
@@ -391,10 +426,11 @@ return {0, '', ''}
 """
 )
 
-# ARGV: amount, entry id, '' (the window is the one the last reserve stored).
+# ARGV: amount, entry id, '' (the window is the one the last reserve stored), lost charges.
 BUDGET_ADJUST = (
     _BUDGET
     + """
+take_back(4)
 local old = tonumber(redis.call('HGET', H, 'a' .. ARGV[2]))
 if not old then return 0 end
 local amount = tonumber(ARGV[1])

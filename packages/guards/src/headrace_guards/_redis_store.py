@@ -8,7 +8,16 @@ from typing import Any, Literal, final
 from redis.asyncio import Redis
 
 from headrace_core import BulkheadFull, check_number
-from headrace_guards._redis_base import DOWN, Script, check_name, checked, logger, text
+from headrace_guards._redis_base import (
+    DOWN,
+    MALFORMED,
+    Script,
+    check_name,
+    checked,
+    logger,
+    safe_repr,
+    text,
+)
 from headrace_guards._redis_breaker import _close_pubsub
 from headrace_guards._redis_limits import LimitsPart
 from headrace_guards._redis_lua import (
@@ -163,19 +172,33 @@ class RedisStore(LimitsPart):
 
         Raises:
             BulkheadFull: when Redis failed and the store fails closed. Redis may still
-                have run the acquire (its reply was lost): releasing ``lease_id`` undoes it.
+                have run the acquire (its reply was lost): releasing ``lease_id`` undoes it,
+                and the store also releases it itself with the next call of this bulkhead
+                (unless that call acquires the same ``lease_id`` again).
         """
         keys = self._keys_of("bh", name, _BH_FIELDS)
         ttl = min(float(ttl), self.lease_ttl)
-        reply = await self._run(_ACQUIRE, keys, (limit, lease_id, ttl))
+        lost = self._take_lost("bh", name)
+        if lost and lease_id in lost:  # asked again: this call decides its fate
+            lost = [lease for lease in lost if lease != lease_id]
+        reply: Any = DOWN
+        try:
+            reply = await self._run(_ACQUIRE, keys, (limit, lease_id, ttl, self.lease_ttl, *lost))
+        finally:
+            if reply is DOWN:  # Redis may have taken it: give it back at the next contact
+                self._lose("bh", name, [*lost, lease_id])
         if reply is DOWN:
             if self.fail_open:
                 return True
             raise BulkheadFull(name=name)
-        if not int(reply):
-            return False
-        self._hold(name, lease_id, ttl)
-        return True
+        try:
+            taken = bool(int(reply))
+        except MALFORMED:
+            self._lose("bh", name, [lease_id])
+            raise self._malformed("acquire", reply) from None
+        if taken:
+            self._hold(name, lease_id, ttl)
+        return taken
 
     async def release(self, name: str, lease_id: str) -> None:
         """Give the slot of ``lease_id`` back (one round trip); idempotent.
@@ -191,7 +214,13 @@ class RedisStore(LimitsPart):
         """
         keys = self._keys_of("bh", name, _BH_FIELDS)
         self._unhold(name, lease_id)
-        await self._run(_RELEASE, keys, (lease_id, self.lease_ttl))
+        lost = self._take_lost("bh", name)
+        reply: Any = DOWN
+        try:
+            reply = await self._run(_RELEASE, keys, (self.lease_ttl, lease_id, *lost))
+        finally:
+            if reply is DOWN:  # released at the next contact (or expired by then)
+                self._lose("bh", name, [*lost, lease_id])
 
     async def renew(self, name: str, lease_id: str, ttl: float) -> bool:
         """Extend the lease of ``lease_id`` by ``min(ttl, lease_ttl)`` from now.
@@ -209,7 +238,10 @@ class RedisStore(LimitsPart):
         reply = await self._run(_RENEW, (key,), (min(float(ttl), self.lease_ttl), lease_id))
         if reply is DOWN:
             return self.fail_open
-        return bool(reply)
+        try:
+            return len(reply) > 0
+        except MALFORMED:
+            raise self._malformed("renew", reply) from None
 
     async def in_flight(self, name: str) -> int:
         """Return the number of live leases of ``name`` (0 when Redis failed).
@@ -222,7 +254,12 @@ class RedisStore(LimitsPart):
         """
         key = self._keys_of("bh", name, _BH_FIELDS)[0]
         reply = await self._run(_COUNT, (key,), ())
-        return 0 if reply is DOWN else int(reply)
+        if reply is DOWN:
+            return 0
+        try:
+            return int(reply)
+        except MALFORMED:
+            raise self._malformed("in_flight", reply) from None
 
     def _hold(self, name: str, lease_id: str, ttl: float) -> None:
         loop = asyncio.get_running_loop()
@@ -256,6 +293,22 @@ class RedisStore(LimitsPart):
             self._renew_handle = asyncio.get_running_loop().call_later(ttl / 3, self._renew_due)
 
     async def _renew_held(self) -> None:
+        # A background task: nothing it meets may escape into the loop. A failed renewal
+        # leaves the leases to their TTL; KeyboardInterrupt/SystemExit (from a client's
+        # code) goes to the next caller of the store.
+        try:
+            await self._renew_all()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            logger.warning("lease renewal failed: the client raised CancelledError")
+        except Exception as exc:
+            logger.warning("lease renewal failed: %s", safe_repr(exc))
+        except BaseException as exc:
+            self._defer(exc)
+
+    async def _renew_all(self) -> None:
         for name, leases in list(self._held.items()):
             if not leases:
                 continue
@@ -264,7 +317,10 @@ class RedisStore(LimitsPart):
             reply = await self._run(_RENEW, (key,), (ttl, *leases))
             if reply is DOWN:
                 continue
-            alive = {text(lease) for lease in reply}
+            try:
+                alive = {text(lease) for lease in reply}
+            except MALFORMED:
+                raise self._malformed("renew", reply) from None
             for lease in [lease for lease in leases if lease not in alive]:
                 if leases.pop(lease, None) is not None:
                     logger.warning("bulkhead %r: lease %s expired before renewal", name, lease)
@@ -318,6 +374,8 @@ class RedisStore(LimitsPart):
             self._bind()  # a client of a finished loop cannot be closed from this one
         if self._owns_client:
             await checked(self._client.aclose())
+        if self._deferred is not None:
+            self._raise_deferred()
 
     async def __aenter__(self) -> RedisStore:
         return self
