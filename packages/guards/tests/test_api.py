@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import math
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -411,15 +412,15 @@ class MemoryRateStore:
         burst: int,
         cost: int,
         max_wait: float | None = None,
-    ) -> float | None:
+    ) -> tuple[bool, float]:
         now = asyncio.get_running_loop().time()
         interval = per / rate
         new_tat = max(self.tat, now) + cost * interval
         wait = max(0.0, new_tat - now - burst * interval)
         if max_wait is not None and wait > max_wait:
-            return None
+            return False, wait
         self.tat = new_tat
-        return wait
+        return True, wait
 
     async def refund(self, name: str, rate: float, per: float, cost: int) -> None:
         self.refunds += 1
@@ -439,7 +440,213 @@ async def test_store_backed_rate_limiter() -> None:
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
+        await limiter.aclose()  # the refund goes on in the background
         assert store.refunds == 1
         store.tat = clock.now() + 100
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimited) as info:
             await limiter.acquire()
+        # The store's refusal carries the wait, as the in-memory limiter's does.
+        assert info.value.retry_after == pytest.approx(100)
+        assert limiter.snapshot().rejected == 1
+
+
+class ProbeBreakerStore(MemoryBreakerStore):
+    """Counts the half-open permits it hands out, as a shared store does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ho_taken = 0
+
+    async def admit(self, name: str, now: float, **config: Any) -> tuple[bool, int, Any, float]:
+        allowed, gen, state, retry_after = await super().admit(name, now, **config)
+        if allowed and state is CircuitState.HALF_OPEN:
+            if self.ho_taken >= config["half_open_max_calls"]:
+                return False, gen, state, 0.0
+            self.ho_taken += 1
+        return allowed, gen, state, retry_after
+
+    async def record(
+        self, name: str, generation: int, outcome: str, duration: float, **config: Any
+    ) -> Any:
+        if generation == self.generation and self.state is CircuitState.HALF_OPEN:
+            self.ho_taken -= 1
+        return await super().record(name, generation, outcome, duration, **config)
+
+
+class PredicateBug(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("which", "way"), [("record", "call"), ("ignore", "async_with"), ("failure_on_result", "call")]
+)
+async def test_store_backed_raising_predicate_returns_the_probe_permit(
+    which: str, way: str, clock_start: float
+) -> None:
+    armed = [False]
+
+    def predicate(_: object) -> bool:
+        if armed[0]:
+            raise PredicateBug(which)
+        return which == "record"
+
+    async def fail() -> None:
+        raise KeyError("down")
+
+    async def ok() -> str:
+        return "ok"
+
+    store = ProbeBreakerStore()
+    kwargs: dict[str, Any] = {which: predicate}
+    with VirtualClock(start=clock_start) as clock:
+        breaker = CircuitBreaker(
+            "probe", failure_threshold=1, recovery_timeout=5, store=store, **kwargs
+        )
+        with pytest.raises(KeyError):
+            await breaker.call(fail)
+        await clock.advance(5)
+        armed[0] = True
+
+        async def probe() -> None:
+            if way == "call":
+                await breaker.call(ok if which == "failure_on_result" else fail)
+            else:
+                async with breaker:  # a store-backed breaker supports async with
+                    raise KeyError("down")
+
+        with pytest.raises(PredicateBug):
+            await probe()
+        assert store.ho_taken == 0  # the probe's permit went back to the store
+        assert stored_state(store) is CircuitState.OPEN  # counted as a failure
+        armed[0] = False
+        await clock.advance(5)
+        assert await breaker.call(ok) == "ok"
+        assert stored_state(store) is CircuitState.CLOSED
+        await breaker.aclose()
+
+
+async def test_store_backed_breaker_async_with_admits_and_records() -> None:
+    store = ProbeBreakerStore()
+    breaker = CircuitBreaker("cm", failure_threshold=1, store=store)
+    async with breaker:
+        pass
+    assert store.records == ["success"]
+    with pytest.raises(KeyError):
+        async with breaker:
+            raise KeyError("down")
+    assert store.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        async with breaker:
+            raise AssertionError("never entered")
+
+
+class NamingStore(MemoryBulkheadStore):
+    """A store with the optional ``check_name``: names with a brace are refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: list[str] = []
+        self.tat = 0.0
+
+    def check_name(self, name: str) -> None:
+        self.checked.append(name)
+        if "{" in name:
+            raise ConfigurationError.argument_error("name", name, "must not hold braces")
+
+    async def admit(self, name: str, now: float, **config: Any) -> tuple[bool, int, Any, float]:
+        return True, 0, CircuitState.CLOSED, 0.0
+
+    async def record(self, name: str, *args: Any, **config: Any) -> Any:
+        return CircuitState.CLOSED
+
+    async def force(self, name: str, state: Any, **config: Any) -> None:
+        return None
+
+    async def reset(self, name: str) -> None:
+        return None
+
+    async def reserve(self, name: str, *args: Any) -> tuple[bool, float]:
+        return True, 0.0
+
+    async def refund(self, name: str, *args: Any) -> None:
+        return None
+
+    async def snapshot(self, name: str) -> Mapping[str, Any]:
+        return {}
+
+
+@pytest.mark.parametrize("kind", ["breaker", "bulkhead", "limiter"])
+def test_a_store_checks_the_name_when_the_guard_is_built(kind: str) -> None:
+    store = NamingStore()
+    build: dict[str, Any] = {
+        "breaker": lambda name: CircuitBreaker(name, store=store),
+        "bulkhead": lambda name: Bulkhead(1, name=name, store=store),
+        "limiter": lambda name: RateLimiter(1, name=name, store=store),
+    }
+    with pytest.raises(ConfigurationError, match=r"bad\{name\}"):
+        build[kind]("bad{name}")
+    build[kind]("good")
+    assert store.checked == ["bad{name}", "good"]
+
+
+@pytest.mark.parametrize("kind", ["breaker", "bulkhead", "limiter"])
+def test_a_store_without_the_guards_methods_fails_at_construction(kind: str) -> None:
+    class Partial:
+        pass
+
+    build: dict[str, Any] = {
+        "breaker": lambda: CircuitBreaker("x", store=Partial()),  # type: ignore[arg-type]
+        "bulkhead": lambda: Bulkhead(1, name="x-partial", store=Partial()),  # type: ignore[arg-type]
+        "limiter": lambda: RateLimiter(1, name="x", store=Partial()),  # type: ignore[arg-type]
+    }
+    with pytest.raises(ConfigurationError, match="store"):
+        build[kind]()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [None, 0.5, (True,), (True, "soon"), (True, math.nan), (True, math.inf), ("yes", 0.0)],
+)
+async def test_a_store_reservation_that_is_garbage_is_a_clear_error(reply: object) -> None:
+    class Garbage(MemoryRateStore):
+        async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            return reply
+
+    limiter = RateLimiter(1, name="garbage", store=Garbage())
+    with pytest.raises(TypeError, match=r"Garbage.reserve\(\) returned"):
+        await limiter.acquire()
+    assert limiter.snapshot().waiting == 0
+
+
+def _guards() -> list[Any]:
+    from headrace_guards import Fallback, Hedge, Retry, pipeline
+
+    return [
+        Timeout(5),
+        Bulkhead(2),
+        CircuitBreaker(),
+        RateLimiter(10),
+        Retry(3),
+        Fallback(lambda exc: "fallback"),
+        Hedge(1.0),
+        pipeline(),
+        pipeline(Retry(2), CircuitBreaker(), Timeout(5), Bulkhead(1)),
+    ]
+
+
+@pytest.mark.parametrize("guard", _guards(), ids=lambda g: type(g).__name__)
+async def test_every_guard_names_a_sync_function_as_not_async(guard: Any) -> None:
+    calls = 0
+
+    def compute() -> int:
+        nonlocal calls
+        calls += 1
+        return 42
+
+    with (
+        VirtualClock(),
+        pytest.raises(TypeError, match="compute is not an async function") as info,
+    ):
+        await guard.call(compute)
+    assert "can't be used in 'await' expression" in str(info.value)  # the cause, quoted
+    assert calls == 1  # never retried, never hedged, never answered by a fallback

@@ -291,3 +291,149 @@ def test_named_redeclaration_after_resize_accepts_either_limit() -> None:
     assert Bulkhead(5, name="resized-decl-test").limit == 5
     with pytest.raises(ConfigurationError, match="limit"):
         Bulkhead(3, name="resized-decl-test")
+
+
+async def test_resize_right_after_a_queued_waiter_is_cancelled() -> None:
+    with VirtualClock():
+        bulkhead = Bulkhead(1)
+        gate = asyncio.Event()
+        holder = asyncio.create_task(bulkhead.call(gate.wait))
+        await asyncio.sleep(0)
+        first = asyncio.create_task(bulkhead.call(asyncio.sleep, 1, "first"))
+        second = asyncio.create_task(bulkhead.call(asyncio.sleep, 1, "second"))
+        third = asyncio.create_task(bulkhead.call(asyncio.sleep, 1, "third"))
+        await asyncio.sleep(0)
+        assert bulkhead.snapshot().waiting == 3
+        first.cancel()  # its task has not run yet: its future is in the queue, cancelled
+        bulkhead.resize(4)  # hands the new slots to the waiters still there
+        snap = bulkhead.snapshot()
+        assert snap.in_flight == 3
+        gate.set()
+        assert list(await asyncio.gather(second, third)) == ["second", "third"]
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await holder
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.waiting, snap.completed) == (0, 0, 3)
+
+
+# -- store-backed slots -------------------------------------------------------------------
+
+
+class LeaseStore:
+    """A small bulkhead store; ``acquire_mode`` makes acquire misbehave after taking a lease."""
+
+    def __init__(self) -> None:
+        self.leases: set[str] = set()
+        self.released: list[str] = []
+        self.acquire_mode = "ok"
+        self.release_delay = 0.0
+
+    async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
+        if lease_id in self.released:
+            return False  # a spent id takes nothing
+        if len(self.leases) >= limit:
+            return False
+        self.leases.add(lease_id)
+        mode = self.acquire_mode
+        if mode == "lost":  # the store took the lease, the reply never came back
+            raise BulkheadFull(name=name)
+        if mode == "error":
+            raise ConnectionError("reply lost")
+        if mode == "hang":
+            await asyncio.Event().wait()
+        if mode == "garbage":
+            return "yes"  # type: ignore[return-value]
+        return True
+
+    async def release(self, name: str, lease_id: str) -> None:
+        if self.release_delay:
+            await asyncio.sleep(self.release_delay)
+        self.released.append(lease_id)
+        self.leases.discard(lease_id)
+
+    async def renew(self, name: str, lease_id: str, ttl: float) -> bool:
+        return lease_id in self.leases
+
+    async def in_flight(self, name: str) -> int:
+        return len(self.leases)
+
+
+async def test_store_backed_snapshot_counts_held_slots_and_max_waiters_caps_the_queue() -> None:
+    store = LeaseStore()
+    with VirtualClock():
+        bulkhead = Bulkhead(1, name="store-waiters", store=store, max_waiters=1)
+        gate = asyncio.Event()
+        holder = asyncio.create_task(bulkhead.call(gate.wait))
+        await asyncio.sleep(0)
+        assert bulkhead.snapshot().in_flight == 1
+        waiter = asyncio.create_task(bulkhead.call(asyncio.sleep, 0, "waited"))
+        await asyncio.sleep(0.001)
+        assert bulkhead.snapshot().waiting == 1
+        with pytest.raises(BulkheadFull):
+            await bulkhead.call(asyncio.sleep, 0)  # a second waiter is over the cap
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.waiting, snap.rejected) == (1, 1, 1)
+        gate.set()
+        await holder
+        assert await waiter == "waited"
+        async with bulkhead:
+            assert bulkhead.snapshot().in_flight == 1
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.waiting, snap.completed) == (0, 0, 3)
+        assert store.leases == set()
+        await bulkhead.aclose()
+
+
+@pytest.mark.parametrize("mode", ["lost", "error", "hang", "garbage"])
+async def test_store_acquire_of_unknown_outcome_releases_its_lease(mode: str) -> None:
+    store = LeaseStore()
+    store.acquire_mode = mode
+    store.release_delay = 5.0  # a slow release never holds the caller back
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, name=f"store-unknown-{mode}", store=store)
+        expected: type[BaseException] = {
+            "lost": BulkheadFull,
+            "error": ConnectionError,
+            "hang": TimeoutError,
+            "garbage": TypeError,
+        }[mode]
+        with pytest.raises(expected):
+            async with asyncio.timeout(1):
+                await bulkhead.call(asyncio.sleep, 0)
+        ended = clock.now()
+        assert ended <= 1
+        assert len(store.leases) == 1  # the store took it: released in the background
+        await bulkhead.aclose()
+        assert store.leases == set()
+        assert clock.now() == pytest.approx(ended + 5)
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.waiting) == (0, 0)
+        store.acquire_mode = "ok"
+        store.release_delay = 0.0
+        assert await bulkhead.call(asyncio.sleep, 0, "next") == "next"
+        assert store.leases == set()
+
+
+async def test_a_sync_function_is_named_not_async_and_its_slot_is_returned() -> None:
+    def compute() -> int:
+        return 42
+
+    store = LeaseStore()
+    for bulkhead in (Bulkhead(1), Bulkhead(1, name="store-sync-fn", store=store)):
+        with pytest.raises(TypeError, match="compute is not an async function"):
+            await bulkhead.call(compute)  # type: ignore[arg-type]
+        assert bulkhead.snapshot().in_flight == 0
+    assert store.leases == set()
+
+
+async def test_store_max_wait_at_the_bound_does_not_flip(clock_start: float) -> None:
+    store = LeaseStore()
+    store.leases = {"other"}
+    with VirtualClock(start=clock_start) as clock:
+        bulkhead = Bulkhead(1, name="store-max-wait", store=store, max_wait=0.3)
+        before = clock.now()
+        with pytest.raises(BulkheadFull):
+            await bulkhead.call(asyncio.sleep, 0)
+        assert clock.now() - before == pytest.approx(0.3)
+        assert bulkhead.snapshot().waiting == 0

@@ -50,8 +50,8 @@ def changes(events: list[GuardEvent]) -> list[tuple[Any, Any, str | None]]:
     return [(e.old_state, e.new_state, e.reason) for e in events if e.kind == "state_change"]
 
 
-async def test_opens_after_threshold_and_rejects_without_calling() -> None:
-    with VirtualClock():
+async def test_opens_after_threshold_and_rejects_without_calling(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker("svc", failure_threshold=3, recovery_timeout=10)
         await trip(breaker, 3)
         assert st(breaker) is CircuitState.OPEN
@@ -83,9 +83,9 @@ async def test_success_resets_the_streak() -> None:
     assert breaker.snapshot().failure_count == 2
 
 
-async def test_recovery_probe_closes() -> None:
+async def test_recovery_probe_closes(clock_start: float) -> None:
     events: list[GuardEvent] = []
-    with VirtualClock() as clock:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=5)
         breaker.add_listener(events.append)
         await trip(breaker, 1)
@@ -104,8 +104,8 @@ async def test_recovery_probe_closes() -> None:
     ]
 
 
-async def test_half_open_failure_reopens_with_fresh_deadline() -> None:
-    with VirtualClock() as clock:
+async def test_half_open_failure_reopens_with_fresh_deadline(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=5)
         await trip(breaker, 1)
         await clock.advance(7)
@@ -115,8 +115,8 @@ async def test_half_open_failure_reopens_with_fresh_deadline() -> None:
         assert breaker.snapshot().retry_after == 5
 
 
-async def test_half_open_admits_only_max_calls_and_needs_all_successes() -> None:
-    with VirtualClock() as clock:
+async def test_half_open_admits_only_max_calls_and_needs_all_successes(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, half_open_max_calls=2)
         await trip(breaker, 1)
         await clock.advance(1)
@@ -139,8 +139,8 @@ async def test_half_open_admits_only_max_calls_and_needs_all_successes() -> None
         assert st(breaker) is CircuitState.CLOSED
 
 
-async def test_cancelled_half_open_probe_returns_its_permit() -> None:
-    with VirtualClock() as clock:
+async def test_cancelled_half_open_probe_returns_its_permit(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1)
         await trip(breaker, 1)
         await clock.advance(1)
@@ -187,9 +187,9 @@ async def test_base_exceptions_are_neutral_even_when_recorded(exc: type[BaseExce
     assert breaker.snapshot().failures == 0
 
 
-async def test_fifty_concurrent_failures_make_one_open_event() -> None:
+async def test_fifty_concurrent_failures_make_one_open_event(clock_start: float) -> None:
     events: list[GuardEvent] = []
-    with VirtualClock():
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(failure_threshold=5)
         breaker.add_listener(events.append)
 
@@ -206,8 +206,8 @@ async def test_fifty_concurrent_failures_make_one_open_event() -> None:
         assert breaker.snapshot().generation == 1
 
 
-async def test_late_failure_of_old_generation_never_extends_open() -> None:
-    with VirtualClock() as clock:
+async def test_late_failure_of_old_generation_never_extends_open(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10)
 
         async def late_fail() -> None:
@@ -224,8 +224,8 @@ async def test_late_failure_of_old_generation_never_extends_open() -> None:
         assert st(breaker) is CircuitState.HALF_OPEN
 
 
-async def test_success_admitted_closed_never_closes_half_open() -> None:
-    with VirtualClock() as clock:
+async def test_success_admitted_closed_never_closes_half_open(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1)
 
         async def late_ok() -> str:
@@ -242,8 +242,8 @@ async def test_success_admitted_closed_never_closes_half_open() -> None:
         assert breaker.snapshot().successes == 1
 
 
-async def test_timeout_inside_breaker_counts_as_failure() -> None:
-    with VirtualClock():
+async def test_timeout_inside_breaker_counts_as_failure(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(failure_threshold=2)
         timeout = Timeout(1)
         for _ in range(2):
@@ -252,8 +252,8 @@ async def test_timeout_inside_breaker_counts_as_failure() -> None:
         assert st(breaker) is CircuitState.OPEN
 
 
-async def test_timeout_outside_breaker_is_neutral() -> None:
-    with VirtualClock():
+async def test_timeout_outside_breaker_is_neutral(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(failure_threshold=1)
         with pytest.raises(GuardTimeout):
             await Timeout(1).call(breaker.call, asyncio.sleep, 10)
@@ -328,8 +328,8 @@ async def test_failure_on_result() -> None:
     assert st(breaker) is CircuitState.OPEN
 
 
-async def test_slow_calls_consecutive() -> None:
-    with VirtualClock():
+async def test_slow_calls_consecutive(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(failure_threshold=2, slow_call_duration=1.0)
         assert await breaker.call(asyncio.sleep, 2, "a") == "a"
         assert st(breaker) is CircuitState.CLOSED
@@ -343,8 +343,8 @@ async def test_slow_calls_consecutive() -> None:
         assert snap.successes == 4
 
 
-async def test_slow_probe_reopens() -> None:
-    with VirtualClock() as clock:
+async def test_slow_probe_reopens(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, slow_call_duration=1)
         await trip(breaker, 1)
         await clock.advance(1)
@@ -375,8 +375,8 @@ async def test_count_window_forgets_old_calls() -> None:
     assert st(breaker) is CircuitState.OPEN  # 3/4
 
 
-async def test_count_window_slow_rate() -> None:
-    with VirtualClock():
+async def test_count_window_slow_rate(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(
             policy=CountWindow(size=10, min_calls=4, failure_rate=1.0),
             slow_call_duration=1,
@@ -391,8 +391,8 @@ async def test_count_window_slow_rate() -> None:
         assert breaker.snapshot().last_reason == "slow"
 
 
-async def test_time_window_expires_calls() -> None:
-    with VirtualClock() as clock:
+async def test_time_window_expires_calls(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(policy=TimeWindow(seconds=60, min_calls=3, failure_rate=0.5))
         await trip(breaker, 2)
         await clock.advance(61)
@@ -405,8 +405,8 @@ async def test_time_window_expires_calls() -> None:
         assert st(breaker) is CircuitState.OPEN  # 2/4
 
 
-async def test_half_open_timeout_reopens_with_new_generation() -> None:
-    with VirtualClock() as clock:
+async def test_half_open_timeout_reopens_with_new_generation(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, half_open_timeout=5)
         await trip(breaker, 1)
         await clock.advance(1)
@@ -427,10 +427,10 @@ async def test_half_open_timeout_reopens_with_new_generation() -> None:
         assert breaker.snapshot().half_open_in_flight == 0
 
 
-async def test_open_backoff_lengthens_reopens_and_restarts_on_close() -> None:
+async def test_open_backoff_lengthens_reopens_and_restarts_on_close(clock_start: float) -> None:
     from headrace_core.backoff import exponential
 
-    with VirtualClock() as clock:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(
             failure_threshold=1,
             recovery_timeout=1,
@@ -453,9 +453,9 @@ async def test_open_backoff_lengthens_reopens_and_restarts_on_close() -> None:
         assert breaker.snapshot().retry_after == 2
 
 
-async def test_manual_controls() -> None:
+async def test_manual_controls(clock_start: float) -> None:
     events: list[GuardEvent] = []
-    with VirtualClock() as clock:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1)
         breaker.add_listener(events.append)
         await breaker.force_open()
@@ -485,8 +485,8 @@ async def test_manual_controls() -> None:
     assert [c[2] for c in changes(events)] == ["forced", "reset", "failures", "disabled"]
 
 
-async def test_listener_that_raises_or_resets_does_not_change_outcome() -> None:
-    with VirtualClock():
+async def test_listener_that_raises_or_resets_does_not_change_outcome(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(failure_threshold=1)
 
         def raising(event: GuardEvent) -> None:
@@ -514,8 +514,8 @@ async def test_sync_listener_returning_reset_coroutine() -> None:
     assert st(breaker) is CircuitState.CLOSED
 
 
-async def test_async_with() -> None:
-    with VirtualClock():
+async def test_async_with(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         breaker = CircuitBreaker(failure_threshold=2)
 
         async def body() -> None:
@@ -623,8 +623,8 @@ async def test_rejected_event() -> None:
     assert isinstance(events[1].error, CircuitOpenError)
 
 
-async def test_fixed_open_backoff_schedule() -> None:
-    with VirtualClock() as clock:
+async def test_fixed_open_backoff_schedule(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=3, open_backoff=fixed(7))
         await trip(breaker, 1)
         await clock.advance(3)
@@ -666,8 +666,8 @@ async def test_decorated_function_trips_and_is_rejected() -> None:
     assert st(judged) is CircuitState.OPEN
 
 
-async def test_async_with_cancelled_probe_returns_permit() -> None:
-    with VirtualClock() as clock:
+async def test_async_with_cancelled_probe_returns_permit(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1)
         await trip(breaker, 1)
         await clock.advance(1)
@@ -689,11 +689,11 @@ async def test_async_with_cancelled_probe_returns_permit() -> None:
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-async def test_stress_half_open_permits_never_leak(seed: int) -> None:
+async def test_stress_half_open_permits_never_leak(seed: int, clock_start: float) -> None:
     import random
 
     rng = random.Random(seed)
-    with VirtualClock() as clock:
+    with VirtualClock(start=clock_start) as clock:
         breaker = CircuitBreaker(
             failure_threshold=3, recovery_timeout=2, half_open_max_calls=3, half_open_timeout=20
         )
@@ -725,3 +725,179 @@ async def test_stress_half_open_permits_never_leak(seed: int) -> None:
     if breaker._state is CircuitState.HALF_OPEN:
         assert breaker._ho_in_flight == 0  # every caller is done: no permit is held
     assert snap.generation >= 1
+
+
+# -- a raising predicate, a custom schedule that fails, a function that is not async ----------
+
+
+class PredicateBug(Exception):
+    pass
+
+
+def arming_predicate(which: str) -> tuple[dict[str, Any], list[bool]]:
+    """A ``record``/``ignore``/``failure_on_result`` predicate that raises while armed."""
+    armed = [False]
+    calm = which == "record"  # unarmed: record counts every error, the others nothing
+
+    def predicate(_: object) -> bool:
+        if armed[0]:
+            raise PredicateBug(which)
+        return calm
+
+    return {which: predicate}, armed
+
+
+@pytest.mark.parametrize(
+    ("which", "way"),
+    [
+        ("record", "call"),
+        ("ignore", "call"),
+        ("failure_on_result", "call"),
+        ("record", "async_with"),
+        ("ignore", "async_with"),
+    ],
+)
+async def test_raising_predicate_in_half_open_returns_the_permit(
+    which: str, way: str, clock_start: float
+) -> None:
+    kwargs, armed = arming_predicate(which)
+    with VirtualClock(start=clock_start) as clock:
+        breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, **kwargs)
+        await trip(breaker, 1)
+        await clock.advance(1)
+        assert st(breaker) is CircuitState.HALF_OPEN
+        armed[0] = True
+
+        async def probe() -> None:
+            if way == "call":
+                await breaker.call(ok if which == "failure_on_result" else fail)
+            else:
+                async with breaker:
+                    raise Boom
+
+        with pytest.raises(PredicateBug):
+            await probe()
+        snap = breaker.snapshot()
+        # Counted as a failure: the probe's permit is back and the breaker re-opened.
+        assert snap.half_open_in_flight == 0
+        assert (snap.state, snap.last_reason) == (CircuitState.OPEN, "half_open_failure")
+        armed[0] = False
+        await clock.advance(1)
+        assert await breaker.call(ok) == "ok"
+        assert st(breaker) is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("which", ["record", "ignore", "failure_on_result"])
+async def test_raising_predicate_counts_as_a_failure_when_closed(which: str) -> None:
+    kwargs, armed = arming_predicate(which)
+    breaker = CircuitBreaker(failure_threshold=2, **kwargs)
+    armed[0] = True
+    for _ in range(2):
+        with pytest.raises(PredicateBug):
+            await breaker.call(ok if which == "failure_on_result" else fail)
+    snap = breaker.snapshot()
+    assert (snap.state, snap.failures) == (CircuitState.OPEN, 2)
+
+
+class Schedule:
+    """A custom open_backoff: the given delays, then whatever ``tail`` does."""
+
+    def __init__(self, *delays: object, tail: str = "end") -> None:
+        self.items = delays
+        self.tail = tail
+
+    def delays(self, rng: object = None) -> Any:
+        yield from self.items
+        if self.tail == "raise":
+            raise PredicateBug("schedule")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "error"),
+    [
+        (Schedule(2.0), "ran out"),
+        (Schedule(2.0, math.nan), "nan"),
+        (Schedule(2.0, "soon"), "soon"),
+        (Schedule(2.0, -1.0), "-1.0"),
+        (Schedule(2.0, tail="raise"), None),
+    ],
+    ids=["ran-out", "nan", "string", "negative", "raises"],
+)
+async def test_failing_open_backoff_reopens_for_recovery_timeout_and_raises(
+    schedule: Schedule, error: str | None, clock_start: float
+) -> None:
+    from headrace_core import BackoffError
+
+    with VirtualClock(start=clock_start) as clock:
+        breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, open_backoff=schedule)
+        await trip(breaker, 1)
+        await clock.advance(1)
+        await trip(breaker, 1)  # first re-open: the schedule's 2.0
+        assert breaker.snapshot().retry_after == pytest.approx(2)
+        await clock.advance(2)
+        if error is None:
+            with pytest.raises(PredicateBug):
+                await breaker.call(fail)
+        else:
+            with pytest.raises(BackoffError, match=error) as info:
+                await breaker.call(fail)
+            assert isinstance(info.value.__cause__, Boom)  # the probe's own error, chained
+        snap = breaker.snapshot()
+        assert (snap.state, snap.half_open_in_flight) == (CircuitState.OPEN, 0)
+        assert snap.retry_after == pytest.approx(1)  # recovery_timeout instead
+        await clock.advance(1)
+        assert await breaker.call(ok) == "ok"
+        assert st(breaker) is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("shape", ["fast", "windowed", "timed"])
+async def test_sync_function_is_named_not_async(shape: str) -> None:
+    def compute() -> int:
+        return 42
+
+    breaker = CircuitBreaker(
+        policy=CountWindow(size=10, min_calls=10) if shape == "windowed" else None,
+        slow_call_duration=1.0 if shape == "timed" else None,
+    )
+    with pytest.raises(TypeError, match="compute is not an async function"):
+        await breaker.call(compute)  # type: ignore[arg-type]
+    # A misuse, not a failure of the service: nothing is counted, the breaker is closed.
+    snap = breaker.snapshot()
+    assert (snap.state, snap.failures, snap.successes) == (CircuitState.CLOSED, 0, 0)
+
+
+async def test_async_function_raising_type_error_is_not_called_sync() -> None:
+    async def broken() -> None:
+        raise TypeError("inside")
+
+    breaker = CircuitBreaker(failure_threshold=5)
+    with pytest.raises(TypeError, match=r"^inside$"):
+        await breaker.call(broken)
+    assert breaker.snapshot().failures == 1
+
+
+async def test_bound_decisions_do_not_flip_with_the_clock_magnitude(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
+        breaker = CircuitBreaker(
+            failure_threshold=1,
+            recovery_timeout=0.3,
+            half_open_timeout=0.7,
+            slow_call_duration=0.3,
+        )
+        await trip(breaker, 1)
+        await clock.advance(0.1)
+        await clock.advance(0.2)  # exactly recovery_timeout, summed from parts
+        assert st(breaker) is CircuitState.HALF_OPEN
+        await clock.advance(0.3)
+        await clock.advance(0.4)  # exactly half_open_timeout
+        assert breaker.snapshot().last_reason == "half_open_timeout"
+        await clock.advance(0.3)
+
+        async def takes(seconds: float) -> str:
+            await asyncio.sleep(0.1)
+            await asyncio.sleep(seconds - 0.1)
+            return "done"
+
+        assert await breaker.call(takes, 0.3) == "done"  # exactly slow_call_duration: slow
+        snap = breaker.snapshot()
+        assert (snap.slow, snap.state, snap.last_reason) == (1, CircuitState.OPEN, "slow")

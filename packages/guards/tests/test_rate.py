@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -18,8 +19,8 @@ from headrace_guards import (
 )
 
 
-async def test_bucket_starts_full_then_paces() -> None:
-    with VirtualClock() as clock:
+async def test_bucket_starts_full_then_paces(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(10, 1.0)  # burst 10, one token per 0.1 s
         start = clock.now()
         for _ in range(10):
@@ -37,8 +38,8 @@ async def test_default_burst() -> None:
     assert RateLimiter(100, 60).burst == 100
 
 
-async def test_first_come_first_served_reservations() -> None:
-    with VirtualClock() as clock:
+async def test_first_come_first_served_reservations(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(1, 1, burst=1)
         start = clock.now()
         done: list[tuple[int, float]] = []
@@ -52,8 +53,8 @@ async def test_first_come_first_served_reservations() -> None:
     assert [t for _, t in done] == pytest.approx([0, 1, 2, 3])
 
 
-async def test_cost() -> None:
-    with VirtualClock() as clock:
+async def test_cost(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(1, 1, burst=5)
         start = clock.now()
         await limiter.acquire(5)
@@ -71,9 +72,9 @@ async def test_cost_outside_capacity_raises_capacity_exceeded(cost: Any) -> None
     assert limiter.snapshot().acquired == 0
 
 
-async def test_max_wait_rejects_and_consumes_nothing() -> None:
+async def test_max_wait_rejects_and_consumes_nothing(clock_start: float) -> None:
     events: list[GuardEvent] = []
-    with VirtualClock() as clock:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(1, 1, burst=2, max_wait=0.5, name="api")
         limiter.add_listener(events.append)
         await limiter.acquire(2)
@@ -87,16 +88,16 @@ async def test_max_wait_rejects_and_consumes_nothing() -> None:
     assert [e.kind for e in events] == ["rejected"]
 
 
-async def test_max_wait_zero_never_waits() -> None:
-    with VirtualClock():
+async def test_max_wait_zero_never_waits(clock_start: float) -> None:
+    with VirtualClock(start=clock_start):
         limiter = RateLimiter(1, burst=1, max_wait=0)
         await limiter.acquire()
         with pytest.raises(RateLimited):
             await limiter.acquire()
 
 
-async def test_cancelled_waiter_refunds() -> None:
-    with VirtualClock() as clock:
+async def test_cancelled_waiter_refunds(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(1, 1, burst=1)
         await limiter.acquire()
         waiter = asyncio.create_task(limiter.acquire())
@@ -111,8 +112,8 @@ async def test_cancelled_waiter_refunds() -> None:
         assert clock.now() - start == pytest.approx(1)
 
 
-async def test_float_noise_costs_no_sleep() -> None:
-    with VirtualClock() as clock:
+async def test_float_noise_costs_no_sleep(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(3, 1, burst=3)
         start = clock.now()
         for _ in range(3):
@@ -124,8 +125,8 @@ async def test_float_noise_costs_no_sleep() -> None:
         assert clock.now() - start == pytest.approx(1 / 3)
 
 
-async def test_call_async_with_and_decorator() -> None:
-    with VirtualClock() as clock:
+async def test_call_async_with_and_decorator(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(1, 2, burst=1)
         start = clock.now()
 
@@ -141,8 +142,8 @@ async def test_call_async_with_and_decorator() -> None:
         assert limiter.snapshot().acquired == 3
 
 
-async def test_snapshot_available() -> None:
-    with VirtualClock() as clock:
+async def test_snapshot_available(clock_start: float) -> None:
+    with VirtualClock(start=clock_start) as clock:
         limiter = RateLimiter(2, 1, burst=4)
         assert limiter.snapshot().available == 4
         await limiter.acquire(3)
@@ -239,3 +240,45 @@ def test_gcra_refund_restores_state(burst: int, idle: float, costs: list[int]) -
     limiter._reserve(burst)
     limiter._tat -= burst * limiter._interval  # what a cancelled sleeper gives back
     assert limiter.would_wait(1) == pytest.approx(before, abs=1e-9)
+
+
+@pytest.mark.parametrize("start", [0.0, 1.0, 100.0, 1000.0, 1234.0, 5000.0, 86400.0, 1e6])
+async def test_a_wait_equal_to_max_wait_is_admitted_at_every_clock_magnitude(
+    start: float,
+) -> None:
+    with VirtualClock(start=start) as clock:
+        limiter = RateLimiter(10, per=1.0, burst=10, max_wait=0.3)
+        await limiter.acquire(cost=5)
+        await limiter.acquire(cost=5)
+        with pytest.raises(RateLimited) as info:
+            await limiter.acquire(cost=5)
+        assert info.value.retry_after == pytest.approx(0.5)
+        before = clock.now()
+        await limiter.acquire(cost=3)  # needs exactly 0.3 s: admitted, whatever the start
+        assert clock.now() - before == pytest.approx(0.3)
+        snap = limiter.snapshot()
+        assert (snap.acquired, snap.rejected, snap.waiting) == (3, 1, 0)
+
+
+async def test_a_sync_function_is_named_not_async() -> None:
+    def compute() -> int:
+        return 42
+
+    limiter = RateLimiter(10)
+    with pytest.raises(TypeError, match="compute is not an async function"):
+        await limiter.call(compute)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reading", [math.nan, math.inf, "12", None])
+async def test_a_bad_clock_reading_is_refused_and_corrupts_nothing(reading: object) -> None:
+    readings: list[object] = [0.0, reading, 0.0]
+
+    def clock() -> Any:
+        return readings.pop(0) if readings else 0.0
+
+    limiter = RateLimiter(1, burst=1, clock=clock)
+    await limiter.acquire()
+    with pytest.raises((TypeError, ValueError), match="clock"):
+        await limiter.acquire()
+    # Nothing was reserved from the bad reading: the state is what one token left.
+    assert limiter.would_wait() == pytest.approx(1.0)

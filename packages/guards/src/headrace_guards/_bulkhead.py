@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import uuid
 import weakref
@@ -12,10 +13,19 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import BulkheadFull, ConfigurationError, PerLoop, check_int
+from headrace_core import BulkheadFull, ConfigurationError, PerLoop, check_int, within
 from headrace_core import check_optional_number as _check_optional_number
 from headrace_core.store import BulkheadStore
-from headrace_guards._common import Clock, GuardBase, GuardEvent, check_clock, now_of
+from headrace_guards._common import (
+    Background,
+    Clock,
+    GuardBase,
+    GuardEvent,
+    check_clock,
+    check_store,
+    now_of,
+    raise_if_not_async,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,6 +40,9 @@ _POLL_MAX = 0.25
 @dataclass(frozen=True, slots=True)
 class BulkheadSnapshot:
     """The state and counters of a :class:`Bulkhead` (on the running loop).
+
+    With a store, ``in_flight`` and ``waiting`` count this process's callers on this
+    loop (the store's ``in_flight(name)`` counts every process's leases).
 
     Attributes:
         name: the bulkhead's name.
@@ -89,7 +102,9 @@ class _Declaration:
     def hand_off(self, slots: _Slots) -> None:
         """Give free slots to the head waiters (after a release or a resize)."""
         waiters = slots.waiters
-        while slots.waiting and slots.in_flight < self.limit:
+        # A waiter cancelled a moment ago is still in the deque (and still counted in
+        # ``waiting`` until its task runs): skip it, and stop when the deque is empty.
+        while waiters and slots.in_flight < self.limit:
             fut = waiters.popleft()
             if not fut.done():
                 slots.in_flight += 1
@@ -163,9 +178,13 @@ class Bulkhead(GuardBase):
         max_wait: ``None`` waits without bound, ``0`` fails fast, ``x > 0`` waits at most
             x seconds before :class:`BulkheadFull`.
         max_waiters: the most callers queued (``0``: no queue); one more gets
-            :class:`BulkheadFull` at once.
+            :class:`BulkheadFull` at once. With a store, the callers of this process
+            polling for a slot.
         store: shared slots across processes (e.g. ``headrace_guards.redis.RedisStore``);
-            default in memory.
+            default in memory. The store's optional ``check_name(name)`` is called here.
+            An acquire whose outcome is unknown (the store raised, timed out, returned
+            garbage, or the caller was cancelled meanwhile) has its lease released in the
+            background, bounded by the lease's time-to-live.
         clock: a zero-argument callable returning seconds, for event times.
 
     Raises:
@@ -173,7 +192,7 @@ class Bulkhead(GuardBase):
             with another ``limit``, ``max_wait`` or ``max_waiters``.
     """
 
-    __slots__ = ("_clock", "_decl", "_leases", "_store")
+    __slots__ = ("_background", "_clock", "_decl", "_leases", "_store")
 
     def __init__(
         self,
@@ -190,12 +209,9 @@ class Bulkhead(GuardBase):
         max_wait = _check_optional_number("max_wait", max_wait, ge=0)
         if max_waiters is not None:
             max_waiters = check_int("max_waiters", max_waiters, ge=0)
-        if store is not None and self.name is None:
-            raise ConfigurationError.argument_error(
-                "name", None, "is required with store= (it is the key)"
-            )
+        self._store: BulkheadStore | None = check_store(store, self.name, ("acquire", "release"))
         self._decl = _declare(self.name, limit, max_wait, max_waiters)
-        self._store = store
+        self._background = Background(self._describe())
         self._clock = check_clock(clock)
         self._leases: dict[asyncio.Task[Any], list[str]] = {}
 
@@ -242,6 +258,9 @@ class Bulkhead(GuardBase):
             await self._wait(slots)
         try:
             return await fn(*args, **kwargs)
+        except TypeError as exc:
+            raise_if_not_async(fn, exc)
+            raise
         finally:
             slots.completed += 1
             decl.release(slots)
@@ -253,7 +272,7 @@ class Bulkhead(GuardBase):
             BulkheadFull: when no slot came within ``max_wait`` or the queue was full.
         """
         if self._store is not None:
-            await self._store_acquire()
+            self._push_lease(await self._store_acquire())
             return
         decl = self._decl
         slots = decl.slots.get()
@@ -269,7 +288,7 @@ class Bulkhead(GuardBase):
             RuntimeError: when no slot is held on this loop.
         """
         if self._store is not None:
-            self._store_release_soon()
+            self._store_release_now()
             return
         slots = self._decl.slots.get()
         if slots.in_flight <= 0:
@@ -342,33 +361,75 @@ class Bulkhead(GuardBase):
         store, name, decl = self._store, self.name, self._decl
         assert store is not None
         assert name is not None
+        slots = decl.slots.get()
         lease = uuid.uuid4().hex
-        if await self._store_try(store, name, lease):
-            self._push_lease(lease)
+        if await self._store_try(store, name, lease, slots):
             return lease
-        if decl.max_wait == 0 or decl.max_waiters == 0:
-            raise self._reject(self._decl.slots.get())
+        if decl.max_wait == 0 or (
+            decl.max_waiters is not None and slots.waiting >= decl.max_waiters
+        ):
+            raise self._reject(slots)
         loop = asyncio.get_running_loop()
         deadline = None if decl.max_wait is None else loop.time() + decl.max_wait
         delay = _POLL_FIRST
-        while True:
-            if deadline is not None:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise self._reject(self._decl.slots.get())
-                delay = min(delay, left)
-            await asyncio.sleep(delay)
-            if await self._store_try(store, name, lease):
-                self._push_lease(lease)
-                return lease
-            delay = min(delay * 2, _POLL_MAX)
-
-    async def _store_try(self, store: BulkheadStore, name: str, lease: str) -> bool:
+        slots.waiting += 1
         try:
-            return await store.acquire(name, self._decl.limit, lease, _LEASE_TTL)
+            while True:
+                if deadline is not None:
+                    now = loop.time()
+                    if within(deadline, now):
+                        raise self._reject(slots)
+                    delay = min(delay, deadline - now)
+                await asyncio.sleep(delay)
+                if await self._store_try(store, name, lease, slots):
+                    return lease
+                delay = min(delay * 2, _POLL_MAX)
+        finally:
+            slots.waiting -= 1
+
+    async def _store_try(self, store: BulkheadStore, name: str, lease: str, slots: _Slots) -> bool:
+        """Ask the store for a slot once; an unknown outcome releases the lease id."""
+        try:
+            got: object = await store.acquire(name, self._decl.limit, lease, _LEASE_TTL)
         except BulkheadFull:
-            # A store that fails closed rejects for us: count it as this guard's rejection.
-            raise self._reject(self._decl.slots.get()) from None
+            # A store that fails closed rejects for us (its request may still have run).
+            self._release_soon(store, name, lease)
+            raise self._reject(slots) from None
+        except BaseException:
+            self._release_soon(store, name, lease)
+            raise
+        if got is True or got is False or (isinstance(got, int) and got in (0, 1)):
+            if got:
+                slots.in_flight += 1
+            return bool(got)
+        self._release_soon(store, name, lease)
+        raise TypeError(
+            f"{type(store).__name__}.acquire() returned a {type(got).__name__}, not a bool"
+        )
+
+    def _release_soon(
+        self, store: BulkheadStore, name: str, lease: str
+    ) -> asyncio.Task[BaseException | None]:
+        """Release ``lease`` in a task bounded by the lease's TTL (releasing is idempotent)."""
+        return self._background.send(
+            "releasing a lease", functools.partial(store.release, name, lease), _LEASE_TTL
+        )
+
+    async def _store_release(self, lease: str, exc: BaseException | None) -> None:
+        """Give back a held lease, waiting for the store (bounded).
+
+        A caller unwinding from a cancel or an interrupt does not wait: the release goes
+        on in the background.
+        """
+        store, name = self._store, self.name
+        assert store is not None
+        assert name is not None
+        slots = self._decl.slots.get()
+        slots.in_flight -= 1
+        slots.completed += 1
+        task = self._release_soon(store, name, lease)
+        if exc is None or isinstance(exc, Exception):
+            await self._background.wait(task)
 
     def _push_lease(self, lease: str) -> None:
         task = asyncio.current_task()
@@ -385,34 +446,36 @@ class Bulkhead(GuardBase):
             del self._leases[task]  # type: ignore[arg-type]
         return lease
 
-    def _store_release_soon(self) -> None:
+    def _store_release_now(self) -> None:
         lease = self._pop_lease()
         if lease is None:
             raise RuntimeError("Bulkhead.release() without a lease held by this task")
         store, name = self._store, self.name
         assert store is not None
         assert name is not None
-        task = asyncio.ensure_future(store.release(name, lease))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        slots = self._decl.slots.get()
+        slots.in_flight -= 1
+        slots.completed += 1
+        self._release_soon(store, name, lease)
 
     async def _call_store(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        store, name = self._store, self.name
-        assert store is not None
-        assert name is not None
         lease = await self._store_acquire()
-        self._pop_lease()
         try:
-            return await fn(*args, **kwargs)
-        finally:
-            await asyncio.shield(store.release(name, lease))
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            await self._store_release(lease, exc)
+            if isinstance(exc, TypeError):
+                raise_if_not_async(fn, exc)
+            raise
+        await self._store_release(lease, None)
+        return result
 
     # -- async with and reading ------------------------------------------------------
     async def __aenter__(self) -> Bulkhead:
         if self._store is not None:
-            await self._store_acquire()
+            self._push_lease(await self._store_acquire())
             return self
         decl = self._decl
         slots = decl.slots.get()
@@ -428,13 +491,21 @@ class Bulkhead(GuardBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._store is not None and self.name is not None:
+        if self._store is not None:
             lease = self._pop_lease()
             if lease is None:
                 raise RuntimeError("Bulkhead.__aexit__ without a lease held by this task")
-            await asyncio.shield(self._store.release(self.name, lease))
+            await self._store_release(lease, exc)
             return
         self.release()
+
+    async def aclose(self) -> None:
+        """Wait for pending async listeners and lease releases sent in the background.
+
+        The bulkhead stays usable.
+        """
+        await self._background.aclose()
+        await self._listeners.aclose()
 
     def snapshot(self) -> BulkheadSnapshot:
         """Return the limit and counters on the running loop (O(1), no await).
@@ -458,6 +529,3 @@ class Bulkhead(GuardBase):
             rejected=rejected,
             completed=completed,
         )
-
-
-_BACKGROUND: set[asyncio.Future[Any]] = set()

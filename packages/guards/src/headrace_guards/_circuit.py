@@ -17,8 +17,9 @@ from headrace_core import (
     check_number,
     check_optional_number,
     is_async_callable,
+    within,
 )
-from headrace_core.backoff import Backoff
+from headrace_core.backoff import Backoff, next_delay
 from headrace_core.store import BreakerStore
 from headrace_guards._circuit_store import (
     _FAILURE,
@@ -26,17 +27,24 @@ from headrace_guards._circuit_store import (
     _SUCCESS,
     BreakerSnapshot,
     call_store,
+    store_admit,
     store_config,
+    store_end,
 )
 from headrace_guards._common import (
+    Background,
     Clock,
     ExcSpec,
     GuardBase,
     GuardEvent,
+    NotAsyncError,
     check_callable,
     check_clock,
+    check_store,
     compile_spec,
+    delays_of,
     now_of,
+    raise_if_not_async,
 )
 from headrace_guards._policies import Consecutive, CountWindow, Policy, TimeWindow, make_window
 
@@ -69,11 +77,17 @@ class CircuitBreaker(GuardBase):
         record: errors that count as failures (an exception spec).
         ignore: errors that are neutral (checked before ``record``).
         failure_on_result: a predicate on returned values; true counts as a failure.
+            A ``record``, ``ignore`` or ``failure_on_result`` predicate that raises counts
+            the call as a failure (any half-open permit is returned) and its error
+            reaches the caller.
         slow_call_duration: calls at least this long (on the guard clock) are slow.
         slow_call_rate: a window trips when slow calls / calls reaches this, in ``(0, 1]``.
         open_backoff: when set, each re-open from HALF_OPEN lasts the schedule's next delay
-            (the schedule restarts when the breaker closes).
+            (the schedule restarts when the breaker closes). A schedule that runs out or
+            yields a bad delay re-opens for ``recovery_timeout`` instead and raises
+            :class:`~headrace_core.BackoffError` to the caller that re-opened it.
         store: shared state (e.g. ``headrace_guards.redis.RedisStore``); default in memory.
+            The store's optional ``check_name(name)`` is called here.
         clock: a zero-argument callable returning seconds; default the loop's time.
 
     Raises:
@@ -81,6 +95,7 @@ class CircuitBreaker(GuardBase):
     """
 
     __slots__ = (
+        "_background",
         "_clock",
         "_disabled",
         "_entered",
@@ -167,11 +182,10 @@ class CircuitBreaker(GuardBase):
             )
         self._open_backoff = open_backoff
         self._open_delays: Iterator[float] | None = None
-        if store is not None and self.name is None:
-            raise ConfigurationError.argument_error(
-                "name", None, "is required with store= (it is the key)"
-            )
-        self._store = store
+        self._store: BreakerStore | None = check_store(
+            store, self.name, ("admit", "record", "force", "reset")
+        )
+        self._background = Background(self._describe())
         self._clock = check_clock(clock)
         self._state = CLOSED
         self._gen = 0
@@ -218,16 +232,20 @@ class CircuitBreaker(GuardBase):
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
+                if isinstance(exc, TypeError):
+                    raise_if_not_async(fn, exc)
                 self._closed_error(gen, exc)
                 raise
             check = self._result_check
-            if check is not None and check(result):
-                self._failures += 1
-                if gen == self._gen:
-                    self._streak += 1
-                    if self._streak >= self._threshold:
-                        self._transition(OPEN, "failures", now_of(self._clock))
-                return result
+            if check is not None:
+                try:
+                    failed = bool(check(result))
+                except BaseException:
+                    self._closed_failure(gen)
+                    raise
+                if failed:
+                    self._closed_failure(gen)
+                    return result
             self._successes += 1
             if self._streak and gen == self._gen:
                 self._streak = 0
@@ -262,6 +280,8 @@ class CircuitBreaker(GuardBase):
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
+                if isinstance(exc, TypeError):
+                    raise_if_not_async(fn, exc)
                 self._closed_error(gen, exc)
                 raise
             self._successes += 1
@@ -272,41 +292,39 @@ class CircuitBreaker(GuardBase):
         return guarded
 
     def _closed_error(self, gen: int, exc: Exception) -> None:
-        if self._ignore(exc):
-            self._ignored += 1
-        elif self._record(exc):
-            self._failures += 1
-            if gen == self._gen:
-                self._streak += 1
-                if self._streak >= self._threshold:
-                    self._transition(OPEN, "failures", now_of(self._clock))
+        try:
+            if self._ignore(exc):
+                self._ignored += 1
+                return
+            failed = self._record(exc)
+        except BaseException:
+            self._closed_failure(gen, exc)  # a raising predicate: a failure
+            raise
+        if failed:
+            self._closed_failure(gen, exc)
         else:
             self._successes += 1
             if self._streak and gen == self._gen:
                 self._streak = 0
 
+    def _closed_failure(self, gen: int, cause: BaseException | None = None) -> None:
+        self._failures += 1
+        if gen == self._gen:
+            self._streak += 1
+            if self._streak >= self._threshold:
+                self._transition(OPEN, "failures", now_of(self._clock), cause=cause)
+
     async def _call_slow(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        clock = self._clock
-        start = now_of(clock)
+        start = now_of(self._clock)
         gen, state, permit = self._admit(start)
         try:
             result = await fn(*args, **kwargs)
-        except Exception as exc:
-            outcome = self._classify(exc)
-            self._settle(gen, state, permit, outcome, start, now_of(clock))
+        except BaseException as exc:
+            self._end_error(gen, state, permit, start, fn, exc)
             raise
-        except BaseException:
-            self._settle(gen, state, permit, _NEUTRAL, start, start)
-            raise
-        try:
-            check = self._result_check
-            outcome = _FAILURE if check is not None and check(result) else _SUCCESS
-        except BaseException:
-            self._settle(gen, state, permit, _NEUTRAL, start, start)
-            raise
-        self._settle(gen, state, permit, outcome, start, now_of(clock))
+        self._end_result(gen, state, permit, start, result)
         return result
 
     def _classify(self, exc: BaseException) -> int:
@@ -317,15 +335,65 @@ class CircuitBreaker(GuardBase):
             return _NEUTRAL
         return _FAILURE if self._record(exc) else _SUCCESS
 
+    def _end_error(
+        self,
+        gen: int,
+        state: CircuitState,
+        permit: bool,
+        start: float,
+        fn: object,
+        exc: BaseException,
+    ) -> None:
+        """Settle a call that raised ``exc``; every path returns a held permit."""
+        try:
+            if fn is not None and isinstance(exc, TypeError):
+                raise_if_not_async(fn, exc)
+            outcome = self._classify(exc)
+        except NotAsyncError:
+            self._settle(gen, state, permit, _NEUTRAL, start, start)
+            raise
+        except BaseException:
+            self._end(gen, state, permit, start, _FAILURE, exc)  # a raising predicate
+            raise
+        self._end(gen, state, permit, start, outcome, exc)
+
+    def _end_result(
+        self, gen: int, state: CircuitState, permit: bool, start: float, result: Any
+    ) -> None:
+        """Settle a call that returned ``result``; every path returns a held permit."""
+        check = self._result_check
+        try:
+            outcome = _FAILURE if check is not None and check(result) else _SUCCESS
+        except BaseException as exc:
+            self._end(gen, state, permit, start, _FAILURE, exc)  # a raising predicate
+            raise
+        self._end(gen, state, permit, start, outcome, None)
+
+    def _end(
+        self,
+        gen: int,
+        state: CircuitState,
+        permit: bool,
+        start: float,
+        outcome: int,
+        cause: BaseException | None,
+    ) -> None:
+        try:
+            end = now_of(self._clock)
+        except BaseException:
+            self._settle(gen, state, permit, outcome, start, start, cause)
+            raise
+        self._settle(gen, state, permit, outcome, start, end, cause)
+
     # -- admission and recording -----------------------------------------------------
     def _refresh(self, now: float) -> CircuitState:
         state = self._state
         if state is OPEN:
-            if not self._forced and now >= self._open_until:
+            if not self._forced and within(self._open_until, now):
                 self._transition(HALF_OPEN, "recovery_timeout", now)
         elif state is HALF_OPEN:
             timeout = self._ho_timeout
-            if timeout is not None and now >= self._ho_since + timeout:
+            if timeout is not None and within(self._ho_since + timeout, now):
                 self._transition(OPEN, "half_open_timeout", now)
         return self._state
 
@@ -365,6 +433,7 @@ class CircuitBreaker(GuardBase):
         outcome: int,
         start: float,
         end: float,
+        cause: BaseException | None = None,
     ) -> None:
         current = gen == self._gen
         if permit and current:
@@ -373,7 +442,7 @@ class CircuitBreaker(GuardBase):
             return
         failure = outcome == _FAILURE
         slow_after = self._slow_after
-        slow = slow_after is not None and end - start >= slow_after
+        slow = slow_after is not None and within(slow_after, end - start)
         if failure:
             self._failures += 1
         else:
@@ -384,9 +453,9 @@ class CircuitBreaker(GuardBase):
             return
         if state is HALF_OPEN:
             if failure:
-                self._transition(OPEN, "half_open_failure", end)
+                self._transition(OPEN, "half_open_failure", end, cause=cause)
             elif slow:
-                self._transition(OPEN, "slow", end)
+                self._transition(OPEN, "slow", end, cause=cause)
             else:
                 self._ho_ok += 1
                 if self._ho_ok >= self._ho_max:
@@ -406,20 +475,46 @@ class CircuitBreaker(GuardBase):
         if reason is not None:
             self._transition(OPEN, reason, end)
 
+    def _open_duration(self, cause: BaseException | None) -> float:
+        """The next delay of ``open_backoff``; raises (after a restart) when it fails."""
+        backoff = self._open_backoff
+        assert backoff is not None
+        owner = "CircuitBreaker(open_backoff=...)"
+        try:
+            if self._open_delays is None:
+                self._open_delays = delays_of(backoff.delays(), owner, cause)
+            return next_delay(self._open_delays, owner=owner, cause=cause)
+        except BaseException:
+            self._open_delays = None  # the next re-open starts the schedule again
+            raise
+
     def _transition(
-        self, new: CircuitState, reason: str, now: float, *, forced: bool = False
+        self,
+        new: CircuitState,
+        reason: str,
+        now: float,
+        *,
+        forced: bool = False,
+        cause: BaseException | None = None,
     ) -> None:
+        duration = self.recovery_timeout
+        failed: BaseException | None = None
+        if (
+            new is OPEN
+            and self._state is HALF_OPEN
+            and self._open_backoff is not None
+            and self._store is None  # a shared breaker's OPEN period is the store's
+        ):
+            try:
+                duration = self._open_duration(cause)
+            except BaseException as exc:  # open for recovery_timeout, then raise it
+                failed = exc
         old = self._state
         self._state = new
         self._gen += 1
         self._last_reason = reason
         if new is OPEN:
             self._opened_at = now
-            duration = self.recovery_timeout
-            if old is HALF_OPEN and self._open_backoff is not None:
-                if self._open_delays is None:
-                    self._open_delays = self._open_backoff.delays()
-                duration = float(next(self._open_delays))
             self._open_until = math.inf if forced else now + duration
             self._forced = forced
         elif new is HALF_OPEN:
@@ -444,16 +539,20 @@ class CircuitBreaker(GuardBase):
                     reason=reason,
                 )
             )
+        if failed is not None:
+            raise failed
 
     # -- async with ------------------------------------------------------------------
     async def __aenter__(self) -> CircuitBreaker:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("CircuitBreaker must be used inside a task")
-        if self._store is not None:
-            raise RuntimeError("async with is not supported on a store-backed breaker; use call()")
         start = now_of(self._clock)
-        gen, state, permit = self._admit(start)
+        if self._store is not None:
+            gen, state = await store_admit(self, start, store_config(self))
+            permit = False
+        else:
+            gen, state, permit = self._admit(start)
         self._entered.setdefault(task, []).append((gen, state, permit, start))
         return self
 
@@ -470,8 +569,12 @@ class CircuitBreaker(GuardBase):
         gen, state, permit, start = stack.pop()
         if not stack:
             del self._entered[task]  # type: ignore[arg-type]
-        outcome = _SUCCESS if exc is None else self._classify(exc)
-        self._settle(gen, state, permit, outcome, start, now_of(self._clock))
+        if self._store is not None:
+            await store_end(self, gen, state, start, store_config(self), exc, None)
+        elif exc is None:
+            self._end(gen, state, permit, start, _SUCCESS, None)
+        else:
+            self._end_error(gen, state, permit, start, None, exc)
 
     # -- reading and manual control ---------------------------------------------------
     def _now_or_none(self) -> float | None:
@@ -574,3 +677,11 @@ class CircuitBreaker(GuardBase):
         """Undo :meth:`disable`: the breaker records outcomes and transitions again."""
         self._disabled = False
         self._fast = self._state is CLOSED and self._fast_ok
+
+    async def aclose(self) -> None:
+        """Wait for pending async listeners and store records sent in the background.
+
+        The breaker stays usable.
+        """
+        await self._background.aclose()
+        await self._listeners.aclose()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+import logging
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeAlias, TypeVar, final
+from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, final
 
-from headrace_core import ConfigurationError, is_async_callable
+from headrace_core import BackoffError, ConfigurationError, is_async_callable
 from headrace_core.stats import Listeners
 
 P = ParamSpec("P")
@@ -205,7 +207,195 @@ class GuardBase:
 
 
 def now_of(clock: Clock | None) -> float:
-    """Read ``clock``, or the running loop's time when it is None."""
+    """Read ``clock``, or the running loop's time when it is None.
+
+    Raises:
+        TypeError: when a user clock returned something that is not a number.
+        ValueError: when a user clock returned NaN or an infinity.
+    """
     if clock is None:
         return asyncio.get_running_loop().time()
-    return clock()
+    value = clock()
+    if value.__class__ is not float or value - value != 0.0:
+        return checked_reading(clock, value)
+    return value
+
+
+def checked_reading(clock: object, value: object) -> float:
+    """Validate one reading of a user clock (a finite number of seconds)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"clock {callable_name(clock)} returned a {type(value).__name__}, "
+            "not a number of seconds"
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"clock {callable_name(clock)} returned {value!r}, not a finite time")
+    return float(value)
+
+
+def callable_name(fn: object) -> str:
+    """A name for ``fn`` in messages, read without calling any ``__repr__`` of the user's."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        name = getattr(fn, "__qualname__", None)
+    except Exception:
+        name = None
+    if not isinstance(name, str):
+        name = type(fn).__qualname__
+    return name
+
+
+class NotAsyncError(TypeError):
+    """A guard was given a function that is not async (what it returned cannot be awaited).
+
+    A misuse, not a failure of the guarded service: no guard retries it, falls back on it
+    or records it in a breaker window.
+    """
+
+
+def raise_if_not_async(fn: object, exc: TypeError) -> None:
+    """Turn the ``TypeError`` of awaiting what a sync ``fn`` returned into a clear one.
+
+    Called only on the error path, in the frame that awaited ``fn(...)``: the error is
+    that ``await``'s own when it was raised in that frame (no deeper traceback entry)
+    and ``fn`` is not an async callable. A :class:`NotAsyncError` from an inner guard
+    is raised again as it is.
+
+    Raises:
+        NotAsyncError: naming ``fn``, when ``exc`` comes from awaiting its plain result.
+    """
+    if isinstance(exc, NotAsyncError):
+        raise exc  # from a guard inside this one: a misuse all the way out
+    tb = exc.__traceback__
+    if tb is None or tb.tb_next is not None or type(exc) is not TypeError:
+        return
+    if is_async_callable(fn):
+        return
+    raise NotAsyncError(
+        f"{callable_name(fn)} is not an async function: a guard awaits what it returns ({exc})"
+    ) from None
+
+
+class Background:
+    """Store calls a guard sends without making its caller wait for them.
+
+    Each call runs in a task bounded by ``bound`` seconds, is referenced until done, and
+    never raises into the loop: its outcome (``None`` or the exception it raised, even
+    ``KeyboardInterrupt``) is the task's result. A caller that awaits the task (see
+    :meth:`wait`) gets that exception raised in its own task; an outcome nobody awaits is
+    logged. :meth:`aclose` waits for every pending call.
+    """
+
+    __slots__ = ("_awaited", "_logger", "_owner", "tasks")
+
+    def __init__(self, owner: str) -> None:
+        self.tasks: set[asyncio.Task[BaseException | None]] = set()
+        self._awaited: set[asyncio.Task[BaseException | None]] = set()
+        self._owner = owner
+        self._logger = logging.getLogger(LOGGER)
+
+    def send(
+        self, what: str, make: Callable[[], Awaitable[Any]], bound: float
+    ) -> asyncio.Task[BaseException | None]:
+        """Start ``make()`` in a bounded task (``what`` names it in log messages)."""
+        task = asyncio.get_running_loop().create_task(_bounded(make, bound))
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, what))
+        return task
+
+    def _done(self, what: str, task: asyncio.Task[BaseException | None]) -> None:
+        self.tasks.discard(task)
+        if task in self._awaited:
+            self._awaited.discard(task)
+            return
+        if not task.cancelled() and (error := task.result()) is not None:
+            self._logger.warning(
+                "%s: %s failed in the background", self._owner, what, exc_info=error
+            )
+
+    async def wait(self, task: asyncio.Task[BaseException | None]) -> None:
+        """Wait for ``task`` (shielded: a cancelled caller leaves it running, still bounded).
+
+        Raises:
+            BaseException: what the store call raised, in the caller's task.
+        """
+        if not task.done():
+            self._awaited.add(task)
+        try:
+            error = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._awaited.discard(task)  # nobody will see its outcome: log it
+            raise
+        if error is not None:
+            raise_error(error)
+
+    async def aclose(self) -> None:
+        """Wait until every call sent so far has ended (each is bounded)."""
+        while self.tasks:
+            await asyncio.wait(tuple(self.tasks))
+
+
+def delays_of(delays: object, owner: str, cause: BaseException | None) -> Iterator[float]:
+    """Check what a backoff schedule's ``delays()`` returned: ``iter(delays)``.
+
+    Raises:
+        BackoffError: when it cannot be iterated.
+    """
+    try:
+        return iter(delays)  # type: ignore[call-overload, no-any-return]
+    except TypeError:
+        raise BackoffError(
+            f"{owner}: delays() returned a {type(delays).__name__}, not an iterator of delays"
+        ) from cause
+
+
+def raise_error(error: BaseException) -> NoReturn:
+    """Raise ``error`` (a helper so that type checkers see the branch end)."""
+    raise error
+
+
+async def _bounded(make: Callable[[], Awaitable[Any]], bound: float) -> BaseException | None:
+    try:
+        async with asyncio.timeout(bound):
+            await make()
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return exc  # the store raised CancelledError itself
+    except BaseException as exc:  # KeyboardInterrupt too: never into the loop
+        return exc
+    return None
+
+
+def check_store(store: Any, name: str | None, methods: tuple[str, ...]) -> Any:
+    """Validate a ``store=`` argument and let the store vet the name, at construction.
+
+    Args:
+        store: the store, or None.
+        name: the guard's name (required with a store: it is the key).
+        methods: the store methods the guard calls.
+
+    Returns:
+        The store.
+
+    Raises:
+        ConfigurationError: when ``name`` is None, the store lacks a method, or the
+            store's optional ``check_name(name)`` rejects the name.
+    """
+    if store is None:
+        return None
+    if name is None:
+        raise ConfigurationError.argument_error(
+            "name", None, "is required with store= (it is the key)"
+        )
+    for method in methods:
+        if not callable(getattr(store, method, None)):
+            raise ConfigurationError.argument_error(
+                "store", type(store).__name__, f"has no {method}() method"
+            )
+    check = getattr(store, "check_name", None)
+    if check is not None:
+        check(name)
+    return store

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, final
 
 from headrace_core import ConfigurationError
-from headrace_guards._common import ExcSpec, GuardBase, GuardEvent, compile_spec, now_of
+from headrace_guards._common import (
+    ExcSpec,
+    GuardBase,
+    GuardEvent,
+    compile_spec,
+    now_of,
+    raise_if_not_async,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -85,6 +92,8 @@ class Fallback(GuardBase):
         try:
             return await fn(*args, **kwargs)
         except Exception as exc:
+            if isinstance(exc, TypeError):
+                raise_if_not_async(fn, exc)  # a misuse never falls back
             if not self._on(exc):
                 raise
             error = exc

@@ -7,15 +7,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import check_int, check_number
+from headrace_core import check_int, check_number, within
 from headrace_guards._common import (
     Clock,
     ExcSpec,
     GuardBase,
     GuardEvent,
+    NotAsyncError,
     check_clock,
     compile_spec,
     now_of,
+    raise_if_not_async,
 )
 
 P = ParamSpec("P")
@@ -38,6 +40,35 @@ class HedgeSnapshot:
     calls: int
     hedges: int
     hedge_wins: int
+
+
+class _Interrupted(Exception):
+    """Carries a ``KeyboardInterrupt``/``SystemExit`` out of an attempt's task to the caller."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+
+async def _attempt(fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+    # One attempt, in its own task: an interrupt never escapes into the loop, it is
+    # re-raised in the caller's task.
+    try:
+        return await fn(*args, **kwargs)
+    except TypeError as exc:
+        raise_if_not_async(fn, exc)
+        raise
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Interrupted(exc) from None
+
+
+def _interrupt_of(tasks: list[asyncio.Future[Any]]) -> BaseException | None:
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            error = task.exception()
+            if isinstance(error, _Interrupted):
+                return error.error
+    return None
 
 
 async def _settle(tasks: list[asyncio.Future[Any]]) -> bool:
@@ -127,7 +158,7 @@ class Hedge(GuardBase):
 
         def start(now: float, attempt: int) -> None:
             nonlocal next_at
-            tasks.append(asyncio.ensure_future(fn(*args, **kwargs)))
+            tasks.append(loop.create_task(_attempt(fn, args, kwargs)))
             next_at = now + self.delay
             if attempt > 1:
                 self._hedges += 1
@@ -166,7 +197,11 @@ class Hedge(GuardBase):
                         outcome = task
                         break
                     error = task.exception()
-                    if error is None or not self._on(error):
+                    if (
+                        error is None
+                        or isinstance(error, _Interrupted | NotAsyncError)
+                        or not self._on(error)
+                    ):
                         outcome = task
                         break
                     last_error = error
@@ -177,12 +212,15 @@ class Hedge(GuardBase):
                 while failed and len(tasks) < limit:
                     start(now, len(tasks) + 1)
                     failed -= 1
-                if len(tasks) < limit and now >= next_at and any(not t.done() for t in tasks):
+                if len(tasks) < limit and within(next_at, now) and any(not t.done() for t in tasks):
                     start(now, len(tasks) + 1)
         except BaseException:
             await _settle(tasks)
             raise
         cancelled = await _settle(tasks)
+        interrupt = _interrupt_of(tasks)
+        if interrupt is not None:
+            raise interrupt
         if cancelled:
             raise asyncio.CancelledError
         if outcome is None:

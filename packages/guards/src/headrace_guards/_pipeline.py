@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
 
 from headrace_core import ConfigurationError
-from headrace_guards._common import GuardBase, GuardEvent
+from headrace_guards._common import GuardBase, GuardEvent, raise_if_not_async
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,7 +51,7 @@ class Pipeline(GuardBase):
         ConfigurationError: when an argument is not a guard.
     """
 
-    __slots__ = ("_calls", "guards")
+    __slots__ = ("_calls", "_outer_is_ours", "guards")
 
     def __init__(self, *guards: Any, name: str | None = None) -> None:
         flat: list[Any] = []
@@ -66,6 +67,8 @@ class Pipeline(GuardBase):
         self.guards: tuple[Any, ...] = tuple(flat)
         # Bound ``call`` methods, innermost first (all but the outermost).
         self._calls = tuple(g.call for g in reversed(self.guards[1:]))
+        # A guard of this package returns a coroutine from call(); another one is checked.
+        self._outer_is_ours = bool(flat) and isinstance(flat[0], GuardBase)
         self._init_base(name)
 
     def __repr__(self) -> str:
@@ -98,7 +101,9 @@ class Pipeline(GuardBase):
         partial = functools.partial
         for call in self._calls:
             inner = partial(call, inner)
-        return guards[0].call(inner, *args, **kwargs)  # type: ignore[no-any-return]
+        if self._outer_is_ours:
+            return guards[0].call(inner, *args, **kwargs)  # type: ignore[no-any-return]
+        return _direct(partial(guards[0].call, inner), args, kwargs)
 
     def snapshot(self) -> PipelineSnapshot:
         """Return every guard's snapshot, outermost first.
@@ -117,24 +122,52 @@ class Pipeline(GuardBase):
         Returns:
             A callable that removes it from every guard.
         """
-        removers = [g.add_listener(callback) for g in self.guards]
+        removers: list[Callable[[], None]] = []
 
         def remove() -> None:
             for remover in removers:
                 remover()
 
+        try:
+            for guard in self.guards:
+                removers.append(guard.add_listener(callback))  # noqa: PERF401 - one by one
+        except BaseException:
+            remove()  # all or nothing: no guard keeps a listener the caller never got
+            raise
         return remove
 
     async def aclose(self) -> None:
-        """Close every guard of the pipeline (their pending async listeners)."""
+        """Close every guard of the pipeline (their pending async listeners).
+
+        Every guard is closed even when one fails; the first failure is raised after.
+        """
+        first: BaseException | None = None
         for guard in self.guards:
-            close = getattr(guard, "aclose", None)
-            if close is not None:
-                await close()
+            try:
+                close = getattr(guard, "aclose", None)
+                if close is not None:
+                    await close()
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                    raise
+                if first is None:
+                    first = exc
+        await self._listeners.aclose()
+        if first is not None:
+            raise first
 
 
 async def _direct(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
-    return await fn(*args, **kwargs)
+    try:
+        return await fn(*args, **kwargs)
+    except TypeError as exc:
+        raise_if_not_async(fn, exc)
+        raise
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def pipeline(*guards: Any, name: str | None = None) -> Pipeline:

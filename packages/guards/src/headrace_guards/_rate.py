@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,21 +12,33 @@ from typing import ParamSpec, TypeVar, final
 
 from headrace_core import (
     CapacityExceeded,
-    ConfigurationError,
     LoopBinding,
     RateLimited,
     check_int,
     check_number,
     check_optional_number,
+    within,
 )
 from headrace_core.store import RateStore
-from headrace_guards._common import Clock, GuardBase, GuardEvent, check_clock
+from headrace_guards._common import (
+    Background,
+    Clock,
+    GuardBase,
+    GuardEvent,
+    check_clock,
+    check_store,
+    checked_reading,
+    now_of,
+    raise_if_not_async,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: Waits below one nanosecond are float noise, not a reason to sleep.
 _EPSILON = 1e-9
+#: How long a refund sent in the background may take before it is given up.
+_REFUND_BOUND = 30.0
 
 
 @final
@@ -69,8 +82,11 @@ class RateLimiter(GuardBase):
         burst: the bucket's capacity, an int ``>= 1``; default ``max(1, ceil(rate))``.
         max_wait: the longest a caller may wait; past it :class:`RateLimited` is raised
             and nothing is consumed. ``None`` waits as long as needed, ``0`` never waits.
+            A wait equal to ``max_wait`` is admitted, whatever the clock's magnitude.
         name: a name for events, errors and snapshots (required with ``store=``).
-        store: shared state across processes; default in memory.
+        store: shared state across processes; default in memory. The store's optional
+            ``check_name(name)`` is called here. A waiter cancelled during its wait has
+            its reservation refunded in the background.
         clock: a zero-argument callable returning seconds; default the loop's time.
 
     Raises:
@@ -79,6 +95,7 @@ class RateLimiter(GuardBase):
 
     __slots__ = (
         "_acquired",
+        "_background",
         "_binding",
         "_capacity",
         "_clock",
@@ -112,11 +129,8 @@ class RateLimiter(GuardBase):
             burst = max(1, math.ceil(self.rate))
         self.burst = check_int("burst", burst, ge=1)
         self.max_wait = check_optional_number("max_wait", max_wait, ge=0)
-        if store is not None and self.name is None:
-            raise ConfigurationError.argument_error(
-                "name", None, "is required with store= (it is the key)"
-            )
-        self._store = store
+        self._store: RateStore | None = check_store(store, self.name, ("reserve", "refund"))
+        self._background = Background(self._describe())
         self._clock = check_clock(clock)
         self._interval = self.per / self.rate
         self._capacity = self.burst * self._interval
@@ -133,7 +147,10 @@ class RateLimiter(GuardBase):
     def _now(self) -> float:
         clock = self._clock
         if clock is not None:
-            return clock()
+            value = clock()
+            if value.__class__ is not float or value - value != 0.0:
+                return checked_reading(clock, value)
+            return value
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._rebind()
@@ -165,19 +182,20 @@ class RateLimiter(GuardBase):
         wait = new_tat - now - self._capacity
         if wait < _EPSILON:
             wait = 0.0
-        elif self.max_wait is not None and wait > self.max_wait:
-            self._rejected += 1
-            error = RateLimited(retry_after=wait, name=self.name)
-            if self._listeners:
-                self._listeners.emit(
-                    GuardEvent(
-                        source=self._source, kind="rejected", at=now, delay=wait, error=error
-                    )
-                )
-            raise error
+        elif self.max_wait is not None and not within(wait, self.max_wait):
+            raise self._refuse(now, wait)
         self._tat = new_tat
         self._acquired += 1
         return wait
+
+    def _refuse(self, now: float, wait: float) -> RateLimited:
+        self._rejected += 1
+        error = RateLimited(retry_after=wait, name=self.name)
+        if self._listeners:
+            self._listeners.emit(
+                GuardEvent(source=self._source, kind="rejected", at=now, delay=wait, error=error)
+            )
+        return error
 
     async def _sleep(self, wait: float, cost: int) -> None:
         self._waiting += 1
@@ -224,28 +242,32 @@ class RateLimiter(GuardBase):
         """
         if self._store is not None:
             await self._store_acquire(1)
-            return await fn(*args, **kwargs)
-        # The common case, inlined: a token is available now.
-        now = self._now()
-        tat = self._tat
-        new_tat = (tat if tat > now else now) + self._interval
-        if new_tat - now - self._capacity < _EPSILON:
-            self._tat = new_tat
-            self._acquired += 1
         else:
-            wait = self._reserve(1)
-            if wait:
-                await self._sleep(wait, 1)
-        return await fn(*args, **kwargs)
+            # The common case, inlined: a token is available now.
+            now = self._now()
+            tat = self._tat
+            new_tat = (tat if tat > now else now) + self._interval
+            if new_tat - now - self._capacity < _EPSILON:
+                self._tat = new_tat
+                self._acquired += 1
+            else:
+                wait = self._reserve(1)
+                if wait:
+                    await self._sleep(wait, 1)
+        try:
+            return await fn(*args, **kwargs)
+        except TypeError as exc:
+            raise_if_not_async(fn, exc)
+            raise
 
     async def _store_acquire(self, cost: int) -> None:
         store, name = self._store, self.name
         assert store is not None
         assert name is not None
-        wait = await store.reserve(name, self.rate, self.per, self.burst, cost, self.max_wait)
-        if wait is None:
-            self._rejected += 1
-            raise RateLimited(retry_after=self.max_wait or 0.0, name=name)
+        reply = await store.reserve(name, self.rate, self.per, self.burst, cost, self.max_wait)
+        reserved, wait = _reservation(store, reply)
+        if not reserved:
+            raise self._refuse(now_of(self._clock), wait)
         self._acquired += 1
         if wait < _EPSILON:
             return
@@ -253,7 +275,12 @@ class RateLimiter(GuardBase):
         try:
             await asyncio.sleep(wait)
         except BaseException:
-            await asyncio.shield(store.refund(name, self.rate, self.per, cost))
+            # Refunded in the background: a cancelled waiter never waits on the store.
+            self._background.send(
+                "refunding a reservation",
+                functools.partial(store.refund, name, self.rate, self.per, cost),
+                _REFUND_BOUND,
+            )
             raise
         finally:
             self._waiting -= 1
@@ -274,6 +301,14 @@ class RateLimiter(GuardBase):
         now = self._now()
         wait = max(self._tat, now) + cost * self._interval - now - self._capacity
         return 0.0 if wait < _EPSILON else wait
+
+    async def aclose(self) -> None:
+        """Wait for pending async listeners and store refunds sent in the background.
+
+        The limiter stays usable.
+        """
+        await self._background.aclose()
+        await self._listeners.aclose()
 
     async def __aenter__(self) -> RateLimiter:
         await self.acquire(1)
@@ -311,3 +346,21 @@ class RateLimiter(GuardBase):
             rejected=self._rejected,
             waiting=self._waiting,
         )
+
+
+def _reservation(store: object, reply: object) -> tuple[bool, float]:
+    """Check a ``RateStore.reserve`` reply: ``(reserved, wait)`` with a usable wait."""
+    if isinstance(reply, tuple) and len(reply) == 2:
+        reserved, wait = reply
+        if (
+            isinstance(reserved, bool)
+            and isinstance(wait, int | float)
+            and not isinstance(wait, bool)
+            and wait == wait
+            and (math.isfinite(wait) or (not reserved and wait > 0))
+        ):
+            return reserved, max(0.0, float(wait))
+    raise TypeError(
+        f"{type(store).__name__}.reserve() returned a {type(reply).__name__}, not "
+        "(reserved: bool, wait: float) with a finite wait"
+    )

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import ConfigurationError, check_int, check_optional_number
-from headrace_core.backoff import Backoff, full_jitter
+from headrace_core import ConfigurationError, check_int, check_optional_number, within
+from headrace_core.backoff import Backoff, full_jitter, next_delay
 from headrace_guards._common import (
     Clock,
     ExcSpec,
@@ -19,8 +19,10 @@ from headrace_guards._common import (
     check_callable,
     check_clock,
     compile_spec,
+    delays_of,
     now_of,
     numeric_retry_after,
+    raise_if_not_async,
 )
 
 P = ParamSpec("P")
@@ -28,6 +30,7 @@ T = TypeVar("T")
 
 _DEFAULT_BACKOFF = full_jitter(base=0.1, factor=2, max=10)
 _NOTHING: Any = object()
+_OWNER = "Retry(backoff=...)"
 
 
 @final
@@ -62,8 +65,11 @@ class Retry(GuardBase):
             is not made and the last error is re-raised at once. A running attempt is
             never cancelled (put a :class:`Timeout` outside the retry for that).
         backoff: the delay schedule; default ``full_jitter(base=0.1, factor=2, max=10)``.
+            A schedule that runs out, or yields anything but a finite number ``>= 0``,
+            raises :class:`~headrace_core.BackoffError` chaining the last error.
         retry_on: which errors are retried (an exception spec); cancel-like exceptions
-            never are.
+            (``CancelledError``, ``KeyboardInterrupt``, ``SystemExit``) never are, even
+            with ``retry_on=BaseException``.
         retry_on_result: a predicate on the returned value; true means "try again". When
             attempts run out, the last value is returned.
         respect_retry_after: sleep at least an error's numeric ``retry_after`` attribute;
@@ -163,6 +169,8 @@ class Retry(GuardBase):
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
+            if isinstance(exc, TypeError):
+                raise_if_not_async(fn, exc)
             if not self._retry_on(exc):
                 raise
             error, result = exc, _NOTHING
@@ -183,14 +191,14 @@ class Retry(GuardBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        delays = self.backoff.delays(self.rng)
+        delays = delays_of(self.backoff.delays(self.rng), _OWNER, error)
         attempt = 1
         limit = self.attempts
         predicate = self.retry_on_result
         while True:
             if limit is not None and attempt >= limit:
                 return self._give_up(error, result)
-            delay = float(next(delays))
+            delay = next_delay(delays, owner=_OWNER, cause=error)
             if error is not None and self.respect_retry_after:
                 hint = numeric_retry_after(error)
                 if hint is not None:
@@ -200,7 +208,9 @@ class Retry(GuardBase):
             if self.max_delay is not None and delay > self.max_delay:
                 delay = self.max_delay
             delay = max(delay, 0.0)
-            if self.deadline is not None and now_of(self._clock) + delay > start + self.deadline:
+            if self.deadline is not None and not within(
+                now_of(self._clock) - start + delay, self.deadline
+            ):
                 return self._give_up(error, result)
             if self._listeners:
                 self._listeners.emit(
@@ -220,6 +230,8 @@ class Retry(GuardBase):
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
+                if isinstance(exc, TypeError):
+                    raise_if_not_async(fn, exc)
                 if not self._retry_on(exc):
                     raise
                 error, result = exc, _NOTHING

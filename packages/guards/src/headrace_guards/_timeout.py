@@ -19,6 +19,7 @@ from headrace_guards._common import (
     check_callable,
     check_clock,
     now_of,
+    raise_if_not_async,
 )
 
 P = ParamSpec("P")
@@ -183,6 +184,9 @@ class Timeout(GuardBase):
             if not cm.expired():
                 raise
             return await self._timed_out(exc, args, kwargs)  # type: ignore[no-any-return]
+        except TypeError as exc:
+            raise_if_not_async(fn, exc)
+            raise
         finally:
             entry[1] = None
             while entries and entries[0][1] is None:
