@@ -3,6 +3,8 @@
 - Every ``async def`` test fails if it leaves a task pending (``_no_pending_tasks``).
 - ``redis_url``: a real ``redis-server`` on a free loopback port, started once per session
   (installed with apt-get when it is missing and we run as root); tests marked ``redis``.
+  ``private_redis_server`` is one server per test (to kill and restart), and
+  ``redis_password_server`` one that requires a password.
 """
 
 from __future__ import annotations
@@ -86,42 +88,67 @@ def _find_redis_server() -> str | None:
 
 
 class RedisServer:
-    """A redis-server process on loopback, which tests may stop and start again."""
+    """A redis-server process on loopback, which tests may stop, kill and start again.
 
-    def __init__(self, binary: str) -> None:
+    With ``password``, the server requires it (``--requirepass``); :attr:`url` then holds
+    it, and :meth:`url_with` builds a URL with other credentials (or none).
+    """
+
+    def __init__(self, binary: str, password: str | None = None) -> None:
         self.binary = binary
+        self.password = password
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="headrace-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_with(self.password)
+
+    def url_with(self, password: str | None) -> str:
+        """The server's URL with ``password`` (None: no credentials)."""
+        auth = "" if password is None else f":{password}@"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        """Start the server on its port (the same one after a stop: a restart)."""
+        arguments = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+        ]
+        if self.password is not None:
+            arguments += ["--requirepass", self.password]
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        hello = b"PING\r\n"
+        if self.password is not None:
+            hello = b"AUTH %s\r\n" % self.password.encode() + hello
         deadline = time.perf_counter() + 10
         while time.perf_counter() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall(hello)
+                    reply = b""
+                    while b"PONG" not in reply and len(reply) < 64:
+                        chunk = s.recv(64)
+                        if not chunk:
+                            break
+                        reply += chunk
+                    if b"+PONG" in reply:
                         return
             except OSError:
                 pass
@@ -131,6 +158,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
+        """Stop the server gracefully (SIGTERM)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -140,17 +168,33 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would: nothing is saved."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server for the session; skips (naming the server) when none can be had."""
+    def restart(self) -> None:
+        """Kill the server and start it again on the same port, empty."""
+        self.kill()
+        self.start()
+
+
+def _redis_binary() -> str:
     binary = _find_redis_server()
     if binary is None:
         pytest.skip(
             "redis-server is not installed (install Debian's redis-server package, "
             "or run the tests as root so they can install it)"
         )
-    server = RedisServer(binary)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the session; skips (naming the server) when none can be had."""
+    server = RedisServer(_redis_binary())
     server.start()
     try:
         yield server
@@ -164,3 +208,25 @@ def redis_url(redis_server: RedisServer) -> str:
     if redis_server.process is None or redis_server.process.poll() is not None:
         redis_server.start()
     return redis_server.url
+
+
+@pytest.fixture
+def private_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, which it may kill and restart freely."""
+    server = RedisServer(_redis_binary())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_password_server() -> Iterator[RedisServer]:
+    """A redis-server that requires a password (``--requirepass``), for the session."""
+    server = RedisServer(_redis_binary(), password="headrace-test-secret")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -936,3 +936,24 @@ async def test_a_lost_budget_charge_is_taken_back(make: Maker, redis_url: str) -
         assert float(await admin.hget(amounts, "used")) == 10
     finally:
         await admin.aclose()
+
+
+async def test_a_lost_rate_reservation_is_taken_back(make: Maker, redis_url: str) -> None:
+    store = make(timeout=0.1, on_error="fail_closed")
+    admin: Any = Redis.from_url(redis_url)
+    tat = f"{store.prefix}{{rl:lost}}:tat"
+    try:
+        assert await store.reserve("lost", 1, 10.0, 3, 1, 0) == (True, 0.0)
+        before = float(await admin.get(tat))
+        busy = await busy_server(redis_url, 0.4)
+        assert await store.reserve("lost", 1, 10.0, 3, 1, 0) == (False, 1.0)
+        await busy
+        assert float(await admin.get(tat)) == pytest.approx(before + 10)  # Redis made it
+        assert await store.reserve("lost", 1, 10.0, 3, 1, 0) == (True, 0.0)
+        assert float(await admin.get(tat)) == pytest.approx(before + 10)  # taken back first
+        assert await store.reserve("lost", 1, 10.0, 3, 1, 0) == (True, 0.0)  # the third
+        reserved, wait = await store.reserve("lost", 1, 10.0, 3, 1, 0)
+        assert not reserved  # the burst of 3 holds three reservations, not four
+        assert 9 < wait <= 10
+    finally:
+        await admin.aclose()

@@ -60,7 +60,8 @@ class BulkheadStore(Protocol):
 
     A lease id names one acquisition: the caller makes a new one for each, and may send
     :meth:`acquire` again with the same id until it succeeds (taking a lease it already
-    holds succeeds without taking a second slot). Once the id is released it is spent.
+    holds succeeds without taking a second slot). Once released, an id is not acquired
+    again (a store may refuse it).
 
     Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
     """

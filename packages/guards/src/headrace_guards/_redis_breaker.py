@@ -293,13 +293,13 @@ class BreakerPart(StoreBase):
                     return False, view.gen, CircuitState.OPEN, view.reopen - local
         probe = f"{self._token}-{next(self._probe_ids)}"
         lost = self._take_lost("cb", name)
-        reply: Any = DOWN
         try:
             reply = await self._run(_ADMIT, keys, [*self._args(name, config), probe, *lost])
-        finally:
-            if reply is DOWN:  # the probe may have been taken: give it back next time
-                self._lose("cb", name, [*lost, probe])
+        except BaseException:
+            self._lose("cb", name, [*lost, probe])  # the probe may have been taken
+            raise
         if reply is DOWN:
+            self._lose("cb", name, [*lost, probe])  # given back at the next contact
             gen = view.gen if view is not None else 0
             if self.fail_open:
                 return True, gen, CircuitState.CLOSED, 0.0
@@ -340,13 +340,13 @@ class BreakerPart(StoreBase):
                 del self._probes[(name, generation)]
         args = self._args(name, config)
         lost = self._take_lost("cb", name)
-        reply: Any = DOWN
         try:
             reply = await self._run(_RECORD, keys, [*args, generation, outcome, probe, *lost])
-        finally:
-            if reply is DOWN:  # the probe stays taken: give it back next time
-                self._lose("cb", name, [*lost, probe] if probe else lost)
+        except BaseException:
+            self._lose("cb", name, [*lost, probe] if probe else lost)
+            raise
         if reply is DOWN:
+            self._lose("cb", name, [*lost, probe] if probe else lost)  # still taken
             view = self._views.get(name)
             if view is None or self.fail_open:
                 return CircuitState.CLOSED if self.fail_open else CircuitState.OPEN

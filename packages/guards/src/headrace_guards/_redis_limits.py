@@ -13,6 +13,7 @@ __all__ = ["LimitsPart"]
 
 _RESERVE, _REFUND = Script(RATE_RESERVE), Script(RATE_REFUND)
 _B_RESERVE, _B_ADJUST = Script(BUDGET_RESERVE), Script(BUDGET_ADJUST)
+_RL_FIELDS = ("tat", "pending")
 
 
 class LimitsPart(BreakerPart):
@@ -68,13 +69,26 @@ class LimitsPart(BreakerPart):
         if len(args) + len(kwargs) == 3 and "rate" not in kwargs:
             return await self._reserve_budget(name, *args, **kwargs)
         keys, script_args = self._rate_args(name, *args, **kwargs)
-        reply = await self._run(_RESERVE, keys, script_args)
+        reservation = f"{self._token}-{next(self._charge_ids)}-{script_args[2]}"
+        lost = self._take_lost("rl", name)
+        try:
+            reply = await self._run(_RESERVE, keys, (*script_args, reservation, *lost))
+        except BaseException:
+            self._lose("rl", name, [*lost, reservation])
+            raise
         if reply is DOWN:
-            return (True, 0.0) if self.fail_open else (False, DOWN_RETRY_AFTER)
+            # Redis may have made the reservation. Failing open the call goes ahead, so it
+            # stands; failing closed it is taken back at the next contact.
+            if self.fail_open:
+                self._lose("rl", name, lost)
+                return True, 0.0
+            self._lose("rl", name, [*lost, reservation])
+            return False, DOWN_RETRY_AFTER
         try:
             ok, wait = reply
             return bool(int(ok)), float(wait)
         except MALFORMED:
+            self._lose("rl", name, [reservation])
             raise self._malformed("reserve", reply) from None
 
     def _rate_args(
@@ -89,7 +103,7 @@ class LimitsPart(BreakerPart):
         found = self._rates.get((name, rate, per, burst))
         if found is None:
             interval = per / rate
-            found = self._keys_of("rl", name, ("tat",)), repr(interval), repr(burst * interval)
+            found = self._keys_of("rl", name, _RL_FIELDS), repr(interval), repr(burst * interval)
             self._rates[(name, rate, per, burst)] = found
         keys, interval_text, capacity_text = found
         return keys, (interval_text, capacity_text, cost, "" if max_wait is None else max_wait)
@@ -103,7 +117,7 @@ class LimitsPart(BreakerPart):
             per: the period in seconds.
             cost: the tokens reserved.
         """
-        (key,) = self._keys_of("rl", name, ("tat",))
+        key = self._keys_of("rl", name, _RL_FIELDS)[0]
         await self._run(_REFUND, (key,), (per / rate, cost))
 
     # -- BudgetStore -----------------------------------------------------------------
@@ -113,14 +127,19 @@ class LimitsPart(BreakerPart):
         keys = self._keys_of("budget", name, ("charges", "amounts"))
         charge = f"{self._token}-{next(self._charge_ids)}"
         lost = self._take_lost("budget", name)
-        reply: Any = DOWN
         try:
             reply = await self._run(_B_RESERVE, keys, (amount, cap, window, charge, *lost))
-        finally:
-            if reply is DOWN:  # Redis may have charged it: taken back at the next contact
-                self._lose("budget", name, [*lost, charge])
+        except BaseException:
+            self._lose("budget", name, [*lost, charge])
+            raise
         if reply is DOWN:
-            return (True, None, None) if self.fail_open else (False, DOWN_RETRY_AFTER, None)
+            # Redis may have charged it. Failing open the call goes ahead, so the charge
+            # stands; failing closed it is taken back at the next contact.
+            if self.fail_open:
+                self._lose("budget", name, lost)
+                return True, None, None
+            self._lose("budget", name, [*lost, charge])
+            return False, DOWN_RETRY_AFTER, None
         try:
             ok, retry_text, entry = reply
             if int(ok):
@@ -144,9 +163,10 @@ class LimitsPart(BreakerPart):
         """
         keys = self._keys_of("budget", name, ("charges", "amounts"))
         lost = self._take_lost("budget", name)
-        reply: Any = DOWN
         try:
             reply = await self._run(_B_ADJUST, keys, (amount, entry, "", *lost))
-        finally:
-            if reply is DOWN:
-                self._lose("budget", name, lost)
+        except BaseException:
+            self._lose("budget", name, lost)
+            raise
+        if reply is DOWN:
+            self._lose("budget", name, lost)

@@ -326,14 +326,33 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
 """
 )
 
-# The rate limiter. KEYS[1]: the GCRA theoretical arrival time (TAT).
-# ARGV: interval, capacity (burst * interval), cost, max_wait or ''.
+# The rate limiter. KEYS[1]: the GCRA theoretical arrival time (TAT); KEYS[2]: a zset of
+# the reservations not yet due, scored by their TAT (so that one whose reply was lost can
+# be taken back). ARGV: interval, capacity (burst * interval), cost, max_wait or '', the
+# reservation's id ('<worker>-<n>-<cost>'), then the ids of this worker's reservations
+# whose reply was lost, taken back first.
 RATE_RESERVE = (
     _NOW
     + """
 local interval, capacity, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if #ARGV > 5 then
+  local back = 0
+  for i = 6, #ARGV do
+    if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+      back = back + (tonumber(string.match(ARGV[i], '%-(%d+)$')) or 0)
+    end
+  end
+  if back > 0 then
+    tat = tat - back * interval
+    if tat <= now then
+      redis.call('DEL', KEYS[1])
+    else
+      redis.call('SET', KEYS[1], fmt(tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+    end
+  end
+end
 if tat < now then tat = now end
 local new_tat = tat + cost * interval
 local wait = new_tat - now - capacity
@@ -342,7 +361,11 @@ if wait < 1e-9 then
 elseif max_wait and wait > max_wait then
   return {0, fmt(wait)}
 end
-redis.call('SET', KEYS[1], fmt(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
+local px = math.ceil((new_tat - now) * 1000) + 1
+redis.call('SET', KEYS[1], fmt(new_tat), 'PX', px)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+redis.call('ZADD', KEYS[2], fmt(new_tat), ARGV[5])
+redis.call('PEXPIRE', KEYS[2], px)
 return {1, fmt(wait)}
 """
 )

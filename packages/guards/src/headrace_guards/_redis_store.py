@@ -52,8 +52,23 @@ class RedisStore(LimitsPart):
 
     When Redis fails or answers later than ``timeout``, ``on_error="fail_open"`` admits
     (the breaker acts CLOSED, the limiters unlimited) and ``"fail_closed"`` rejects with
-    the guard's own error; either way a warning is logged at most once a minute on logger
-    ``headrace.guards.redis``, and the next call tries Redis again.
+    the guard's own error, saying to retry after 1 s; either way a warning is logged at
+    most once a minute on logger ``headrace.guards.redis``, and the next call tries Redis
+    again. Every call ends within ``timeout``, and a cancellation of the caller is never
+    lost, even by a client that drops it.
+
+    Redis refusing the client's credentials (or an ACL refusing a command) is not an
+    outage: it raises ``redis.exceptions.AuthenticationError`` (``NoPermissionError``)
+    naming authentication, whatever ``on_error`` says. Other errors of the client's own
+    code reach the caller as they are; a ``CancelledError`` it raises while the caller is
+    not being cancelled, or a reply of the wrong shape, raises a ``HeadraceError``.
+
+    A request whose reply is lost (a timeout, a dropped connection, an error of the
+    client) may still have been carried out by Redis. The store gives back what such a
+    request took, with its next call for the same component: a bulkhead lease, a
+    half-open probe, and, when the caller did not go ahead (failing closed, or an error),
+    a rate reservation or a budget charge. A release that failed is sent again the same
+    way. Anything not given back expires with its TTL or window.
 
     Args:
         client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) client; Valkey works too.
@@ -174,22 +189,26 @@ class RedisStore(LimitsPart):
             BulkheadFull: when Redis failed and the store fails closed. Redis may still
                 have run the acquire (its reply was lost): releasing ``lease_id`` undoes it,
                 and the store also releases it itself with the next call of this bulkhead
-                (unless that call acquires the same ``lease_id`` again).
+                (unless that call acquires the same ``lease_id`` again); so it does after
+                any error of the client.
         """
         keys = self._keys_of("bh", name, _BH_FIELDS)
         ttl = min(float(ttl), self.lease_ttl)
         lost = self._take_lost("bh", name)
         if lost and lease_id in lost:  # asked again: this call decides its fate
             lost = [lease for lease in lost if lease != lease_id]
-        reply: Any = DOWN
         try:
             reply = await self._run(_ACQUIRE, keys, (limit, lease_id, ttl, self.lease_ttl, *lost))
-        finally:
-            if reply is DOWN:  # Redis may have taken it: give it back at the next contact
-                self._lose("bh", name, [*lost, lease_id])
+        except BaseException:
+            self._lose("bh", name, [*lost, lease_id])  # Redis may have taken it
+            raise
         if reply is DOWN:
+            # Redis may have taken it. Failing open the caller goes ahead and releases
+            # it when done; failing closed it is given back at the next contact.
             if self.fail_open:
+                self._lose("bh", name, lost)
                 return True
+            self._lose("bh", name, [*lost, lease_id])
             raise BulkheadFull(name=name)
         try:
             taken = bool(int(reply))
@@ -215,12 +234,13 @@ class RedisStore(LimitsPart):
         keys = self._keys_of("bh", name, _BH_FIELDS)
         self._unhold(name, lease_id)
         lost = self._take_lost("bh", name)
-        reply: Any = DOWN
         try:
             reply = await self._run(_RELEASE, keys, (self.lease_ttl, lease_id, *lost))
-        finally:
-            if reply is DOWN:  # released at the next contact (or expired by then)
-                self._lose("bh", name, [*lost, lease_id])
+        except BaseException:
+            self._lose("bh", name, [*lost, lease_id])
+            raise
+        if reply is DOWN:  # released at the next contact (or expired by then)
+            self._lose("bh", name, [*lost, lease_id])
 
     async def renew(self, name: str, lease_id: str, ttl: float) -> bool:
         """Extend the lease of ``lease_id`` by ``min(ttl, lease_ttl)`` from now.
