@@ -650,3 +650,91 @@ async def test_every_guard_names_a_sync_function_as_not_async(guard: Any) -> Non
         await guard.call(compute)
     assert "can't be used in 'await' expression" in str(info.value)  # the cause, quoted
     assert calls == 1  # never retried, never hedged, never answered by a fallback
+
+
+async def test_a_cancelled_probe_never_waits_on_a_store_that_hangs() -> None:
+    class HangingRecord(ProbeBreakerStore):
+        hang = False
+
+        async def record(self, name: str, generation: int, *args: Any, **config: Any) -> Any:
+            if self.hang:
+                await asyncio.sleep(3600)
+            return await super().record(name, generation, *args, **config)
+
+    store = HangingRecord()
+    with VirtualClock() as clock:
+        breaker = CircuitBreaker("hanging", failure_threshold=1, recovery_timeout=1, store=store)
+        with pytest.raises(KeyError):
+            await breaker.call(_fail_key)
+        await asyncio.sleep(1)
+        store.hang = True
+        probe = asyncio.create_task(breaker.call(asyncio.sleep, 10))
+        await asyncio.sleep(0.5)
+        probe.cancel()
+        started = clock.now()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        assert clock.now() == started  # the neutral record goes on in the background
+        store.hang = False
+        await breaker.aclose()  # bounded, and nothing is left running
+
+
+async def _fail_key() -> None:
+    raise KeyError("down")
+
+
+async def test_a_cancelled_waiter_never_waits_on_a_store_refund_that_hangs() -> None:
+    class HangingRefund(MemoryRateStore):
+        async def refund(self, name: str, rate: float, per: float, cost: int) -> None:
+            await asyncio.sleep(3600)
+
+    with VirtualClock() as clock:
+        limiter = RateLimiter(1, burst=1, name="hanging-refund", store=HangingRefund())
+        await limiter.acquire()
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0.5)
+        waiter.cancel()
+        started = clock.now()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await waiter
+        assert clock.now() == started
+        assert limiter.snapshot().waiting == 0
+        await limiter.aclose()  # the refund is bounded: aclose() ends
+
+
+async def test_a_store_release_that_hangs_is_bounded_and_awaited_by_aclose() -> None:
+    class HangingRelease(MemoryBulkheadStore):
+        async def release(self, name: str, lease_id: str) -> None:
+            await asyncio.sleep(3600)
+
+    with VirtualClock():
+        bulkhead = Bulkhead(1, name="hanging-release", store=HangingRelease())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(5):
+                await bulkhead.call(asyncio.sleep, 0)
+        assert bulkhead.snapshot().in_flight == 0
+        await bulkhead.aclose()  # nothing left running after it (checked by the fixture)
+
+
+@pytest.mark.parametrize("method", ["admit", "record"])
+async def test_a_breaker_store_reply_that_is_garbage_is_a_clear_error(method: str) -> None:
+    class Garbage(ProbeBreakerStore):
+        async def admit(self, name: str, now: float, **config: Any) -> Any:
+            if method == "admit":
+                return "yes"
+            return await super().admit(name, now, **config)
+
+        async def record(self, name: str, *args: Any, **config: Any) -> Any:
+            if method == "record":
+                return None
+            return await super().record(name, *args, **config)
+
+    breaker = CircuitBreaker("garbage", store=Garbage())
+    with pytest.raises(TypeError, match=rf"Garbage.{method}\(\) returned"):
+        await breaker.call(_ok)
+    assert breaker.snapshot().half_open_in_flight == 0
+
+
+async def _ok() -> str:
+    return "ok"

@@ -901,3 +901,39 @@ async def test_bound_decisions_do_not_flip_with_the_clock_magnitude(clock_start:
         assert await breaker.call(takes, 0.3) == "done"  # exactly slow_call_duration: slow
         snap = breaker.snapshot()
         assert (snap.slow, snap.state, snap.last_reason) == (1, CircuitState.OPEN, "slow")
+
+
+@pytest.mark.parametrize("reading", ["raise", math.nan, "noon"])
+async def test_a_clock_that_fails_at_the_end_of_a_probe_returns_the_permit(
+    reading: object, clock_start: float
+) -> None:
+    class ClockBug(Exception):
+        pass
+
+    armed = [False]
+    with VirtualClock(start=clock_start):
+        loop = asyncio.get_running_loop()
+
+        def clock() -> Any:
+            if armed[0]:
+                armed[0] = False
+                if reading == "raise":
+                    raise ClockBug
+                return reading
+            return loop.time()
+
+        breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, clock=clock)
+
+        async def probe() -> str:
+            armed[0] = True  # the reading after the call misbehaves
+            return "ok"
+
+        await trip(breaker, 1)
+        await asyncio.sleep(1)
+        with pytest.raises((ClockBug, ValueError, TypeError)):
+            await breaker.call(probe)
+        # The probe succeeded (only its end time is unknown): its permit is back and it
+        # counts, so the breaker closes instead of wedging in HALF_OPEN.
+        snap = breaker.snapshot()
+        assert (snap.state, snap.half_open_in_flight) == (CircuitState.CLOSED, 0)
+        assert await breaker.call(ok) == "ok"

@@ -226,3 +226,30 @@ async def test_no_attempt_outlives_the_call(outcome: str) -> None:
             await Hedge(1, max_hedged=2, on=Boom).call(service)
         assert asyncio.all_tasks() == before
         assert service.started == 3
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_hedge_attempt_interrupt_reaches_the_caller_not_the_loop(
+    interrupt: type[BaseException],
+) -> None:
+    from shared.faults import Fault, run_injection
+
+    async def drive(fault: Fault) -> None:
+        calls = 0
+
+        async def fn() -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await asyncio.sleep(10)
+                return "late"
+            raise interrupt()
+
+        hedge = Hedge(0.5)
+        with pytest.raises(interrupt):
+            await hedge.call(fn)  # the hedge raises it; the slow primary is cancelled
+        assert calls == 2
+
+    # Fails when the interrupt escapes the attempt's task into the event loop, or when
+    # an attempt is left running.
+    run_injection(drive, Fault.KEYBOARD_INTERRUPT)

@@ -176,3 +176,65 @@ def test_pipeline_rejects_non_guards() -> None:
     with pytest.raises(ConfigurationError, match="guards"):
         pipeline(Timeout(1), 42)
     assert isinstance(pipeline(Timeout(1)), Pipeline)
+
+
+class Closing:
+    """A user's guard: records calls to aclose(), which may fail."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
+        self.closed = 0
+        self.listeners: list[Any] = []
+        self.remover: Any = None
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    def snapshot(self) -> str:
+        return "closing"
+
+    def add_listener(self, callback: Any) -> Any:
+        if self.remover is not None:
+            return self.remover
+        self.listeners.append(callback)
+        return lambda: self.listeners.remove(callback)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+        if self.fails:
+            raise RuntimeError("close failed")
+
+
+async def test_aclose_closes_every_guard_when_one_fails() -> None:
+    first, second = Closing(fails=True), Closing()
+    guards = pipeline(first, second)
+    with pytest.raises(RuntimeError, match="close failed"):
+        await guards.aclose()
+    assert (first.closed, second.closed) == (1, 1)
+
+
+@pytest.mark.parametrize("remover", [ValueError("refused"), "not callable"])
+async def test_add_listener_is_all_or_nothing(remover: object) -> None:
+    first, second = Closing(), Closing()
+    if isinstance(remover, Exception):
+
+        def refuse(callback: Any) -> Any:
+            raise remover
+
+        second.add_listener = refuse  # type: ignore[method-assign]
+    else:
+        second.remover = remover
+    guards = pipeline(first, second)
+    with pytest.raises((ValueError, TypeError)):
+        guards.add_listener(lambda event: None)
+    assert first.listeners == []  # the first guard does not keep a listener nobody can remove
+
+
+async def test_a_user_guard_whose_call_is_not_async_is_named() -> None:
+    class SyncGuard(Closing):
+        def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            return 42
+
+    for guards in (pipeline(SyncGuard()), pipeline(Bulkhead(1), SyncGuard())):
+        with pytest.raises(TypeError, match=r"SyncGuard\.call is not an async function"):
+            await guards.call(asyncio.sleep, 0)

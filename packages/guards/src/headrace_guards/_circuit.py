@@ -654,11 +654,11 @@ class CircuitBreaker(GuardBase):
 
     async def reset(self) -> None:
         """Close the breaker, clear its counters and windows, and clear forced-open."""
-        self._forced = False
-        self._successes = self._failures = self._ignored = self._slow = self._rejected = 0
-        if self._store is not None:
+        if self._store is not None:  # the shared state first: if it fails, nothing changed
             assert self.name is not None
             await self._store.reset(self.name)
+        self._forced = False
+        self._successes = self._failures = self._ignored = self._slow = self._rejected = 0
         self._transition(CLOSED, "reset", self._manual_now())
 
     async def force_open(self) -> None:

@@ -130,7 +130,13 @@ class Pipeline(GuardBase):
 
         try:
             for guard in self.guards:
-                removers.append(guard.add_listener(callback))  # noqa: PERF401 - one by one
+                remover = guard.add_listener(callback)
+                if not callable(remover):
+                    raise TypeError(
+                        f"{type(guard).__name__}.add_listener() returned a "
+                        f"{type(remover).__name__}, not a callable that removes the listener"
+                    )
+                removers.append(remover)
         except BaseException:
             remove()  # all or nothing: no guard keeps a listener the caller never got
             raise
