@@ -41,6 +41,7 @@ from shared.faults import (
     ainject,
     cases,
     expected_error,
+    inject,
     run_injection,
 )
 from shared.pytest_fixtures import RedisServer
@@ -445,9 +446,25 @@ class FaultyClient:
     def __init__(self, real: Any) -> None:
         self.real = real
         self.fault: Fault | None = None
+        self.pubsub_fault: Fault | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
+
+    def pubsub(self) -> Any:
+        """The transition channel: ``pubsub()`` or its ``subscribe`` misbehaves once."""
+        fault, self.pubsub_fault = self.pubsub_fault, None
+        if fault is None:
+            return self.real.pubsub()
+        if fault is not Fault.HANG:
+            return inject(fault, wrong=object())
+        channel = self.real.pubsub()
+
+        async def subscribe(*args: Any) -> Any:
+            return await ainject(Fault.HANG)
+
+        channel.subscribe = subscribe
+        return channel
 
     async def evalsha(self, *args: Any) -> Any:
         reply = await self.real.evalsha(*args)
@@ -469,9 +486,17 @@ def live_url(redis_url: str) -> Iterator[str]:
         _URL.remove(redis_url)
 
 
-async def faulty_store(policy: Policy = "fail_open") -> tuple[RedisStore, FaultyClient, Any]:
+async def faulty_store(
+    policy: Policy = "fail_open", cache_ttl: float = 0
+) -> tuple[RedisStore, FaultyClient, Any]:
     client = FaultyClient(Redis.from_url(_URL[-1]))
-    store = RedisStore(client, prefix=new_prefix(), on_error=policy, timeout=0.5, cache_ttl=0)  # type: ignore[arg-type]
+    store = RedisStore(
+        client,  # type: ignore[arg-type]
+        prefix=new_prefix(),
+        on_error=policy,
+        timeout=0.5,
+        cache_ttl=cache_ttl,
+    )
     return store, client, Redis.from_url(_URL[-1])
 
 
@@ -660,6 +685,30 @@ async def drive_breaker_guard(fault: Fault) -> None:
         await close(store, client, admin)
 
 
+async def drive_channel(fault: Fault) -> None:
+    # The transition channel only saves round trips: when the client's pubsub misbehaves,
+    # admissions ask Redis and stay right; KeyboardInterrupt/SystemExit reach the caller.
+    store, client, admin = await faulty_store(cache_ttl=1.0)
+    try:
+        allowed, _, state, _ = await store.admit("svc", 0.0)  # learns CLOSED
+        assert (allowed, state) == (True, CircuitState.CLOSED)
+        client.pubsub_fault = fault
+        expected = expected_error(fault)
+        if fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT):
+            assert expected is not None
+            with pytest.raises(expected):
+                await store.admit("svc", 0.0)
+        else:
+            assert (await store.admit("svc", 0.0))[0] is True
+        await store.force("svc", CircuitState.OPEN)
+        allowed, _, state, _ = await store.admit("svc", 0.0)
+        assert (allowed, state) == (False, CircuitState.OPEN)
+        await store.reset("svc")
+        assert (await store.admit("svc", 0.0))[0] is True
+    finally:
+        await close(store, client, admin)
+
+
 STORE_POINTS = [
     Point("RedisStore.client.evalsha@acquire", ASYNC_FAULTS, drive_acquire),
     Point("RedisStore.client.evalsha@release", ASYNC_FAULTS, drive_release),
@@ -668,6 +717,7 @@ STORE_POINTS = [
     Point("RedisStore.client.evalsha@reserve(rate)", ASYNC_FAULTS, drive_rate_reserve),
     Point("RedisStore.client.evalsha@reserve(budget)", ASYNC_FAULTS, drive_budget_reserve),
     Point("CircuitBreaker(store=RedisStore).client", ASYNC_FAULTS, drive_breaker_guard),
+    Point("RedisStore.client.pubsub", ASYNC_FAULTS, drive_channel),
 ]
 
 

@@ -12,7 +12,13 @@ from typing import Any, Final, Literal
 from headrace_core import ConfigurationError, HeadraceError, check_number, check_optional_number
 
 try:
-    from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError
+    from redis.exceptions import (
+        AuthenticationError,
+        NoPermissionError,
+        NoScriptError,
+        RedisError,
+        ResponseError,
+    )
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "headrace_guards.redis needs redis-py: pip install 'headrace-guards[redis]'"
@@ -29,6 +35,9 @@ DOWN_RETRY_AFTER: Final = 1.0
 # Errors that say the client is not allowed in: a configuration fault, not an outage, so
 # they reach the caller whatever ``on_error`` says (they would never heal by waiting).
 _REFUSED: Final = (AuthenticationError, NoPermissionError)
+# How a server that wants a password answers a long command of a client that gave none
+# (redis-py before 8 sends the script unauthenticated and gets this, not NOAUTH).
+_UNAUTHENTICATED: Final = "Protocol error: unauthenticated"
 
 # Seconds between two "Redis is unreachable" log records of one store.
 _LOG_EVERY = 60.0
@@ -263,6 +272,8 @@ class StoreBase:
         except _REFUSED as exc:
             raise self._refused(exc) from exc
         except (RedisError, OSError, TimeoutError) as exc:
+            if isinstance(exc, ResponseError) and _UNAUTHENTICATED in str(exc):
+                raise self._refused(AuthenticationError(str(exc))) from exc
             self._trouble(exc)
             return DOWN
         if self._down_since is not None:

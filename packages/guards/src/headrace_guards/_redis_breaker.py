@@ -228,7 +228,12 @@ class BreakerPart(StoreBase):
         if make is None:  # e.g. a cluster client without pub/sub: admit always asks
             self._sub_next = math.inf
             return
-        pubsub = make()
+        try:
+            pubsub = make()
+        except (Exception, asyncio.CancelledError):
+            # The channel only saves round trips: admit asks Redis meanwhile. (A sync
+            # call's CancelledError is never the task's: that comes at an await.)
+            return
         try:
             async with asyncio.timeout(self.timeout):
                 await checked(pubsub.subscribe(self._channel))
@@ -245,7 +250,11 @@ class BreakerPart(StoreBase):
             await _close_pubsub(pubsub)
             self._sub_next = math.inf
             return
-        connection.register_connect_callback(self._on_reconnect)
+        try:
+            connection.register_connect_callback(self._on_reconnect)
+        except (Exception, asyncio.CancelledError):
+            await _close_pubsub(pubsub)
+            return
         self._pubsub = pubsub
         self._sub_loop = asyncio.get_running_loop()
         self._sub_since = self._sub_loop.time()
