@@ -555,7 +555,7 @@ async def test_group_by_error_reaches_that_caller() -> None:
     async def get(k: int) -> list[int]:
         return await collect(k)
 
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="group_by"):
         await get(1)
 
 
@@ -705,3 +705,142 @@ async def test_follower_awaiting_in_finally_keeps_its_value() -> None:
 
     results = list(await asyncio.gather(get(1), get(2)))
     assert results == [1, 2]
+
+
+# -- user code that fails inside the machinery ------------------------------------------
+
+
+async def _settle(awaitable: Any) -> Any:
+    try:
+        async with asyncio.timeout(10):
+            return await awaitable
+    except BaseException as exc:
+        return exc
+
+
+@pytest.mark.parametrize("max_wait", [0.0, 0.5])
+async def test_key_raising_for_the_first_caller_leaves_no_leaderless_batch(
+    max_wait: float,
+) -> None:
+    def key(item: int) -> int:
+        if item == 0:
+            raise LookupError("no key for 0")
+        return item
+
+    get, sent = make(key=key, max_wait=max_wait)
+    with VirtualClock():
+        got = await asyncio.gather(*(_settle(get(i)) for i in range(3)))
+        assert isinstance(got[0], LookupError)
+        assert got[1:] == [10, 20]  # the next caller leads the window
+        assert sent == [[1, 2]]
+        assert await _settle(get(3)) == 30  # later calls never hang
+    assert get.stats().in_flight == 0
+
+
+async def test_item_hash_raising_for_the_first_caller_leaves_no_leaderless_batch() -> None:
+    class Bad:
+        def __hash__(self) -> int:
+            raise LookupError("no hash")
+
+    @batch
+    async def get(item: object) -> list[int]:
+        items = await collect(item)
+        return [1 for _ in items]
+
+    with VirtualClock():
+        got = await asyncio.gather(*(_settle(get(x)) for x in (Bad(), 2, 3)))
+        assert isinstance(got[0], LookupError)
+        assert got[1:] == [1, 1]
+        assert await _settle(get(4)) == 1
+
+
+async def test_result_whose_reads_fail_reaches_every_caller() -> None:
+    class Unreadable(list[int]):
+        def __iter__(self) -> Any:
+            raise LookupError("cannot iterate")
+
+    @batch
+    async def get(k: int) -> list[int]:
+        ids = await collect(k)
+        return Unreadable(ids)
+
+    with VirtualClock():
+        got = await asyncio.gather(*(_settle(get(i)) for i in range(3)))
+    assert all(isinstance(r, LookupError) for r in got), got  # no follower left waiting
+    assert get.stats().failed_batches == 1
+    assert get.stats().in_flight == 0
+
+
+async def test_mapping_lookup_failing_for_one_key_fails_that_caller_only() -> None:
+    class Partial(dict[int, int]):
+        def __getitem__(self, key: int) -> int:
+            if key == 1:
+                raise LookupError("backend lost 1")
+            return super().__getitem__(key)
+
+    @batch
+    async def get(k: int) -> Any:
+        ids = await collect(k)
+        return Partial({i: i * 10 for i in ids})
+
+    with VirtualClock():
+        got = await asyncio.gather(*(_settle(get(i)) for i in range(3)))
+    assert got[0] == 0
+    assert got[2] == 20
+    assert isinstance(got[1], LookupError)
+
+
+async def test_missing_result_does_not_call_the_key_repr_while_routing() -> None:
+    class Sku:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __repr__(self) -> str:
+            raise LookupError("repr")
+
+    skus = [Sku(0), Sku(1)]
+
+    @batch
+    async def get(sku: Sku) -> dict[Sku, int]:
+        items = await collect(sku)
+        return {s: s.n for s in items if s.n != 1}
+
+    with VirtualClock():
+        got = await asyncio.gather(*(_settle(get(s)) for s in skus))
+    assert got[0] == 0
+    assert isinstance(got[1], MissingResult)
+    assert got[1].key is skus[1]
+    assert "repr failed" in str(got[1])
+
+
+async def test_leader_cancelled_in_window_whose_finally_raises_hands_over() -> None:
+    @batch(max_wait=1.0)
+    async def get(k: int) -> list[int]:
+        served = False
+        try:
+            ids = await collect(k)
+            served = True
+            return [i * 10 for i in ids]
+        finally:
+            if k == 0 and not served:
+                raise LookupError("cleanup failed")
+
+    with VirtualClock():
+        leader = asyncio.create_task(_settle(get(0)))
+        await asyncio.sleep(0)
+        others = asyncio.gather(_settle(get(1)), _settle(get(2)))
+        await asyncio.sleep(0.5)
+        leader.cancel()
+        lost = await leader
+        assert isinstance(lost, LookupError)  # the body's own error, as in plain Python
+        assert list(await others) == [10, 20]
+    assert get.stats().in_flight == 0
+
+
+async def test_group_by_returning_an_unhashable_value_names_group_by() -> None:
+    @batch(group_by=lambda k: [k])  # type: ignore[arg-type,return-value]
+    async def get(k: int) -> list[int]:
+        return await collect(k)
+
+    with pytest.raises(TypeError, match=r"group_by .* returned a value of type list"):
+        await get(1)

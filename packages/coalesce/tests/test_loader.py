@@ -202,13 +202,98 @@ async def test_cache_false_dedupes_inside_one_batch_only() -> None:
     assert stats.cache_hits == 0
 
 
-async def test_unhashable_keys_are_loaded_uncached() -> None:
-    async def fn(keys: list[list[int]]) -> list[int]:
-        return [sum(k) for k in keys]
+def _assert_idle(loader: Loader[Any, Any]) -> None:
+    lane = loader._per_loop.get(asyncio.get_running_loop())
+    assert lane.open is None
+    assert lane.in_flight == 0
+    assert not lane.queue
+    assert all(entry.waiters is None for entry in loader._cache.values())
+    assert loader.stats().in_flight == 0
 
-    loader: Loader[list[int], int] = Loader(fn)
-    assert list(await asyncio.gather(loader.load([1, 2]), loader.load([1, 2]))) == [3, 3]
-    assert await loader.load_many([[4], [5]]) == [4, 5]
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_unhashable_keys_raise_a_clear_type_error_at_every_call(cache: bool) -> None:
+    backend = Backend()
+    loader: Loader[Any, int] = Loader(backend, cache=cache)
+    calls: list[Any] = [
+        lambda: loader.prime([1], 10),
+        lambda: loader.clear([1]),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"key of type list is unhashable.*pass key="):
+            call()
+    with pytest.raises(TypeError, match=r"key of type list is unhashable.*pass key="):
+        await loader.load([1, 2])
+    with pytest.raises(TypeError, match=r"key of type list is unhashable.*pass key="):
+        await loader.load_many([3, [1, 2], 4])
+    assert backend.calls == []  # nothing of those calls was registered or sent
+    _assert_idle(loader)
+    assert await loader.load_many([3, 4]) == [30, 40]
+    assert backend.calls == [[3, 4]]
+
+    # key= is the remedy; a key= that returns an unhashable value is named as the culprit
+    fixed: Loader[list[int], int] = Loader(_sums, key=tuple, cache=cache)
+    assert list(await asyncio.gather(fixed.load([1, 2]), fixed.load([1, 2]))) == [3, 3]
+    fixed.prime([5], 5)
+    fixed.clear([5])
+    broken: Loader[list[int], int] = Loader(_sums, key=_as_list, cache=cache)
+    with pytest.raises(TypeError, match="key= returned a value of type list"):
+        await broken.load([1])
+
+
+def _as_list(key: list[int]) -> Any:
+    return list(key)
+
+
+async def _sums(keys: list[list[int]]) -> list[int]:
+    return [sum(k) for k in keys]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_first_load_with_a_failing_hash_leaves_no_open_batch(cache: bool) -> None:
+    class Bad:
+        def __hash__(self) -> int:
+            raise LookupError("no hash")
+
+    backend = Backend()
+    loader: Loader[Any, int] = Loader(backend, cache=cache)
+    with VirtualClock():
+        async with asyncio.timeout(10):
+            first, second = await asyncio.gather(
+                loader.load(Bad()), loader.load(2), return_exceptions=True
+            )
+        assert isinstance(first, LookupError)
+        assert second == 20
+        async with asyncio.timeout(10):
+            assert await loader.load(3) == 30  # never hangs on a batch nobody runs
+    _assert_idle(loader)
+
+
+async def test_load_many_registers_nothing_when_a_key_fails() -> None:
+    def key(k: int) -> int:
+        if k == 3:
+            raise LookupError("no key for 3")
+        return k
+
+    backend = Backend()
+    with VirtualClock():
+        loader: Loader[int, int] = Loader(backend, key=key, max_size=2, max_wait=1.0)
+        with pytest.raises(LookupError):
+            await loader.load_many([1, 2, 3])  # 1 and 2 filled a batch of their own
+        _assert_idle(loader)
+        assert not loader._cache
+        async with asyncio.timeout(10):
+            assert await loader.load_many([1, 2]) == [10, 20]
+    assert backend.calls == [[1, 2]]
+
+
+async def test_load_many_raises_an_interrupt_before_another_keys_error() -> None:
+    async def fn(keys: list[int]) -> list[BaseException]:
+        return [ValueError(k) if k == 1 else SystemExit(k) for k in keys]
+
+    loader: Loader[int, int] = Loader(fn)
+    with pytest.raises(SystemExit):
+        await loader.load_many([1, 2])
 
 
 async def test_prime_clear_clear_all() -> None:

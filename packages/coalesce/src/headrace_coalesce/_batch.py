@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overload
 
 from headrace_coalesce._collect import COLLECT, drive, no_collect
-from headrace_coalesce._core import PROMOTE, Batch, Core
-from headrace_coalesce._lane import Options, check_callable, filled, require_async, start
+from headrace_coalesce._core import PROMOTE, Batch, Core, close
+from headrace_coalesce._lane import Options, check_callable, filled, finish, require_async, start
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats
 from headrace_core import ConfigurationError
 from headrace_core.stats import Listener
@@ -86,7 +86,11 @@ class BatchFunction(Generic[P, R]):
             if batch is None:
                 batch = Batch(lane, core.dedupe, core.key is not None)
                 start(batch, loop)
-                core.join(batch, item)
+                try:
+                    core.join(batch, item)  # key(item), hash and == may raise
+                except BaseException:
+                    finish(batch)  # nobody leads it: the lane opens a new one next time
+                    raise
                 batch.futs.append(None)
                 return await core.lead(batch, coro, box, 0, loop)  # type: ignore[no-any-return]
             if core.inline_join:  # default options (dedupe by the item): the join inlined
@@ -108,23 +112,26 @@ class BatchFunction(Generic[P, R]):
             else:
                 core.join(batch, item)
         except BaseException:
-            coro.close()
+            close(coro)
             raise
         fut = loop.create_future()
         batch.futs.append(fut)
         try:
             value = await fut
         except BaseException as exc:
-            core.follower_failed(batch, fut, exc)
-            coro.close()
+            try:
+                close(coro)
+            finally:
+                core.follower_failed(batch, fut, exc)
             raise
         if value is PROMOTE:
             pos = batch.futs.index(fut)
             return await core.lead(batch, coro, box, pos, loop)  # type: ignore[no-any-return]
-        try:  # noqa: SIM105 - the hot path; suppress() costs more
+        try:
             coro.close()
         except RuntimeError:  # the body awaited in a finally block: its value still stands
-            pass
+            if getattr(coro, "cr_frame", None) is None:  # the body raised it: the user's error
+                raise
         return value  # type: ignore[no-any-return]
 
     @overload
@@ -171,6 +178,20 @@ class BatchFunction(Generic[P, R]):
             TypeError: when ``callback`` is not callable.
         """
         return self._core.rec.add_listener(callback)
+
+    async def aclose(self) -> None:
+        """Wait for the pending async listeners (the function stays usable).
+
+        Under a deadline (``asyncio.timeout``), listeners still running when it expires
+        are cancelled and awaited.
+        """
+        await self._core.rec.aclose()
+
+    async def __aenter__(self) -> BatchFunction[P, R]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __getattr__(self, name: str) -> Any:
         # bound copies skip functools.update_wrapper: answer from the wrapped function

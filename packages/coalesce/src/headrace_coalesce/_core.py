@@ -29,11 +29,11 @@ from headrace_coalesce._lane import (
     finish,
     sleep0,
 )
-from headrace_coalesce._routing import BatchRoutingError, as_error, is_sequence, lookup
+from headrace_coalesce._routing import as_error, describe, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import _Recorder
 from headrace_core import PerLoop
 
-__all__ = ["PROMOTE", "Batch", "Core"]
+__all__ = ["PROMOTE", "Batch", "Core", "close"]
 
 PROMOTE: Final[Any] = object()  # a follower's future result: "you lead now"
 
@@ -100,7 +100,7 @@ class Core:
         group_by: Callable[..., Hashable] | None,
     ) -> None:
         self.fn = fn
-        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+        self.name = getattr(fn, "__qualname__", None) or describe(fn)
         self.options = options
         self.key = key
         self.dedupe = dedupe
@@ -139,7 +139,15 @@ class Core:
             instance = args[0]  # Class.method(obj, ...): still per instance
         key = (None if instance is None else id(instance), group)
         lanes = state.lanes
-        lane = lanes.get(key)
+        try:
+            lane = lanes.get(key)
+        except TypeError as exc:
+            raise unhashable(
+                f"group_by of @batch function {self.name} returned a value of type "
+                f"{type(group).__qualname__}, which is unhashable; group_by must return a "
+                "hashable group key",
+                exc,
+            ) from exc
         if lane is None:
             lane = lanes[key] = Lane(self.options, lanes, key, instance)
         return lane
@@ -201,8 +209,10 @@ class Core:
                     await admit(batch, loop)
             except asyncio.CancelledError:
                 rec.cancelled.value += 1
-                coro.close()
-                self.leader_lost(batch, pos)
+                try:
+                    close(coro)
+                finally:
+                    self.leader_lost(batch, pos)
                 raise
         remap: list[int] | None = None
         if batch.dead == 0 and batch.entries is None:
@@ -218,6 +228,18 @@ class Core:
         size = len(sent)
         box[1] = sent
         rec.dispatched(size)
+        if rec.listening:
+            try:
+                rec.emit("dispatched", size)
+            except BaseException:
+                # a listener's KeyboardInterrupt/SystemExit ends this caller before its bulk
+                # call starts: the next live caller leads the batch instead
+                rec.undispatched(size)
+                try:
+                    close(coro)
+                finally:
+                    self.leader_lost(batch, pos)
+                raise
         gauge = rec.in_flight
         try:
             result = await Resume(coro)
@@ -263,42 +285,44 @@ class Core:
         pos: int,
     ) -> Any:
         size = len(sent)
-        if type(result) is list and len(result) == size:
-            sequence = True
-        else:
-            try:
-                sequence = is_sequence(result, size, self.name)
-            except BatchRoutingError as error:
-                self.fail(batch, error, pos, size)
-                raise error from None
         futs = batch.futs
-        if sequence and remap is None:  # the common case: no duplicates, nobody cancelled
-            for fut, value in zip(futs, result):  # noqa: B905 - lengths checked above
-                if fut is None or fut.done():  # the leader; or cancelled meanwhile
-                    continue
-                if isinstance(value, BaseException):
-                    fut.set_exception(as_error(value))
-                else:
-                    fut.set_result(value)
-            own = result[0]
-        else:
-            entries = batch.entries
-            keys = batch.ids if batch.ids is not None else batch.items
-            own = None
-            for p, fut in enumerate(futs):
-                if p != pos and (fut is None or fut.done()):
-                    continue
-                entry = entries[p] if entries is not None else p
-                if sequence:
-                    value = result[entry if remap is None else remap[entry]]
-                else:
-                    value = lookup(result, keys[entry])
-                if p == pos:
-                    own = value
-                elif isinstance(value, BaseException):
-                    fut.set_exception(as_error(value))  # type: ignore[union-attr]
-                else:
-                    fut.set_result(value)  # type: ignore[union-attr]
+        try:
+            if type(result) is list and len(result) == size:
+                sequence = True
+            else:
+                sequence = is_sequence(result, size, self.name)
+            if sequence and remap is None:  # the common case: no duplicates, nobody cancelled
+                for fut, value in zip(futs, result):  # noqa: B905 - lengths checked above
+                    if fut is None or fut.done():  # the leader; or cancelled meanwhile
+                        continue
+                    if isinstance(value, BaseException):
+                        fut.set_exception(as_error(value))
+                    else:
+                        fut.set_result(value)
+                own = result[0]
+            else:
+                entries = batch.entries
+                keys = batch.ids if batch.ids is not None else batch.items
+                own = None
+                for p, fut in enumerate(futs):
+                    if p != pos and (fut is None or fut.done()):
+                        continue
+                    entry = entries[p] if entries is not None else p
+                    if sequence:
+                        value = result[entry if remap is None else remap[entry]]
+                    else:
+                        value = lookup(result, keys[entry])
+                    if p == pos:
+                        own = value
+                    elif isinstance(value, BaseException):
+                        fut.set_exception(as_error(value))  # type: ignore[union-attr]
+                    else:
+                        fut.set_result(value)  # type: ignore[union-attr]
+        except BaseException as error:
+            # a mis-shaped result (BatchRoutingError), or a result whose __len__,
+            # __getitem__ or __iter__ failed: every caller not yet served gets the error
+            self.fail(batch, error, pos, size)
+            raise
         if batch.timer is None and not batch.queued and not batch.granted:  # finish() inlined
             batch.state = DONE
             lane = batch.lane
@@ -309,13 +333,18 @@ class Core:
         else:
             finish(batch)
         if self.rec.listening:
+            # a listener's KeyboardInterrupt/SystemExit reaches the leader, after routing
             self.rec.emit("completed", size)
         if isinstance(own, BaseException):
             raise own
         return own
 
     def fail(self, batch: Batch, error: BaseException, pos: int, size: int) -> None:
-        """The bulk call raised (or returned a mis-shaped result): every caller gets it."""
+        """The bulk call raised (or returned a mis-shaped result): every caller gets it.
+
+        The caller at ``pos`` raises ``error`` itself; a listener's ``KeyboardInterrupt``
+        or ``SystemExit`` is raised here, once every other caller has been answered.
+        """
         self.rec.failed.value += 1
         cancel = isinstance(error, asyncio.CancelledError)
         carried = as_error(error)
@@ -331,7 +360,10 @@ class Core:
             self.rec.emit("failed", size, error)
 
     def leader_lost(self, batch: Batch, pos: int) -> None:
-        """The leader at ``pos`` was cancelled: promote the next live caller, or drop."""
+        """The leader at ``pos`` is gone: promote the next live caller, or drop the batch.
+
+        A listener's ``KeyboardInterrupt`` or ``SystemExit`` is raised here, after that.
+        """
         batch.dead += 1
         if batch.state == DONE:
             return
@@ -357,3 +389,17 @@ class Core:
         # the result arrived, but the task was cancelled before it resumed
         if fut.exception() is None and fut.result() is PROMOTE:
             self.leader_lost(batch, batch.futs.index(fut))
+
+
+def close(coro: Coroutine[Any, Any, Any]) -> None:
+    """Close a caller's suspended body: its ``finally`` blocks run now.
+
+    What they raise propagates, as it would in plain Python (chaining the error in
+    flight); a body that awaits in a ``finally`` block (``coroutine ignored
+    GeneratorExit``) is left to the garbage collector.
+    """
+    try:
+        coro.close()
+    except RuntimeError:
+        if getattr(coro, "cr_frame", None) is None:  # the body raised it: the user's error
+            raise

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar, final
 
 from headrace_coalesce._lane import Lane, Options, check_callable, require_async
 from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery, cancelling
-from headrace_coalesce._routing import as_error
+from headrace_coalesce._routing import as_error, describe
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
 from headrace_core import ConfigurationError, PerLoop
 from headrace_core.stats import Listener
@@ -39,7 +39,9 @@ class Loader(LoaderMachinery, Generic[K, V]):
         cache: remember values by key. Cancelled loads and whole-batch failures are never
             kept. With ``cache=False`` identical keys of one batch are still loaded once.
         cache_errors: also keep exception values returned for single keys.
-        key: the cache key of a key (default: the key itself).
+        key: the cache key of a key (default: the key itself). Cache keys must be
+            hashable: ``load``, ``load_many``, ``prime`` and ``clear`` raise ``TypeError``
+            at the call for a key whose cache key is not.
 
     Raises:
         ConfigurationError: when an option is invalid (the message names it).
@@ -66,7 +68,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
                 raise ConfigurationError.argument_error(name, flag, "must be a bool")
         check_callable("key", key)
         self._fn = load_fn
-        self._name = f"Loader({getattr(load_fn, '__qualname__', None) or load_fn!r})"
+        self._name = f"Loader({getattr(load_fn, '__qualname__', None) or describe(load_fn)})"
         self._options = options
         self._caching = cache
         self._cache_errors = cache_errors
@@ -88,6 +90,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
             The value ``load_fn`` returned for ``key``.
 
         Raises:
+            TypeError: when ``key`` (or what ``key=`` returns for it) is unhashable.
             BatchRoutingError: when ``load_fn`` returned a mis-shaped result.
             MissingResult: when a ``Mapping`` result lacks this key.
             Exception: what ``load_fn`` raised, or the exception value for this key.
@@ -100,8 +103,8 @@ class Loader(LoaderMachinery, Generic[K, V]):
         if self._caching:
             try:
                 hit = self._cache.get(ck)
-            except TypeError:  # unhashable key: never cached
-                hit = None
+            except TypeError as exc:
+                raise self._unhashable(key, ck, exc) from exc
             if hit is not None:
                 if hit.waiters is None:  # resolved: no future, no task, no suspension
                     rec.cache_hits.value += 1
@@ -132,6 +135,10 @@ class Loader(LoaderMachinery, Generic[K, V]):
     async def load_many(self, keys: Iterable[K]) -> list[V]:
         """Load several keys at once (in as few batches as ``max_size`` allows).
 
+        The keys are all registered, or none: when ``keys`` raises while it is read, or
+        one key fails at the call (``key=`` raises, an unhashable key), nothing is loaded
+        for this call and the error propagates.
+
         Args:
             keys: the keys; duplicates are loaded once.
 
@@ -139,37 +146,48 @@ class Loader(LoaderMachinery, Generic[K, V]):
             The values, in the order of ``keys``.
 
         Raises:
+            TypeError: when a key (or what ``key=`` returns for it) is unhashable.
             Exception: the error of the first failed key (in the order of ``keys``), once
-                every key has been answered.
+                every key has been answered; a ``KeyboardInterrupt`` or ``SystemExit`` of
+                any key comes first.
         """
         keys = list(keys)
         rec = self._rec
         loop = asyncio.get_running_loop()
         keyfn = self._keyfn
+        caching = self._caching
         out: list[Any] = [None] * len(keys)
         errors: dict[int, BaseException] = {}
         waiting: list[tuple[int, Entry, asyncio.Future[Any]]] = []
         led: list[LoadBatch] = []
-        for i, key in enumerate(keys):
-            rec.calls.value += 1
-            ck = key if keyfn is None else keyfn(key)
-            hit = self._hit(ck, loop) if self._caching else None
-            if hit is not None:
-                rec.cache_hits.value += 1
-                if hit.waiters is None:
-                    if hit.error is not None:
-                        errors[i] = hit.error.with_traceback(None)
-                    else:
-                        out[i] = hit.value
-                    continue
-                fut: asyncio.Future[Any] = loop.create_future()
-                hit.waiters.append(fut)
-                waiting.append((i, hit, fut))
-                continue
-            entry, fut, batch = self._enqueue(key, ck, loop)
-            waiting.append((i, entry, fut))
-            if batch is not None:
-                led.append(batch)
+        try:
+            for i, key in enumerate(keys):
+                rec.calls.value += 1
+                ck = key if keyfn is None else keyfn(key)
+                if caching:
+                    try:
+                        hit = self._hit(ck, loop)
+                    except TypeError as exc:
+                        raise self._unhashable(key, ck, exc) from exc
+                    if hit is not None:
+                        rec.cache_hits.value += 1
+                        if hit.waiters is None:
+                            if hit.error is not None:
+                                errors[i] = hit.error.with_traceback(None)
+                            else:
+                                out[i] = hit.value
+                            continue
+                        fut: asyncio.Future[Any] = loop.create_future()
+                        hit.waiters.append(fut)
+                        waiting.append((i, hit, fut))
+                        continue
+                entry, fut, batch = self._enqueue(key, ck, loop)
+                waiting.append((i, entry, fut))
+                if batch is not None:
+                    led.append(batch)
+        except BaseException:
+            self._withdraw(waiting, led)
+            raise
         for batch in led:
             self._start_runner(batch, loop)
         for n, (i, _, fut) in enumerate(waiting):
@@ -184,7 +202,11 @@ class Loader(LoaderMachinery, Generic[K, V]):
             except BaseException as exc:
                 errors[i] = exc
         if errors:
-            raise errors[min(errors)]
+            order = sorted(errors)
+            for i in order:  # an interrupt is never hidden behind another key's error
+                if isinstance(errors[i], (KeyboardInterrupt, SystemExit)):
+                    raise errors[i]
+            raise errors[order[0]]
         return out
 
     # -- the cache ------------------------------------------------------------------
@@ -198,12 +220,16 @@ class Loader(LoaderMachinery, Generic[K, V]):
             key: the key.
             value: its value, or an exception instance that ``load(key)`` will raise.
             force: replace an existing entry.
+
+        Raises:
+            TypeError: when ``key`` (or what ``key=`` returns for it) is unhashable.
         """
-        if not self._caching:
-            return
         ck = key if self._keyfn is None else self._keyfn(key)
-        existing = self._cache.get(ck)
-        if existing is not None and not force:
+        try:
+            existing = self._cache.get(ck)
+        except TypeError as exc:
+            raise self._unhashable(key, ck, exc) from exc
+        if not self._caching or (existing is not None and not force):
             return
         entry = Entry(key, ck, None)
         entry.waiters = None
@@ -221,9 +247,16 @@ class Loader(LoaderMachinery, Generic[K, V]):
 
         Args:
             key: the key.
+
+        Raises:
+            TypeError: when ``key`` (or what ``key=`` returns for it) is unhashable.
         """
         ck = key if self._keyfn is None else self._keyfn(key)
-        entry = self._cache.pop(ck, None)
+        try:
+            hash(ck)  # an empty dict's pop() would not check it
+            entry = self._cache.pop(ck, None)
+        except TypeError as exc:
+            raise self._unhashable(key, ck, exc) from exc
         if entry is not None:
             entry.cached = False
 
@@ -257,6 +290,20 @@ class Loader(LoaderMachinery, Generic[K, V]):
             TypeError: when ``callback`` is not callable.
         """
         return self._rec.add_listener(callback)
+
+    async def aclose(self) -> None:
+        """Wait for the pending async listeners (the loader stays usable, its cache kept).
+
+        Under a deadline (``asyncio.timeout``), listeners still running when it expires
+        are cancelled and awaited.
+        """
+        await self._rec.aclose()
+
+    async def __aenter__(self) -> Loader[K, V]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<{self._name} cached={len(self._cache)}>"

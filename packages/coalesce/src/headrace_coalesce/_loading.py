@@ -13,6 +13,7 @@ task is cancelled and nothing of the batch is cached.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
@@ -29,11 +30,13 @@ from headrace_coalesce._lane import (
     finish,
 )
 from headrace_coalesce._lane import start as start_window
-from headrace_coalesce._routing import BatchRoutingError, as_error, is_sequence, lookup
-from headrace_coalesce._stats import _Recorder
+from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
+from headrace_coalesce._stats import EventKind, _Recorder
 from headrace_core import PerLoop
 
 __all__ = ["Entry", "LoadBatch", "LoaderMachinery", "cancelling"]
+
+_logger = logging.getLogger("headrace.coalesce")
 
 
 class Entry:
@@ -103,11 +106,24 @@ class LoaderMachinery:
     _rec: _Recorder
     _runners: set[asyncio.Task[None]]
 
+    def _unhashable(self, key: Any, ck: Any, cause: TypeError) -> TypeError:
+        """The error for a key whose cache key cannot be hashed (raised at the call)."""
+        if self._keyfn is None:
+            message = (
+                f"{self._name}: a key of type {type(key).__qualname__} is unhashable, so it "
+                "can be neither cached nor de-duplicated; pass key= to Loader to map each "
+                "key to a hashable cache key (for example key=tuple)"
+            )
+        else:
+            message = (
+                f"{self._name}: key= returned a value of type {type(ck).__qualname__} for a "
+                f"key of type {type(key).__qualname__}; key= must return a hashable cache key"
+            )
+        return unhashable(message, cause)
+
     def _hit(self, ck: Any, loop: asyncio.AbstractEventLoop) -> Entry | None:
-        try:
-            entry = self._cache.get(ck)
-        except TypeError:  # unhashable key: never cached
-            return None
+        """The cache entry of ``ck`` usable in ``loop`` (raises TypeError if unhashable)."""
+        entry = self._cache.get(ck)
         if entry is None or entry.waiters is None or entry.loop is loop:
             return entry
         other = entry.loop
@@ -122,7 +138,11 @@ class LoaderMachinery:
     def _enqueue(
         self, key: Any, ck: Any, loop: asyncio.AbstractEventLoop
     ) -> tuple[Entry, asyncio.Future[Any], LoadBatch | None]:
-        """Add a missed key to the open batch; return its entry, a future, a new batch."""
+        """Add a missed key to the open batch; return its entry, a future, a new batch.
+
+        Raises:
+            TypeError: when ``ck`` is unhashable; nothing is registered then.
+        """
         last = self._last  # one read: another thread may replace it meanwhile
         if last is not None and last[0]() is loop:
             lane = last[1]
@@ -131,37 +151,47 @@ class LoaderMachinery:
             self._last = (weakref.ref(loop), lane)
         batch: LoadBatch | None = lane.open
         fut: asyncio.Future[Any] = loop.create_future()
-        if batch is not None and batch.index is not None:  # cache=False: dedupe per batch
-            try:
+        caching = self._caching
+        created = None
+        # Everything that hashes ck (and may raise) comes before the first state change.
+        try:
+            if batch is not None and batch.index is not None:  # cache=False: dedupe per batch
                 same = batch.index.get(ck)
-            except TypeError:
-                same = None
-            if same is not None:
-                self._rec.deduplicated.value += 1
-                same.waiters.append(fut)  # type: ignore[union-attr]
-                return same, fut, None
-        entry = Entry(key, ck, loop)
-        entry.waiters.append(fut)  # type: ignore[union-attr]
-        if self._caching:
-            try:
+                if same is not None:
+                    self._rec.deduplicated.value += 1
+                    same.waiters.append(fut)  # type: ignore[union-attr]
+                    return same, fut, None
+            entry = Entry(key, ck, loop)
+            if batch is None:
+                batch = created = LoadBatch(lane, not caching)
+            if caching:
                 self._cache[ck] = entry
                 entry.cached = True
-            except TypeError:
-                pass
-        created = None
-        if batch is None:
-            batch = created = LoadBatch(lane, not self._caching)
+            else:
+                batch.index[ck] = entry  # type: ignore[index]
+        except TypeError as exc:
+            raise self._unhashable(key, ck, exc) from exc
+        entry.waiters.append(fut)  # type: ignore[union-attr]
+        if created is not None:
             start_window(batch, loop)
         entry.batch = batch
         batch.entries.append(entry)
-        if batch.index is not None:
-            try:  # noqa: SIM105 - the hot path of cache=False; suppress() costs more
-                batch.index[ck] = entry
-            except TypeError:
-                pass
         if len(batch.entries) == self._options.max_size:
             filled(batch)
         return entry, fut, created
+
+    def _withdraw(
+        self,
+        waiting: Iterable[tuple[int, Entry, asyncio.Future[Any]]],
+        led: Iterable[LoadBatch],
+    ) -> None:
+        """Undo the keys a ``load_many`` registered before one of its keys failed."""
+        for _, _, fut in waiting:
+            fut.cancel()  # a batch led by another call skips a key nobody waits for
+        for batch in led:  # not started yet: only this call's keys are in it
+            for entry in batch.entries:
+                self._forget(entry)
+            finish(batch)
 
     def _waiter_cancelled(self, entry: Entry, fut: asyncio.Future[Any]) -> None:
         self._rec.cancelled.value += 1
@@ -221,7 +251,11 @@ class LoaderMachinery:
             batch.runner = None
 
     async def _run(self, batch: LoadBatch) -> None:
-        """Call ``load_fn`` for the live keys of ``batch`` and resolve them."""
+        """Call ``load_fn`` for the live keys of ``batch`` and resolve them.
+
+        Whatever ``load_fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included)
+        or returns reaches the callers waiting for the batch; nothing escapes this task.
+        """
         # a cancelled waiter's future is done at once (its task may not have run yet)
         live = []
         for entry in batch.entries:
@@ -240,6 +274,16 @@ class LoaderMachinery:
         rec = self._rec
         size = len(live)
         rec.dispatched(size)
+        if rec.listening:
+            try:
+                rec.emit("dispatched", size)
+            except BaseException as exc:
+                # a listener's KeyboardInterrupt/SystemExit: the load is not made, and the
+                # callers waiting for it get the interrupt (this task has no caller)
+                rec.undispatched(size)
+                self._reject(batch, exc)
+                self._emit("dropped", size)
+                return
         try:
             result = await self._fn([entry.key for entry in live])
         except asyncio.CancelledError as exc:
@@ -251,34 +295,34 @@ class LoaderMachinery:
         except BaseException as exc:
             rec.in_flight.dec()
             self._fail(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
             return
         rec.in_flight.dec()
+        resolve = self._resolve
         try:
             sequence = is_sequence(result, size, self._name)
-        except BatchRoutingError as error:
-            self._fail(batch, error)
+            if sequence:
+                for entry, value in zip(live, result):  # noqa: B905 - length checked
+                    if isinstance(value, BaseException):
+                        resolve(entry, value)
+                        continue
+                    waiters = entry.waiters
+                    entry.waiters = None
+                    entry.batch = None
+                    entry.value = value
+                    for w in waiters:  # type: ignore[union-attr]
+                        if not w.done():
+                            w.set_result(value)
+            else:
+                for entry in live:
+                    resolve(entry, lookup(result, entry.ck))
+        except BaseException as exc:
+            # a mis-shaped result (BatchRoutingError), or a result whose __len__,
+            # __getitem__ or __iter__ failed: every key not yet answered gets the error
+            self._fail(batch, exc)
             return
-        resolve = self._resolve
-        if sequence:
-            for entry, value in zip(live, result):  # noqa: B905 - length checked
-                if isinstance(value, BaseException):
-                    resolve(entry, value)
-                    continue
-                waiters = entry.waiters
-                entry.waiters = None
-                entry.batch = None
-                entry.value = value
-                for w in waiters:  # type: ignore[union-attr]
-                    if not w.done():
-                        w.set_result(value)
-        else:
-            for entry in live:
-                resolve(entry, lookup(result, entry.ck))
         finish(batch)
         if rec.listening:
-            rec.emit("completed", size)
+            self._emit("completed", size)
 
     def _resolve(self, entry: Entry, value: Any) -> None:
         waiters = entry.waiters or ()
@@ -298,21 +342,34 @@ class LoaderMachinery:
                     w.set_result(value)
 
     def _fail(self, batch: LoadBatch, error: BaseException) -> None:
+        """The load failed: every caller still waiting gets ``error``; nothing is cached."""
         self._rec.failed.value += 1
+        self._reject(batch, error)
+        if self._rec.listening:
+            self._emit("failed", len(batch.entries), error)
+
+    def _reject(self, batch: LoadBatch, error: BaseException) -> None:
         cancel = isinstance(error, asyncio.CancelledError)
         carried = as_error(error)
+        delivered = False
         for entry in batch.entries:
             waiters = entry.waiters or ()
             self._forget(entry)
             for w in waiters:
                 if not w.done():
+                    delivered = True
                     if cancel:
                         w.cancel()
                     else:
                         w.set_exception(carried)
         finish(batch)
-        if self._rec.listening:
-            self._rec.emit("failed", len(batch.entries), error)
+        if not delivered and not isinstance(error, (Exception, asyncio.CancelledError)):
+            _logger.error(
+                "%s: %s with no caller left to reach",
+                self._name,
+                type(error).__name__,
+                exc_info=error,
+            )
 
     def _drop(self, batch: LoadBatch) -> None:
         for entry in batch.entries:
@@ -321,7 +378,21 @@ class LoaderMachinery:
             self._forget(entry)
         finish(batch)
         if self._rec.listening:
-            self._rec.emit("dropped", len(batch.entries))
+            self._emit("dropped", len(batch.entries))
+
+    def _emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:
+        """Fire an event from a batch's own task, which has no caller to reach."""
+        try:
+            self._rec.emit(kind, size, error)
+        except BaseException as exc:  # a sync listener's KeyboardInterrupt/SystemExit
+            _logger.error(
+                "a listener of %s raised %s on a %r event; every caller of the batch was "
+                "already answered, so it is logged here",
+                self._name,
+                type(exc).__name__,
+                kind,
+                exc_info=exc,
+            )
 
     def _forget(self, entry: Entry) -> None:
         """An entry that will never get a value: out of the cache, nobody waits."""

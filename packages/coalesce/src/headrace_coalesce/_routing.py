@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, final
 
 from headrace_core import HeadraceError
 
-__all__ = ["BatchRoutingError", "MissingResult", "as_error", "is_sequence", "lookup"]
+__all__ = [
+    "BatchRoutingError",
+    "MissingResult",
+    "as_error",
+    "describe",
+    "is_sequence",
+    "lookup",
+    "unhashable",
+]
+
+
+def describe(obj: object) -> str:
+    """``repr(obj)``, or a stand-in naming its type when the object's ``__repr__`` fails.
+
+    A message that shows a user's object must never replace the error it reports.
+    """
+    try:
+        return repr(obj)
+    except (Exception, asyncio.CancelledError):
+        return f"<{type(obj).__qualname__} object (repr failed)>"
 
 
 @final
@@ -31,10 +51,17 @@ class MissingResult(HeadraceError, KeyError):
 
     def __init__(self, key: Hashable, message: str | None = None) -> None:
         self.key = key
-        super().__init__(message if message is not None else f"no result for key {key!r}")
+        self._message = message
+        super().__init__(key)
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+        # built when shown, not when routed: the key's __repr__ is the user's code
+        if self._message is not None:
+            return self._message
+        return f"no result for key {describe(self.key)}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self._message))
 
 
 _TEXT = (str, bytes, bytearray, memoryview)
@@ -69,20 +96,41 @@ def is_sequence(result: object, expected: int, name: str) -> bool:
 def as_error(value: BaseException) -> BaseException:
     """Return an exception that a future can carry (``StopIteration`` cannot)."""
     if isinstance(value, StopIteration):
-        error = RuntimeError(f"bulk result was a StopIteration: {value!r}")
+        error = RuntimeError(f"bulk result was a StopIteration: {describe(value)}")
         error.__cause__ = value
         return error
     return value
 
 
 def lookup(result: Mapping[Any, Any], key: Any) -> Any:
-    """Return ``result[key]`` or the error that the caller of ``key`` must raise."""
+    """Return ``result[key]`` or the error that the caller of ``key`` must raise.
+
+    A lookup that raises (a missing key, an unhashable key, a ``__getitem__``, ``__hash__``
+    or ``__eq__`` of the user's that fails) is that caller's error only.
+    """
     try:
         return result[key]
     except KeyError:
         return MissingResult(key)
-    except TypeError:
-        return BatchRoutingError(
-            f"item key {key!r} is unhashable, so a Mapping result cannot be looked up; "
-            "pass key= to @batch or return a Sequence"
-        )
+    except TypeError as exc:
+        try:
+            hash(key)
+        except TypeError:
+            error = BatchRoutingError(
+                f"an item key of type {type(key).__qualname__} is unhashable, so a Mapping "
+                "result cannot be looked up; pass key= to @batch or return a Sequence"
+            )
+            error.__cause__ = exc
+            return error
+        except Exception:  # the key's own __hash__ failed: the lookup's error stands
+            return exc
+        return exc
+    except Exception as exc:
+        return exc
+
+
+def unhashable(message: str, cause: BaseException) -> TypeError:
+    """A ``TypeError`` for a key that cannot be hashed, chaining the original error."""
+    error = TypeError(message)
+    error.__cause__ = cause
+    return error

@@ -98,6 +98,7 @@ class _Recorder:
         self.listening = False  # a plain flag: the hot paths check it twice per batch
 
     def dispatched(self, size: int) -> None:
+        """Count a bulk call that starts now (the caller emits the event)."""
         self.batches.value += 1
         self.items.value += size
         sizes = self.sizes
@@ -106,15 +107,24 @@ class _Recorder:
         gauge.value += 1
         if gauge.value > gauge.peak:
             gauge.peak = gauge.value
-        if self.listening:
-            self.emit("dispatched", size)
+
+    def undispatched(self, size: int) -> None:
+        """Take back :meth:`dispatched` for a bulk call that was never made."""
+        self.batches.value -= 1
+        self.items.value -= size
+        self.sizes[size] -= 1
+        self.in_flight.value -= 1
 
     def emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:
+        """Fire an event; raises only a listener's ``KeyboardInterrupt``/``SystemExit``."""
         try:
             at = asyncio.get_running_loop().time()
         except RuntimeError:  # pragma: no cover - events are emitted inside a loop
             at = 0.0
         self.listeners.emit(CoalesceEvent(kind, at, size, self.name, error))
+
+    async def aclose(self) -> None:
+        await self.listeners.aclose()
 
     def add_listener(self, callback: Listener[CoalesceEvent]) -> Callable[[], None]:
         remove = self.listeners.add(callback)
