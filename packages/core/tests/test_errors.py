@@ -15,6 +15,8 @@ from headrace_core import (
     HeadraceError,
     RateLimited,
     Rejected,
+    check_number,
+    safe_repr,
 )
 
 
@@ -142,3 +144,16 @@ def test_is_async_callable() -> None:
     assert not is_async_callable(SyncCall())
     assert not is_async_callable(lambda: coro(1))
     assert not is_async_callable(42)
+
+
+def test_safe_repr_never_lets_a_users_repr_replace_the_error() -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr")
+
+    assert safe_repr(Hostile()).endswith("Hostile object (repr failed)>")
+    assert safe_repr("x" * 500, limit=10) == "'xxxxxx..."
+    with pytest.raises(
+        ConfigurationError, match=r"^limit=<.*Hostile object \(repr failed\)>: must"
+    ):
+        check_number("limit", Hostile())

@@ -19,6 +19,7 @@ from headrace_core._errors import GuardTimeout as GuardTimeout
 from headrace_core._errors import HeadraceError as HeadraceError
 from headrace_core._errors import RateLimited as RateLimited
 from headrace_core._errors import Rejected as Rejected
+from headrace_core._errors import safe_repr as safe_repr
 from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
 from headrace_core._loop import LoopBinding as LoopBinding
 from headrace_core._loop import PerLoop as PerLoop
@@ -50,6 +51,7 @@ __all__ = [
     "check_optional_number",
     "is_async_callable",
     "loop_time",
+    "safe_repr",
     "within",
 ]
 
@@ -71,6 +73,7 @@ for _obj in (
     check_number,
     check_optional_number,
     is_async_callable,
+    safe_repr,
     within,
 ):
     _obj.__module__ = __name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 from typing import Any, final
@@ -61,11 +62,28 @@ class ConfigurationError(HeadraceError, ValueError):
         """
         prefix = f"{component}: " if component else ""
         return cls(
-            f"{prefix}{argument}={value!r}: {reason}",
+            f"{prefix}{argument}={safe_repr(value)}: {reason}",
             argument=argument,
             value=value,
             component=component,
         )
+
+
+def safe_repr(value: object, limit: int = 200) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters; never raises.
+
+    For messages, notes and logs that show a user's object: a ``__repr__`` that raises an
+    ``Exception`` (or ``CancelledError`` of its own) gives ``<TypeName object (repr
+    failed)>`` instead of replacing the error being reported. ``KeyboardInterrupt`` and
+    ``SystemExit`` propagate.
+    """
+    try:
+        text = repr(value)
+    except (Exception, asyncio.CancelledError):  # a user's __repr__ must not replace our error
+        return f"<{type(value).__qualname__} object (repr failed)>"
+    if not isinstance(text, str):
+        return f"<{type(value).__qualname__} object>"
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
 @final

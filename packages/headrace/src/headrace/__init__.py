@@ -35,6 +35,7 @@ from headrace_core import check_number as check_number
 from headrace_core import check_optional_number as check_optional_number
 from headrace_core import is_async_callable as is_async_callable
 from headrace_core import loop_time as loop_time
+from headrace_core import safe_repr as safe_repr
 from headrace_core import within as within
 from headrace_flow import DROP as DROP
 from headrace_flow import Drop as Drop
@@ -266,6 +267,7 @@ __all__ = [
     "pipeline",
     "priority_queue",
     "router",
+    "safe_repr",
     "stage",
     "sync_stage",
     "task",
