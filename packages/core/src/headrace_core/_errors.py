@@ -81,8 +81,6 @@ def safe_repr(value: object, limit: int = 200) -> str:
         text = repr(value)
     except (Exception, asyncio.CancelledError):  # a user's __repr__ must not replace our error
         return f"<{type(value).__qualname__} object (repr failed)>"
-    if not isinstance(text, str):
-        return f"<{type(value).__qualname__} object>"
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
