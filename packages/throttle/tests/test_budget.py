@@ -22,17 +22,21 @@ from headrace_throttle import (
     TokenBudgetExceeded,
 )
 
+# Time-based behaviour must not depend on the clock's magnitude.
+MAGNITUDES = pytest.mark.parametrize("start", [0.0, 1e3, 1e6])
 
-async def test_estimates_are_reserved_before_the_call() -> None:
+
+@MAGNITUDES
+async def test_estimates_are_reserved_before_the_call(start: float) -> None:
     """Budget 100/60 s, 10 concurrent calls of 50: never more than 100 in the window."""
-    with VirtualClock(start=0.0) as clock:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(100, 60.0)
         t = Throttle(10, token_budget=budget)
         starts: list[float] = []
         peak = [0]
 
         async def call(slot: Slot) -> None:
-            starts.append(clock.now())
+            starts.append(clock.now() - start)
             peak[0] = max(peak[0], budget.used(clock.now()))
             await asyncio.sleep(1)
             slot.record_tokens(50)
@@ -42,8 +46,9 @@ async def test_estimates_are_reserved_before_the_call() -> None:
         assert starts == [0.0, 0.0, 60.0, 60.0, 120.0, 120.0, 180.0, 180.0, 240.0, 240.0]
 
 
-async def test_recorded_tokens_replace_the_estimate() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_recorded_tokens_replace_the_estimate(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(1000, 60.0)
         t = Throttle(10, token_budget=budget)
 
@@ -67,16 +72,18 @@ async def test_recorded_tokens_replace_the_estimate() -> None:
         assert budget.used(clock.now()) == 0  # charges expire window_seconds after start
 
 
-async def test_estimate_stays_when_nothing_is_recorded() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_estimate_stays_when_nothing_is_recorded(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(1000, 60.0)
         t = Throttle(2, token_budget=budget)
         await t.execute(lambda s: asyncio.sleep(0), tokens=300)
         assert budget.used(clock.now()) == 300
 
 
-async def test_failed_calls_tokens_count() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_failed_calls_tokens_count(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(100, 60.0)
         t = Throttle(2, token_budget=budget)
 
@@ -89,8 +96,9 @@ async def test_failed_calls_tokens_count() -> None:
         assert budget.used(clock.now()) == 80
 
 
-async def test_zero_token_call_waits_while_the_window_is_overspent() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_zero_token_call_waits_while_the_window_is_overspent(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(100, 10.0)
         t = Throttle(2, token_budget=budget)
 
@@ -101,14 +109,15 @@ async def test_zero_token_call_waits_while_the_window_is_overspent() -> None:
         started: list[float] = []
 
         async def note(slot: Slot) -> None:
-            started.append(clock.now())
+            started.append(clock.now() - start)
 
         await t.execute(note)
         assert started == [10.0]
 
 
-async def test_request_larger_than_budget_fails_at_once() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_request_larger_than_budget_fails_at_once(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         t = Throttle(2, budgets=[RequestBudget(10), TokenBudget(1000, name="tpm")])
         called: list[int] = []
 
@@ -117,7 +126,7 @@ async def test_request_larger_than_budget_fails_at_once() -> None:
 
         with pytest.raises(TokenBudgetExceeded) as info:
             await t.execute(record, tokens=1001)
-        assert clock.now() == 0.0
+        assert clock.now() == start
         assert called == []
         assert isinstance(info.value, CapacityExceeded)
         assert isinstance(info.value, ValueError)
@@ -141,15 +150,16 @@ async def test_negative_tokens_are_refused() -> None:
             slot.record_tokens(-3)
 
 
-async def test_requests_and_tokens_per_minute_at_once() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_requests_and_tokens_per_minute_at_once(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         rpm = RequestBudget(3, 60.0)
         tpm = TokenBudget(1000, 60.0)
         t = Throttle(10, budgets=[rpm, tpm])
         starts: list[float] = []
 
         async def call(slot: Slot) -> None:
-            starts.append(clock.now())
+            starts.append(clock.now() - start)
             slot.record_tokens(100)
 
         await asyncio.gather(*(t.execute(call, tokens=100) for _ in range(7)))
@@ -165,8 +175,9 @@ async def test_requests_and_tokens_per_minute_at_once() -> None:
         assert starts[1] - starts[0] == 60.0  # TPM binds (600 + 600 > 1000)
 
 
-async def test_cancelled_in_flight_call_keeps_its_charge() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_cancelled_in_flight_call_keeps_its_charge(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(1000, 60.0)
         t = Throttle(2, token_budget=budget)
 
@@ -183,8 +194,9 @@ async def test_cancelled_in_flight_call_keeps_its_charge() -> None:
         assert t.snapshot().failed == 0
 
 
-async def test_cancelled_waiter_holds_nothing() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_cancelled_waiter_holds_nothing(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(100, 60.0)
         rpm = RequestBudget(5, 60.0)
         t = Throttle(1, budgets=[budget, rpm])
@@ -203,8 +215,9 @@ async def test_cancelled_waiter_holds_nothing() -> None:
         assert t.snapshot().waiting == 0
 
 
-async def test_waiter_cancelled_after_hand_off_gives_everything_back() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_waiter_cancelled_after_hand_off_gives_everything_back(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(100, 60.0)
         t = Throttle(1, token_budget=budget)
         gate = asyncio.Event()
@@ -286,8 +299,9 @@ def test_budget_accounting_is_constant_in_window_size() -> None:
     assert large <= 8
 
 
-async def test_expiry_is_amortised_over_calls() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_expiry_is_amortised_over_calls(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(10**9, 1.0)
         t = Throttle(8, token_budget=budget)
         for _ in range(5000):
@@ -325,11 +339,14 @@ def test_budget_validation() -> None:
         ),
         min_size=1,
         max_size=25,
-    )
+    ),
+    st.sampled_from([0.0, 1e3, 1e6]),
 )
-def test_admission_never_overspends_a_window(calls: list[tuple[int, int, float, bool]]) -> None:
+def test_admission_never_overspends_a_window(
+    calls: list[tuple[int, int, float, bool]], start: float
+) -> None:
     async def main() -> None:
-        with VirtualClock(start=0.0) as clock:
+        with VirtualClock(start=start) as clock:
             budget = TokenBudget(100, 5.0)
             t = Throttle(4, token_budget=budget)
             seen: list[int] = []
@@ -354,8 +371,9 @@ def test_admission_never_overspends_a_window(calls: list[tuple[int, int, float, 
     asyncio.run(main())
 
 
-async def test_one_budget_shared_by_two_throttles() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_one_budget_shared_by_two_throttles(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         tpm = TokenBudget(100, 10.0)
         first = Throttle(2, token_budget=tpm)
         second = Throttle(2, token_budget=tpm)
@@ -363,14 +381,15 @@ async def test_one_budget_shared_by_two_throttles() -> None:
         started: list[float] = []
 
         async def note(slot: Slot) -> None:
-            started.append(clock.now())
+            started.append(clock.now() - start)
 
         await second.execute(note, tokens=10)
         assert started == [10.0]  # it waited for the other throttle's charge to expire
 
 
-async def test_a_call_longer_than_the_window_reconciles_consistently() -> None:
-    with VirtualClock(start=0.0) as clock:
+@MAGNITUDES
+async def test_a_call_longer_than_the_window_reconciles_consistently(start: float) -> None:
+    with VirtualClock(start=start) as clock:
         budget = TokenBudget(100, 10.0)
         t = Throttle(2, token_budget=budget)
 
@@ -382,4 +401,13 @@ async def test_a_call_longer_than_the_window_reconciles_consistently() -> None:
         assert budget.used(clock.now()) == 0  # its charge started at t=0 and expired at 10
         assert budget._used == 0
         await t.execute(lambda s: asyncio.sleep(0), tokens=100)  # the whole window is free
-        assert clock.now() == 20.0
+        assert clock.now() == start + 20.0
+
+
+@pytest.mark.parametrize("name", [42, b"tpm", ["tpm"], 1.5])
+def test_a_budget_name_must_be_a_str(name: object) -> None:
+    with pytest.raises(ConfigurationError, match="name") as info:
+        TokenBudget(10, name=name)  # type: ignore[arg-type]
+    assert info.value.argument == "name"
+    with pytest.raises(ConfigurationError, match="name"):
+        RequestBudget(10, name=name)  # type: ignore[arg-type]

@@ -545,3 +545,63 @@ async def test_seeded_stress_with_budgets_hints_cancels_and_close(seed: int) -> 
         closed = sum(isinstance(r, ThrottleClosed) for r in results)
         assert snap.completed + snap.failed + cancelled + closed == 200
         assert snap.state is ThrottleState.CLOSED
+
+
+def test_wrap_refuses_a_sync_function_at_decoration() -> None:
+    t = Throttle(2)
+
+    def sync(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="async"):
+        t.wrap(sync)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async"):
+        t.wrap(tokens=3)(sync)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async"):
+        t.wrap(lambda: asyncio.sleep(0))  # a sync callable, even if it returns a coroutine
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan"), "3", True, [1]])
+async def test_drain_validates_its_timeout(timeout: object) -> None:
+    from headrace_core import ConfigurationError
+
+    t = Throttle(2)
+    with pytest.raises(ConfigurationError, match="timeout") as info:
+        await t.drain(timeout=timeout)  # type: ignore[arg-type]
+    assert info.value.argument == "timeout"
+    assert not t.closed  # nothing happened
+    await t.drain(timeout=float("inf"))  # no limit
+    await t.drain(timeout=0)
+
+
+async def test_drain_timeout_bounds_async_listeners_too() -> None:
+    with VirtualClock(start=0.0) as clock:
+        finished: list[str] = []
+
+        async def slow_listener(event: ThrottleEvent) -> None:
+            await asyncio.sleep(3600)
+            finished.append(event.kind)
+
+        t = Throttle(2, on_event=slow_listener)
+        await t.drain(timeout=5)  # the listeners are cancelled at the deadline
+        assert clock.now() == 5.0
+        assert finished == []
+
+
+async def test_a_queued_call_whose_coroutine_is_closed_holds_nothing() -> None:
+    """A waiter that leaves without being cancelled (its coroutine closed) is skipped."""
+    with VirtualClock(start=0.0):
+        t = Throttle(1)
+        gate = asyncio.Event()
+        running = asyncio.create_task(t.execute(lambda s: gate.wait()))
+        await asyncio.sleep(0)
+        waiter = t.execute(lambda s: asyncio.sleep(0, "never"))
+        waiter.send(None)  # queued: it waits on its future
+        assert t.snapshot().waiting == 1
+        waiter.close()  # GeneratorExit at the await, its future still pending
+        assert t.snapshot().waiting == 0
+        gate.set()
+        await running
+        assert await t.execute(lambda s: asyncio.sleep(0, "next")) == "next"
+        snap = t.snapshot()
+        assert snap.in_flight == snap.waiting == 0

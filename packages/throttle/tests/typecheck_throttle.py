@@ -65,6 +65,15 @@ async def check() -> None:
     assert_type(Throttle(4, limit=Vegas()).snapshot().concurrency, int)
     event = ThrottleEvent("decreased", 1.0, {})
     assert_type(event.timestamp, float)
+
+    def header(exc: BaseException) -> str | None:
+        return "Wed, 21 Oct 2015 07:28:00 GMT"  # Retry-After as it is: an HTTP date
+
+    def seconds(exc: BaseException) -> float | None:
+        return 2.5
+
+    Throttle(4, retry_after=header)
+    Throttle(4, retry_after=seconds)
     t.hold(1.0)
     t.set_concurrency(3)
     t.record_failure()

@@ -1,13 +1,16 @@
-"""The context manager behind ``Throttle.acquire()``: one slot for one block, no retry."""
+"""The context manager behind ``Throttle.acquire()``: one slot for one block, no retry.
+
+It takes the same way in as :meth:`Throttle.execute`: the breaker check, the shared
+budgets, the local queue (pacing, local budgets, the concurrency limit), then the
+composed breaker's admission (its own ``async with``, in memory or store-backed), and
+the same way out.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
-from headrace_throttle._errors import ThrottleClosed
-from headrace_throttle._outcomes import NOT_A_HINT
 from headrace_throttle._types import Slot
 
 if TYPE_CHECKING:
@@ -29,31 +32,17 @@ class _Acquire:
         self._breaker_entered = False
 
     async def __aenter__(self) -> Slot:
-        throttle, tokens = self._throttle, self._tokens
+        throttle = self._throttle
         if self._slot is not None:
             raise RuntimeError("this acquire() context is already entered")
-        if tokens:
-            throttle._check_tokens(tokens)
-        if throttle._closed:
-            raise ThrottleClosed(name=throttle.name)
+        slot = Slot(self._tokens)
+        await throttle._enter(slot)
         breaker = throttle._breaker
-        if breaker is not None:
-            throttle._check_breaker()
-        slot = Slot(tokens)
-        loop = asyncio.get_running_loop()
-        if loop is not throttle._loop:
-            throttle._bind_loop(loop)
-        if throttle._waiting or throttle._in_flight >= throttle._limit:
-            await throttle._enqueue(slot, loop)
-        elif throttle._simple:
-            throttle._admit(slot, loop.time())
-        elif throttle._try_admit(slot, loop.time()):
-            await throttle._enqueue(slot, loop)
         if breaker is not None:
             try:
                 await breaker.__aenter__()
-            except BaseException as exc:
-                throttle._finish_error(slot, exc)
+            except BaseException as exc:  # refused: the block never runs
+                await throttle._leave(slot, exc, hinted=False, ran=False)
                 raise
             self._breaker_entered = True
         self._slot = slot
@@ -68,14 +57,21 @@ class _Acquire:
         slot, throttle = self._slot, self._throttle
         assert slot is not None
         self._slot = None
-        if self._breaker_entered and throttle._breaker is not None:
+        breaker = throttle._breaker
+        if self._breaker_entered and breaker is not None:
             self._breaker_entered = False
-            await throttle._breaker.__aexit__(exc_type, exc, tb)
-        if exc is None:
-            throttle._finish_ok(slot)
-        else:
-            if isinstance(exc, Exception) and throttle._runner is not None:
-                hint = throttle._hint(exc)
-                if hint != NOT_A_HINT:
-                    throttle._apply_hint(hint, slot._epoch, exc)
-            throttle._finish_error(slot, exc)
+            try:
+                await breaker.__aexit__(exc_type, exc, tb)
+            except BaseException as error:
+                if error is not exc:
+                    # The breaker's own error while recording (a predicate's, a store's).
+                    await throttle._leave(slot, error, hinted=False)
+                    raise
+        if slot._grants is None:
+            # No shared budget to reconcile: finishing is synchronous (no extra frame).
+            if exc is None:
+                throttle._finish_ok(slot)
+            else:
+                throttle._finish_error(slot, exc)
+            return
+        await throttle._leave(slot, exc, hinted=False)

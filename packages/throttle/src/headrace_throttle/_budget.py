@@ -10,12 +10,10 @@ its real token count.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
-from headrace_core import check_int, check_number
-
-if TYPE_CHECKING:
-    from headrace_core.store import BudgetStore
+from headrace_core import TIME_TOLERANCE, ConfigurationError, check_int, check_number
+from headrace_core.store import BudgetStore
 
 __all__ = ["RequestBudget", "TokenBudget"]
 
@@ -42,13 +40,23 @@ class _Window:
         self.capacity = check_int(argument, capacity, ge=1)
         self.window_seconds = check_number("window_seconds", window_seconds, gt=0)
         if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r}")
-        if store is not None and name is None:
-            from headrace_core import ConfigurationError
-
-            raise ConfigurationError.argument_error(
-                "name", name, "a budget with a store= needs a name (the shared key)"
-            )
+            raise ConfigurationError.argument_error("name", name, "must be a str or None")
+        if store is not None:
+            if name is None:
+                raise ConfigurationError.argument_error(
+                    "name", name, "a budget with a store= needs a name (the shared key)"
+                )
+            if not isinstance(store, BudgetStore):
+                raise ConfigurationError.argument_error(
+                    "store",
+                    store,
+                    "must be a headrace_core.store.BudgetStore (async reserve and adjust)",
+                )
+            # A store that can say which names it cannot use (RedisStore) says it now,
+            # when the budget is built, rather than at the first call.
+            check_name = getattr(store, "check_name", None)
+            if callable(check_name):
+                check_name(name)
         self.name = name
         self.store = store
         self._entries: deque[Charge] = deque()
@@ -59,7 +67,8 @@ class _Window:
     def _expire(self, now: float) -> None:
         entries = self._entries
         window = self.window_seconds
-        while entries and entries[0][0] + window <= now:
+        horizon = now + TIME_TOLERANCE  # ``within(start + window, now)``, inlined
+        while entries and entries[0][0] + window <= horizon:
             entry = entries.popleft()
             self._used -= entry[1]
             entry[2] = False  # gone from the window: a late reconcile must leave it alone

@@ -67,7 +67,7 @@ class ThrottleConfig:
     budgets: Sequence[TokenBudget | RequestBudget] = ()
     token_budget: TokenBudget | None = None
     is_failure: Callable[[BaseException], bool] | None = None
-    retry_after: Callable[[BaseException], float | None] | None = None
+    retry_after: Callable[[BaseException], float | str | None] | None = None
     retry: Retry | RetryConfig | None = None
     circuit_breaker: CircuitBreaker | CircuitBreakerConfig | None = None
     total: int | None = None

@@ -18,7 +18,7 @@ import random
 from collections import deque
 from typing import Any
 
-from headrace_core import LoopBinding
+from headrace_core import TIME_TOLERANCE, LoopBinding, within
 from headrace_core.stats import Listeners
 from headrace_throttle._budget import Charge, RequestBudget, TokenBudget
 from headrace_throttle._limit import AIMD, Limit
@@ -161,21 +161,27 @@ class _Engine:
 
     # -- gates ------------------------------------------------------------------------
     def _blocked(self, tokens: int, now: float) -> float:
-        """0.0 when a call of ``tokens`` may start now, else the earliest time to look again."""
+        """0.0 when a call of ``tokens`` may start now, else the earliest time to look again.
+
+        Times computed from loop times meet their bounds through ``within``, so a call
+        that arrives exactly one interval (or one window) later passes at every clock
+        magnitude. Ending a pause emits ``resumed``: a listener's ``KeyboardInterrupt``
+        raised there reaches the caller being admitted (the state is already consistent).
+        """
         wake = 0.0
         paused = self._paused_until
-        if paused > now:
-            return paused
         if paused != _NEVER:
+            if not within(paused, now):
+                return paused
             self._resume(now)
         if self._interval > 0.0:
             start = self._last_start + self._interval * self._gap
-            if start > now:
+            if not within(start, now):
                 wake = start
         for budget, is_tokens in self._budget_kinds:
             amount = tokens if is_tokens else 1
             entries = budget._entries
-            if entries and entries[0][0] + budget.window_seconds <= now:
+            if entries and within(entries[0][0] + budget.window_seconds, now):
                 budget._expire(now)
             if budget._used + amount > budget.capacity:
                 when = budget._wake_time(amount, now)
@@ -184,6 +190,9 @@ class _Engine:
         return wake
 
     def _admit(self, slot: Slot, now: float) -> None:
+        # The gap is drawn first: a user ``rng`` that raises an interrupt leaves nothing
+        # half admitted.
+        gap = self._draw_gap() if self._jitter and self._interval > 0.0 else 1.0
         self._in_flight += 1
         slot._epoch = self._epoch
         slot._start = now
@@ -193,8 +202,7 @@ class _Engine:
             return
         if self._interval > 0.0:
             self._last_start = now
-            jitter = self._jitter
-            self._gap = self._rng.uniform(1.0 - jitter, 1.0) if jitter else 1.0
+            self._gap = gap
         if self._budget_kinds:
             tokens = slot.tokens
             charges = []
@@ -206,6 +214,25 @@ class _Engine:
                 charges.append(entry)
             slot._charges = charges
 
+    def _draw_gap(self) -> float:
+        """A jittered gap factor in ``[1 - jitter, 1]`` from ``rng`` (1.0 if the rng misbehaves)."""
+        low = 1.0 - self._jitter
+        try:
+            gap: object = self._rng.uniform(low, 1.0)
+        except (Exception, asyncio.CancelledError):
+            _log.warning("rng of %r failed; the dispatch interval is not jittered", self)
+            return 1.0
+        if isinstance(gap, bool) or not isinstance(gap, int | float) or not low <= gap <= 1.0:
+            _log.warning(
+                "rng of %r returned %s, not a number in [%g, 1]; the dispatch interval is "
+                "not jittered",
+                self,
+                type(gap).__name__,
+                low,
+            )
+            return 1.0
+        return float(gap)
+
     def _try_admit(self, slot: Slot, now: float) -> float:
         """Admit now if every gate allows it (0.0), else return when to look again."""
         if self._paused_until != _NEVER or self._interval > 0.0:
@@ -216,10 +243,11 @@ class _Engine:
         # Budgets only (the common case): check and charge in one pass each.
         tokens = slot.tokens
         kinds = self._budget_kinds
+        horizon = now + TIME_TOLERANCE  # ``within(start + window, now)``, inlined
         for budget, is_tokens in kinds:
             amount = tokens if is_tokens else 1
             entries = budget._entries
-            if entries and entries[0][0] + budget.window_seconds <= now:
+            if entries and entries[0][0] + budget.window_seconds <= horizon:
                 budget._expire(now)
             if budget._used + amount > budget.capacity:
                 return self._blocked(tokens, now)
@@ -256,6 +284,10 @@ class _Engine:
 
     def _abandon(self, future: asyncio.Future[None], slot: Slot) -> None:
         """A queued caller left by an exception (a cancel, or ``ThrottleClosed``)."""
+        if not future.done():
+            # It left without its future being cancelled (its coroutine was closed, or an
+            # exception was thrown into it): the future is cancelled, so it is skipped.
+            future.cancel()
         if future.cancelled():
             # Cancelled while queued: it holds nothing; the entry is skipped later.
             self._waiting -= 1
@@ -304,13 +336,23 @@ class _Engine:
                         self._first(now)
             else:
                 now = loop.time()
-                wake = self._blocked(slot.tokens, now)
+                try:
+                    wake = self._blocked(slot.tokens, now)
+                    if not wake:
+                        self._admit(slot, now)
+                except BaseException as exc:
+                    # A listener (``resumed``) or the rng raised an interrupt while this
+                    # waiter was being admitted: it is delivered to that waiter, which
+                    # holds nothing; the others go on.
+                    queue.popleft()
+                    self._waiting -= 1
+                    future.set_exception(exc)
+                    continue
                 if wake:
                     self._arm(wake)
                     return
                 queue.popleft()
                 self._waiting -= 1
-                self._admit(slot, now)
             future.set_result(None)
 
     def _hand_off(self) -> None:
@@ -368,10 +410,11 @@ class _Engine:
         self._emit("paused", {"until": until, "reason": reason, "seconds": seconds})
 
     def _on_resume(self) -> None:
+        # The pause has ended. With calls queued, the dispatch ends it (emitting
+        # ``resumed`` while admitting the head, whose caller gets a listener's interrupt);
+        # with none, the next admission does, in its caller's task.
         self._resume_timer = None
-        now = self._now()
-        if self._paused_until != _NEVER and now >= self._paused_until:
-            self._resume(now)
+        if self._queue:
             self._dispatch()
 
     def _resume(self, now: float) -> None:
@@ -393,11 +436,26 @@ class _Engine:
         # in flight while the call ran: the others plus itself
         in_flight = self._in_flight + (1 if slot is not None else 0)
         try:
-            new = int(self._limiter.on_sample(rtt, in_flight, dropped))
-        except Exception:
+            value = self._limiter.on_sample(rtt, in_flight, dropped)
+        except (Exception, asyncio.CancelledError):
             # A failing custom limit must not stall the queue: keep the current limit.
-            _log.exception("limit %r of %r failed; the limit is unchanged", self._limiter, self)
+            _log.exception(
+                "limit %s of %r failed; the limit is unchanged", type(self._limiter).__name__, self
+            )
             return
+        if type(value) is int:
+            new = value
+        else:
+            converted = _limit_value(value)
+            if converted is None:
+                _log.warning(
+                    "limit %s of %r returned %s, not a number; the limit is unchanged",
+                    type(self._limiter).__name__,
+                    self,
+                    type(value).__name__,
+                )
+                return
+            new = converted
         if new < self._min:
             new = self._min
         elif new > self._max:
@@ -441,6 +499,8 @@ class _Engine:
             self._interval = max(self._min_interval, old_interval / 2.0)
         self._limit = new
         self._refresh()
+        if new > old and self._queue:
+            self._dispatch()
         kind = "decreased" if decrease else "increased"
         self._emit(
             kind,
@@ -453,11 +513,22 @@ class _Engine:
             },
             now,
         )
-        if new > old and self._queue:
-            self._dispatch()
 
     # -- events -----------------------------------------------------------------------
     def _emit(self, kind: str, data: dict[str, Any], now: float | None = None) -> None:
         if self._listeners:
             at = self._now() if now is None else now
             self._listeners.emit(ThrottleEvent(kind, at, data, self.name))
+
+
+def _limit_value(value: object) -> int | None:
+    """A limit's answer as an int (floored; infinities clamp later), or None if not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return 1 << 62 if value > 0 else -(1 << 62)
+    return math.floor(value)

@@ -9,13 +9,14 @@ decrease is not passed on, so one burst of failures lowers the limit once.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, final, runtime_checkable
 
-from headrace_core import ConfigurationError, check_int, check_number, loop_time
+from headrace_core import ConfigurationError, check_int, check_number, loop_time, within
 
 __all__ = ["AIMD", "Gradient", "Limit"]
 
@@ -132,8 +133,8 @@ class AIMD(_Bounded):
         if dropped:
             failures = self._failures
             failures.append(now)
-            horizon = now - self.failure_window
-            while failures and failures[0] <= horizon:
+            window = self.failure_window
+            while failures and within(failures[0] + window, now):
                 failures.popleft()
             if len(failures) >= self.failure_threshold:
                 self.decrease(now)
@@ -170,7 +171,7 @@ class AIMD(_Bounded):
         if last is None:
             self.last_change = now
             return False
-        return now - last >= self.cooling_period
+        return within(self.cooling_period, now - last)
 
     @property
     def recent_failures(self) -> int:
@@ -353,9 +354,9 @@ class Gradient(_Bounded):
         interval = self.probe_interval
         assert interval is not None
         if self._next_probe is None:
-            self._next_probe = now + interval * self._rng.uniform(0.9, 1.0)
+            self._next_probe = now + interval * _jitter(self._rng)
             return False
-        if now < self._next_probe:
+        if not within(self._next_probe, now):
             return False
         self._saved = self.limit
         self._probe_left = self.PROBE_SAMPLES
@@ -378,7 +379,7 @@ class Gradient(_Bounded):
             self.limit = self._saved
             interval = self.probe_interval
             assert interval is not None
-            self._next_probe = self._clock() + interval * self._rng.uniform(0.9, 1.0)
+            self._next_probe = self._clock() + interval * _jitter(self._rng)
         return int(self.limit)
 
     def __repr__(self) -> str:
@@ -386,3 +387,18 @@ class Gradient(_Bounded):
             f"Gradient(tolerance={self.tolerance:g}, smoothing={self.smoothing:g}, "
             f"long_window={self.long_window})"
         )
+
+
+def _jitter(rng: random.Random) -> float:
+    """A probe's jitter factor in ``[0.9, 1]`` from ``rng``; 1.0 when the rng misbehaves.
+
+    (A user's ``rng`` that raises an ordinary error, or returns something that is not a
+    number in range, must not corrupt the probe schedule.)
+    """
+    try:
+        factor: object = rng.uniform(0.9, 1.0)
+    except (Exception, asyncio.CancelledError):
+        return 1.0
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0.9 <= factor <= 1.0:
+        return 1.0
+    return float(factor)

@@ -8,11 +8,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from headrace_core import CircuitOpenError, CircuitState
+from headrace_core import CircuitOpenError, CircuitState, within
 from headrace_core.stats import Listeners
 from headrace_guards import CircuitBreaker, GuardEvent
 from headrace_throttle._engine import _Engine
 from headrace_throttle._errors import ServerBusy
+from headrace_throttle._hints import retry_after_seconds
+from headrace_throttle._shared import SharedBudgets
 from headrace_throttle._types import Slot, ThrottleSnapshot, ThrottleState
 
 __all__: list[str] = []
@@ -25,6 +27,7 @@ class _Outcomes(_Engine):
     """The completion half of a throttle (the public class is ``Throttle``)."""
 
     __slots__ = (
+        "_bad_hints",
         "_breaker",
         "_closed",
         "_drain_waiters",
@@ -36,8 +39,12 @@ class _Outcomes(_Engine):
         "_progress_step",
         "_retry_after",
         "_runner",
+        "_shared",
         "_total",
     )
+
+    _bad_hints: int
+    _shared: SharedBudgets | None
 
     _breaker: CircuitBreaker | None
     _closed: bool
@@ -48,7 +55,7 @@ class _Outcomes(_Engine):
     _on_progress: Listeners[ThrottleSnapshot]
     _progress: bool
     _progress_step: float
-    _retry_after: Callable[[BaseException], float | None] | None
+    _retry_after: Callable[[BaseException], float | str | None] | None
     _runner: Any
     _total: int | None
 
@@ -59,7 +66,7 @@ class _Outcomes(_Engine):
             A :class:`ThrottleSnapshot`.
         """
         now = self._now()
-        paused = self._paused_until if self._paused_until > now else None
+        paused = self._paused_until if not within(self._paused_until, now) else None
         if self._closed:
             state = ThrottleState.DRAINING if self._in_flight else ThrottleState.CLOSED
         elif self._breaker is not None and self._breaker.state is CircuitState.OPEN:
@@ -86,7 +93,7 @@ class _Outcomes(_Engine):
             concurrency=self._limit,
             max_concurrency=self._max,
             in_flight=self._in_flight,
-            waiting=self._waiting,
+            waiting=self._waiting + (self._shared.waiting if self._shared is not None else 0),
             dispatch_interval=self._interval,
             state=state,
             tokens_used=used,
@@ -109,60 +116,75 @@ class _Outcomes(_Engine):
         self._finish_rest(slot)
 
     def _finish_rest(self, slot: Slot) -> None:
-        charges = slot._charges
-        recorded = slot._recorded
-        if charges is not None and recorded is not None:
-            # Reconcile (inlined): the recorded total replaces each token estimate.
-            budgets = self._budgets
-            for i in self._token_index:
-                entry = charges[i]
-                budget = budgets[i]
-                if entry[2]:
-                    delta = recorded - entry[1]
-                    if delta:
-                        entry[1] = recorded
-                        budget._used += delta
-                        budget._cache = None
-        if self._sample_ok:
-            self._sample(slot, dropped=False)
-        if self._progress:
-            self._tick()
-        if self._queue:
-            self._hand_off()
-        elif self._closed and not self._in_flight:
-            self._set_drained()
+        # User code runs here (the limit, listeners, on_progress): whatever it raises, the
+        # freed slot still goes to the next waiter.
+        try:
+            charges = slot._charges
+            recorded = slot._recorded
+            if charges is not None and recorded is not None:
+                # Reconcile (inlined): the recorded total replaces each token estimate.
+                budgets = self._budgets
+                for i in self._token_index:
+                    entry = charges[i]
+                    budget = budgets[i]
+                    if entry[2]:
+                        delta = recorded - entry[1]
+                        if delta:
+                            entry[1] = recorded
+                            budget._used += delta
+                            budget._cache = None
+            if self._sample_ok:
+                self._sample(slot, dropped=False)
+            if self._progress:
+                self._tick()
+        finally:
+            if self._queue:
+                self._hand_off()
+            elif self._closed and not self._in_flight:
+                self._set_drained()
 
-    def _finish_error(self, slot: Slot, exc: BaseException) -> None:
+    def _finish_error(self, slot: Slot, exc: BaseException, hinted: bool = False) -> None:
+        """Account a call that raised ``exc``; ``hinted``: its server hint is already applied."""
         self._in_flight -= 1
-        if not isinstance(exc, Exception):
-            # A cancel (or an interpreter exit) is the caller's, never the service's fault.
+        try:
+            if not isinstance(exc, Exception) and not _callee_cancel(exc):
+                # A cancel (or an interpreter exit) is the caller's, never the service's
+                # fault. (A CancelledError the callee raised by itself, while its task was
+                # not being cancelled, is the callee's failure: counted below.)
+                if slot._charges is not None and slot._recorded is not None:
+                    self._reconcile(slot, cancelled=True)
+                return
+            self._failed += 1
             if slot._charges is not None and slot._recorded is not None:
-                self._reconcile(slot, cancelled=True)
+                self._reconcile(slot, cancelled=False)
+            hint = self._hint(exc)
+            if hint != NOT_A_HINT:
+                if not hinted:
+                    self._apply_hint(hint, slot._epoch, exc)
+            elif (
+                slot._epoch == self._epoch
+                and not isinstance(exc, CircuitOpenError)
+                and self._counts(exc)
+            ):
+                self._sample(slot, dropped=True)
+            if self._progress:
+                self._tick()
+        finally:
             self._released()
-            return
-        self._failed += 1
-        if slot._charges is not None and slot._recorded is not None:
-            self._reconcile(slot, cancelled=False)
-        hint = self._hint(exc)
-        if hint != NOT_A_HINT:
-            if self._runner is None:
-                self._apply_hint(hint, slot._epoch, exc)
-        elif (
-            slot._epoch == self._epoch
-            and not isinstance(exc, CircuitOpenError)
-            and self._counts(exc)
-        ):
-            self._sample(slot, dropped=True)
-        if self._progress:
-            self._tick()
-        self._released()
 
     def _counts(self, exc: BaseException) -> bool:
         """Whether ``exc`` is congestion, by ``is_failure`` (a failing predicate says yes)."""
         try:
             return bool(self._is_failure(exc))
-        except Exception:
+        except (Exception, asyncio.CancelledError):
             _log.exception("is_failure predicate of %r failed; counting a failure", self)
+            return True
+
+    def _counts_quietly(self, exc: BaseException) -> bool:
+        """:meth:`_counts` for the composed breaker (the throttle logs a failing predicate)."""
+        try:
+            return bool(self._is_failure(exc))
+        except (Exception, asyncio.CancelledError):
             return True
 
     def _released(self) -> None:
@@ -184,20 +206,60 @@ class _Outcomes(_Engine):
 
     # -- hints -------------------------------------------------------------------------
     def _hint(self, exc: BaseException) -> float:
-        """The pause a server asked for: seconds, ``nan`` (busy, no time) or not a hint."""
+        """The pause a server asked for: seconds, ``nan`` (busy, no time) or not a hint.
+
+        Never raises for a bad hint: an extractor that fails, or returns something that is
+        neither seconds, a numeric string nor an HTTP date, is ignored with a warning (a
+        ``KeyboardInterrupt`` or ``SystemExit`` it raises does propagate).
+        """
         if isinstance(exc, ServerBusy):
-            after = exc.retry_after
-            return math.nan if after is None else float(after)
-        extractor = self._retry_after
-        if extractor is not None:
             try:
-                after = extractor(exc)
-            except Exception:
-                _log.exception("retry_after extractor of %r failed", self)
-                return NOT_A_HINT
-            if after is not None:
-                return float(after)
-        return NOT_A_HINT
+                after: object = exc.retry_after  # a subclass may compute it
+            except (Exception, asyncio.CancelledError) as error:
+                self._bad_hint(
+                    f"reading ServerBusy.retry_after raised {type(error).__name__}", error
+                )
+                return math.nan
+            if after is None:
+                return math.nan
+            seconds = retry_after_seconds(after)
+            if seconds is None:
+                self._bad_hint(f"ServerBusy.retry_after is {_describe(after)}", None)
+                return math.nan
+            return seconds
+        extractor = self._retry_after
+        if extractor is None:
+            return NOT_A_HINT
+        try:
+            value: object = extractor(exc)
+        except (Exception, asyncio.CancelledError) as error:
+            self._bad_hint(f"the retry_after extractor raised {type(error).__name__}", error)
+            return NOT_A_HINT
+        if value is None:
+            return NOT_A_HINT
+        seconds = retry_after_seconds(value)
+        if seconds is None:
+            self._bad_hint(
+                f"the retry_after extractor returned {_describe(value)}, "
+                "not seconds or an HTTP date",
+                None,
+            )
+            return NOT_A_HINT
+        return seconds
+
+    def _bad_hint(self, what: str, error: BaseException | None) -> None:
+        # One warning per throttle; later ones are logged at DEBUG.
+        self._bad_hints += 1
+        level = logging.WARNING if self._bad_hints == 1 else logging.DEBUG
+        if _log.isEnabledFor(level):
+            _log.log(
+                level,
+                "%s (throttle %r); the hint is ignored",
+                what,
+                self,
+                exc_info=error,
+                extra={"throttle": self.name},
+            )
 
     def _apply_hint(self, seconds: float, epoch: int, exc: BaseException) -> None:
         reason = type(exc).__name__
@@ -237,6 +299,27 @@ class _Outcomes(_Engine):
 
     def _forget_loop(self) -> None:
         self._drain_waiters.clear()
+        if self._shared is not None:
+            self._shared.forget()
 
     def _has_progress(self) -> bool:
         return getattr(self, "_progress", False)
+
+
+def _callee_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CancelledError raised by the callee while nobody cancelled the task."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() == 0
+
+
+def _describe(value: object) -> str:
+    """A short, safe description of a user's value (its ``repr`` may raise)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"

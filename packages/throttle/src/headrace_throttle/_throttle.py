@@ -11,7 +11,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final, overload
 
-from headrace_core import CircuitOpenError, CircuitState, GuardTimeout, check_int
+from headrace_core import (
+    CircuitOpenError,
+    CircuitState,
+    GuardTimeout,
+    check_int,
+    check_optional_number,
+    is_async_callable,
+)
 from headrace_core.stats import Listeners
 from headrace_guards import CircuitBreaker, Retry
 from headrace_throttle._acquire import _Acquire
@@ -20,8 +27,8 @@ from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig
 from headrace_throttle._config import ThrottleConfig
 from headrace_throttle._errors import ThrottleClosed, TokenBudgetExceeded
 from headrace_throttle._limit import AIMD, Gradient, Limit
-from headrace_throttle._outcomes import NOT_A_HINT, _Outcomes
-from headrace_throttle._shared import reserve_shared, settle_shared
+from headrace_throttle._outcomes import NOT_A_HINT, _describe, _Outcomes
+from headrace_throttle._shared import SharedBudgets
 from headrace_throttle._types import Slot, ThrottleEvent, ThrottleSnapshot
 from headrace_throttle._vegas import Vegas
 
@@ -31,8 +38,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _always(exc: BaseException) -> bool:
-    return True
+def _any_exception(exc: BaseException) -> bool:
+    # The default is_failure: every Exception is congestion (a CancelledError a callee
+    # raised by itself is its failure, but not the service's congestion).
+    return isinstance(exc, Exception)
 
 
 @final
@@ -61,7 +70,10 @@ class Throttle(_Outcomes):
         budgets: :class:`RequestBudget` and :class:`TokenBudget` objects, all enforced.
         token_budget: one more :class:`TokenBudget` (gentlify's argument).
         is_failure: which errors are congestion (default every ``Exception``).
-        retry_after: an extractor of a server's hint (seconds) from an error.
+        retry_after: an extractor of a server's hint from an error: seconds, a numeric
+            string or an HTTP date (``Retry-After``'s two forms), or None for no hint.
+            Anything else (or an extractor that raises) is ignored with one warning on
+            the ``headrace.throttle`` logger; it never replaces the call's error.
         retry: a :class:`headrace_guards.Retry` (or :class:`RetryConfig`) run inside the slot.
         circuit_breaker: a :class:`headrace_guards.CircuitBreaker` (or
             :class:`CircuitBreakerConfig`), checked before queueing.
@@ -82,7 +94,7 @@ class Throttle(_Outcomes):
         ConfigurationError: naming the argument and the value, when one is invalid.
     """
 
-    __slots__ = ("_config", "_retry", "_shared", "_token_cap")
+    __slots__ = ("_config", "_entry_checks", "_retry", "_token_cap")
 
     def __init__(
         self,
@@ -102,7 +114,7 @@ class Throttle(_Outcomes):
         budgets: Sequence[TokenBudget | RequestBudget] = (),
         token_budget: TokenBudget | None = None,
         is_failure: Callable[[BaseException], bool] | None = None,
-        retry_after: Callable[[BaseException], float | None] | None = None,
+        retry_after: Callable[[BaseException], float | str | None] | None = None,
         retry: Retry | RetryConfig | None = None,
         circuit_breaker: CircuitBreaker | CircuitBreakerConfig | None = None,
         total: int | None = None,
@@ -193,7 +205,8 @@ class Throttle(_Outcomes):
         if config.token_budget is not None:
             budgets.append(config.token_budget)
         local = tuple(b for b in budgets if b.store is None)
-        self._shared = tuple(b for b in budgets if b.store is not None)
+        shared = tuple(b for b in budgets if b.store is not None)
+        self._shared = SharedBudgets(shared) if shared else None
         caps = [b.capacity for b in budgets if isinstance(b, TokenBudget)]
         self._token_cap: float = min(caps) if caps else math.inf
         self._init_engine(
@@ -210,15 +223,17 @@ class Throttle(_Outcomes):
         )
         if any(isinstance(b, TokenBudget) and b.store is None for b in budgets):
             self._token_budget = next(b for b in local if isinstance(b, TokenBudget))
-        self._is_failure = config.is_failure or config.failure_predicate or _always
+        self._is_failure = config.is_failure or config.failure_predicate or _any_exception
         self._retry_after = config.retry_after
+        self._bad_hints = 0
         retry = config.retry
         self._retry = retry.build(name=config.name) if isinstance(retry, RetryConfig) else retry
         breaker = config.circuit_breaker
         if isinstance(breaker, CircuitBreakerConfig):
-            predicate = self._is_failure
-            breaker = breaker.build(name=config.name, ignore=lambda exc: not predicate(exc))
+            counts = self._counts_quietly
+            breaker = breaker.build(name=config.name, ignore=lambda exc: not counts(exc))
         self._breaker = breaker
+        self._entry_checks = breaker is not None or self._shared is not None
         self._total = config.resolved_total
         self._on_progress: Listeners[ThrottleSnapshot] = Listeners(
             "headrace.throttle", "on_progress"
@@ -263,7 +278,9 @@ class Throttle(_Outcomes):
             self._check_tokens(tokens)
         if self._closed:
             raise ThrottleClosed(name=self.name)
-        if self._breaker is not None:
+        if self._entry_checks:
+            if self._shared is not None:
+                return await self._execute_shared(fn, tokens)
             self._check_breaker()
         slot = Slot(tokens)
         loop = get_running_loop()
@@ -296,7 +313,7 @@ class Throttle(_Outcomes):
             else:
                 result = await self._runner(fn, slot)
         except BaseException as exc:
-            self._finish_error(slot, exc)
+            self._finish_error(slot, exc, self._runner is not None)
             raise
         self._in_flight -= 1
         self._completed += 1
@@ -330,7 +347,11 @@ class Throttle(_Outcomes):
         cap = self._token_cap
         if tokens > cap:
             budget = min(
-                (b for b in (*self._budgets, *self._shared) if isinstance(b, TokenBudget)),
+                (
+                    b
+                    for b in (*self._budgets, *(self._shared.budgets if self._shared else ()))
+                    if isinstance(b, TokenBudget)
+                ),
                 key=lambda b: b.capacity,
             )
             raise TokenBudgetExceeded(requested=tokens, capacity=int(cap), name=budget.name)
@@ -346,15 +367,19 @@ class Throttle(_Outcomes):
             )
 
     async def _run_guarded(self, fn: Callable[[Slot], Awaitable[T]], slot: Slot) -> T:
-        shared = await reserve_shared(self._shared, slot) if self._shared else None
         breaker = self._breaker
         attempts = [-1]
+        # With shared budgets, note whether the breaker let the function run: the grants
+        # of a call it refused are given back.
+        marked = breaker is not None and self._shared is not None
 
         async def once() -> T:
             attempts[0] += 1
             slot.attempt = attempts[0]
             try:
                 if breaker is not None:
+                    if marked:
+                        return await breaker.call(_marked, fn, slot)
                     return await breaker.call(fn, slot)
                 return await fn(slot)
             except Exception as exc:
@@ -363,13 +388,93 @@ class Throttle(_Outcomes):
                     self._apply_hint(hint, slot._epoch, exc)
                 raise
 
+        if self._retry is not None:
+            return await self._retry.call(once)
+        return await once()
+
+    # -- the full way in and out (acquire(), and calls with shared budgets) -------------
+    async def _execute_shared(self, fn: Callable[[Slot], Awaitable[T]], tokens: int) -> T:
+        slot = Slot(tokens)
+        await self._enter(slot)
         try:
-            if self._retry is not None:
-                return await self._retry.call(once)
-            return await once()
-        finally:
-            if shared is not None:
-                await settle_shared(shared, slot)
+            result = await self._run_guarded(fn, slot)
+        except BaseException as exc:
+            await self._leave(slot, exc, hinted=True, ran=slot._ran)
+            raise
+        await self._leave(slot, None, hinted=True)
+        return result
+
+    async def _enter(self, slot: Slot) -> None:
+        """Admit a call: breaker, shared budgets (no local slot held), then the local queue.
+
+        Every way in that is not :meth:`execute`'s fast path comes through here. On any
+        exception (a cancellation included) the call holds nothing: its shared grants are
+        given back and its local slot, if it was admitted, released.
+        """
+        slot._grants = None
+        slot._ran = self._breaker is None
+        if slot.tokens:
+            self._check_tokens(slot.tokens)
+        if self._closed:
+            raise ThrottleClosed(name=self.name)
+        if self._breaker is not None:
+            self._check_breaker()
+        loop = get_running_loop()
+        if loop is not self._loop:
+            self._bind_loop(loop)
+        shared = self._shared
+        if shared is not None:
+            granted = await shared.reserve(slot)
+            slot._grants = granted
+            if self.closed:  # closed while the call waited for a shared budget
+                slot._grants = None
+                error = ThrottleClosed(name=self.name)
+                await shared.give_back(granted, error)
+                raise error
+        try:
+            if self._waiting or self._in_flight >= self._limit:
+                await self._enqueue(slot, loop)
+            elif self._simple:
+                self._admit(slot, loop.time())
+            elif self._try_admit(slot, loop.time()):
+                await self._enqueue(slot, loop)
+        except BaseException as exc:
+            grants = slot._grants
+            if grants:
+                slot._grants = None
+                assert shared is not None
+                await shared.give_back(grants, exc)
+            raise
+
+    async def _leave(
+        self, slot: Slot, exc: BaseException | None, *, hinted: bool, ran: bool = True
+    ) -> None:
+        """Finish an admitted call, then reconcile its shared grants.
+
+        ``ran``: whether the function (or the block) was called; the grants of a call
+        the breaker refused are given back, like those of a call that never got a slot.
+        """
+        grants = slot._grants
+        try:
+            if exc is None:
+                self._finish_ok(slot)
+            else:
+                self._finish_error(slot, exc, hinted)
+        except BaseException as error:  # an interrupt from a listener, the limit, ...
+            if grants:
+                assert self._shared is not None
+                if ran:
+                    await self._shared.settle(slot, grants, exc, background=True)
+                else:
+                    await self._shared.give_back(grants, error)
+            raise
+        if grants:
+            assert self._shared is not None
+            if ran:
+                await self._shared.settle(slot, grants, exc)
+            else:
+                assert exc is not None
+                await self._shared.give_back(grants, exc)
 
     # -- more ways in ------------------------------------------------------------------
     def acquire(self, tokens: int = 0) -> _Acquire:
@@ -396,7 +501,7 @@ class Throttle(_Outcomes):
         self, /, *, tokens: int = 0
     ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]: ...
 
-    def wrap(self, fn: Any = None, /, *, tokens: int = 0) -> Any:
+    def wrap(self, fn: Callable[..., Awaitable[Any]] | None = None, /, *, tokens: int = 0) -> Any:
         """Decorate an async function so every call runs through :meth:`execute`.
 
         Use it bare (``@throttle.wrap``) or with an estimate (``@throttle.wrap(tokens=500)``).
@@ -409,12 +514,14 @@ class Throttle(_Outcomes):
             The wrapper, or a decorator when ``fn`` is not given.
 
         Raises:
-            TypeError: when ``fn`` is not callable.
+            TypeError: when ``fn`` is not an async function (checked at decoration).
         """
 
         def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-            if not callable(func):
-                raise TypeError(f"wrap() needs an async callable, got {func!r}")
+            if not is_async_callable(func):
+                raise TypeError(
+                    f"Throttle.wrap() decorates async functions only, got {_describe(func)}"
+                )
 
             @functools.wraps(func)
             async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -497,6 +604,8 @@ class Throttle(_Outcomes):
     def _change_manual(self, old: int, new: int) -> None:
         self._limit = new
         self._refresh()
+        if new > old and self._queue:
+            self._dispatch()
         kind = "decreased" if new < old else "increased"
         interval = (self._interval, self._interval)
         self._emit(
@@ -509,8 +618,6 @@ class Throttle(_Outcomes):
                 "epoch": self._epoch,
             },
         )
-        if new > old and self._queue:
-            self._dispatch()
 
     def add_listener(self, callback: Callable[[ThrottleEvent], object]) -> Callable[[], None]:
         """Register a listener for :class:`ThrottleEvent` (sync, or async: scheduled as a task).
@@ -540,44 +647,63 @@ class Throttle(_Outcomes):
                 future.set_exception(ThrottleClosed(name=error_name))
         self._queue.clear()
         self._waiting = 0
+        if self._shared is not None:
+            self._shared.close(lambda: ThrottleClosed(name=error_name))
         for timer in (self._timer, self._resume_timer):
             if timer is not None:
                 timer.cancel()
         self._timer = self._resume_timer = None
         self._timer_when = math.inf
-        self._emit("closed", {"in_flight": self._in_flight})
-        if not self._in_flight:
-            self._set_drained()
+        try:
+            self._emit("closed", {"in_flight": self._in_flight})
+        finally:
+            if not self._in_flight:
+                self._set_drained()
 
     async def drain(self, timeout: float | None = None) -> None:
         """Close, then wait until every running call has finished (and async listeners).
 
+        Async listeners, and refunds to shared budget stores sent without waiting, are
+        awaited within the same ``timeout``; those still running when it ends are
+        cancelled (that is not an error: the calls themselves are done).
+
         Args:
-            timeout: seconds to wait at most, or None.
+            timeout: seconds to wait at most (``>= 0``; ``inf`` is None), or None.
 
         Raises:
+            ConfigurationError: when ``timeout`` is not None or a number ``>= 0``.
             GuardTimeout: when calls are still running after ``timeout`` (a ``TimeoutError``).
+            KeyboardInterrupt: (or ``SystemExit``) raised by a store in a refund sent
+                without waiting, delivered here.
         """
+        limit = check_optional_number("timeout", timeout, ge=0, finite=False)
+        if limit == math.inf:
+            limit = None
         self.close()
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
         if self._in_flight:
-            loop = asyncio.get_running_loop()
             if loop is not self._loop:
                 self._bind_loop(loop)
             waiter: asyncio.Future[None] = loop.create_future()
             self._drain_waiters.append(waiter)
-            scope = asyncio.timeout(timeout)
+            scope = asyncio.timeout_at(deadline)
             try:
                 async with scope:
                     await waiter
             except TimeoutError:
                 if scope.expired():
-                    raise GuardTimeout(timeout=float(timeout or 0.0), name=self.name) from None
+                    raise GuardTimeout(timeout=float(limit or 0.0), name=self.name) from None
                 raise
             finally:
                 if waiter in self._drain_waiters:
                     self._drain_waiters.remove(waiter)
-        await self._listeners.aclose()
-        await self._on_progress.aclose()
+        if self._shared is not None:
+            await self._shared.aclose(_left(loop, deadline))
+        await self._listeners.aclose(_left(loop, deadline))
+        await self._on_progress.aclose(_left(loop, deadline))
+        if self._shared is not None:
+            self._shared.raise_interrupt()
 
     async def aclose(self) -> None:
         """Close and drain without a timeout (the same as leaving ``async with``)."""
@@ -626,3 +752,14 @@ class Throttle(_Outcomes):
             f"Throttle({who}concurrency={self._limit}/{self._max}, "
             f"in_flight={self._in_flight}, waiting={self._waiting})"
         )
+
+
+async def _marked(fn: Callable[[Slot], Awaitable[T]], slot: Slot) -> T:
+    """Call ``fn(slot)``, noting on the slot that it was called."""
+    slot._ran = True
+    return await fn(slot)
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (never negative), or None without one."""
+    return None if deadline is None else max(0.0, deadline - loop.time())

@@ -158,16 +158,29 @@ class Slot:
         tokens: the estimate reserved at admission (the ``tokens=`` argument).
     """
 
-    __slots__ = ("_charges", "_epoch", "_recorded", "_start", "attempt", "tokens")
+    __slots__ = (
+        "_charges",
+        "_epoch",
+        "_grants",
+        "_ran",
+        "_recorded",
+        "_start",
+        "attempt",
+        "tokens",
+    )
 
     def __init__(self, tokens: int = 0) -> None:
         self.attempt = 0
         self.tokens = tokens
         self._recorded: int | None = None
         self._charges: list[Any] | None = None
-        # ``_epoch`` and ``_start`` are set when the throttle admits the call.
+        # ``_epoch`` and ``_start`` are set when the throttle admits the call; ``_grants``
+        # (shared-budget grants) and ``_ran`` (whether the function was called: a breaker
+        # may refuse it) by the full admission (``acquire()``, shared budgets).
         self._epoch: int
         self._start: float
+        self._grants: list[Any] | None
+        self._ran: bool
 
     def record_tokens(self, count: int) -> None:
         """Report tokens this call consumed; the total replaces the estimate when it ends.

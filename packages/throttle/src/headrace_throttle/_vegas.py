@@ -6,8 +6,8 @@ import math
 import random
 from typing import final
 
-from headrace_core import ConfigurationError, check_int, check_number
-from headrace_throttle._limit import _Bounded
+from headrace_core import ConfigurationError, check_int, check_number, within
+from headrace_throttle._limit import _Bounded, _jitter
 
 __all__ = ["Vegas"]
 
@@ -154,9 +154,9 @@ class Vegas(_Bounded):
         now = self._clock()
         interval = self.probe_interval
         assert interval is not None
-        if self._next_probe is None or now >= self._next_probe:
+        if self._next_probe is None or within(self._next_probe, now):
             first = self._next_probe is None
-            self._next_probe = now + interval * self._rng.uniform(0.9, 1.0)
+            self._next_probe = now + interval * _jitter(self._rng)
             return not first
         return False
 
