@@ -9,6 +9,7 @@ from typing import Any, Self
 
 import pytest
 
+from headrace_core import HeadraceError
 from headrace_core.testing import VirtualClock
 from headrace_leveled import (
     Phase,
@@ -605,21 +606,49 @@ async def test_phase_returning_plain_value_is_accepted() -> None:
     assert report.results == {"A": 42}
 
 
-async def test_phase_that_cancels_itself_cancels_the_run_after_cleanup() -> None:
+@pytest.mark.parametrize("width", [1, 2])
+async def test_phase_raising_cancelled_error_uncancelled_is_its_failure(width: int) -> None:
+    # Nobody cancelled the run: the CancelledError is the phase's failure, chained by a
+    # HeadraceError leaf (an ExceptionGroup holds only Exceptions); cleanup runs as usual.
+    log = Log()
+    raised = asyncio.CancelledError("from the phase")
+
+    async def self_cancel(ctx: Any) -> None:
+        raise raised
+
+    builder = Processor.builder().add_task(Task("A", self_cancel, post_execute=log.step("A.post")))
+    for i in range(1, width):
+        builder.add_task(log.task(f"B{i}", 5))
+    with VirtualClock(), pytest.raises(ProcessorError) as info:
+        await builder.build().process_tasks(None)
+    (failure,) = info.value.failures
+    assert failure.task == "A"
+    assert failure.phase is Phase.PRE_EXECUTE
+    assert isinstance(failure.error, HeadraceError)
+    assert failure.error.__cause__ is raised
+    assert "without being cancelled" in str(failure.error)
+    assert "A.post" in log.events
+    assert {e for e in log.events if e.endswith(".post")} == {"A.post"} | {
+        f"B{i}.post" for i in range(1, width)
+    }
+
+
+@pytest.mark.parametrize("width", [1, 2])
+async def test_phase_cancelling_its_own_task_cancels_the_run_after_cleanup(width: int) -> None:
     log = Log()
 
     async def self_cancel(ctx: Any) -> None:
-        raise asyncio.CancelledError
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
 
-    p = (
-        Processor.builder()
-        .add_task(Task("A", self_cancel, post_execute=log.step("A.post")))
-        .add_task(log.task("B", 5))
-        .build()
-    )
+    builder = Processor.builder().add_task(Task("A", self_cancel, post_execute=log.step("A.post")))
+    for i in range(1, width):
+        builder.add_task(log.task(f"B{i}", 5))
     with VirtualClock(), pytest.raises(asyncio.CancelledError):
-        await p.process_tasks(None)
-    assert {"A.post", "B.post"} <= set(log.events)
+        await builder.build().process_tasks(None)
+    assert "A.post" in log.events
 
 
 async def test_keyboard_interrupt_in_inline_phase_reraised_after_cleanup() -> None:

@@ -6,11 +6,18 @@ of one-task levels creates no task at all); otherwise each call is its own task,
 as soon as its dependencies are done, and observed through a done callback. The caller
 never awaits the driver directly: it waits on a future, so a cancel of the caller never
 reaches a running ``post_execute``; cancellation is handed to the run as a request.
+
+Whatever a phase does, the run ends: ``KeyboardInterrupt``/``SystemExit`` raised in a
+phase task is caught there and re-raised in the caller once cleanup has run; a
+``CancelledError`` that a phase raises while nobody cancels it is that phase's failure;
+and a timed call that swallows the cancellation sent at its deadline is abandoned (see
+:meth:`Run._abandon`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -18,10 +25,12 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
+from headrace_core import HeadraceError
+from headrace_core.backoff import next_delay
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._plan import PHASES, CallSpec, Plan
-from headrace_leveled._types import TaskFailure
+from headrace_leveled._types import Phase, TaskFailure, safe_repr
 
 __all__ = ["CANCELLED", "FAILED", "RUNNING", "SUCCEEDED", "Run", "drive"]
 
@@ -30,11 +39,117 @@ logger = logging.getLogger("headrace.leveled")
 PRE, EXEC, POST = 0, 1, 2
 RUNNING, SUCCEEDED, FAILED, CANCELLED = 1, 2, 3, 4
 
+#: Loop iterations a timed call gets, after the cancellation sent at its deadline, to end
+#: before it is abandoned (enough to unwind ``finally`` blocks that await briefly).
+GRACE = 8
+
+_FATAL = (KeyboardInterrupt, SystemExit)
+
+
+class _Fatal(Exception):
+    """Carries a ``KeyboardInterrupt``/``SystemExit`` out of a phase task.
+
+    A task that lets either escape re-raises it into the event loop; the phase tasks
+    catch it, end with this instead, and the run re-raises the original in the caller.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Watch:
+    """One timed call under its deadline: the task awaiting it and the coroutines it runs."""
+
+    __slots__ = ("coros", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.coros: list[Any] = []
+
+    def track(self, awaitable: Any) -> None:
+        if inspect.iscoroutine(awaitable):
+            self.coros.append(awaitable)
+
+
+class _PhaseGroup(asyncio.TaskGroup):
+    """The task group a ``task_group=True`` phase gets (an ``asyncio.TaskGroup``).
+
+    Each child runs inside a small wrapper, so that a child's ``KeyboardInterrupt`` or
+    ``SystemExit`` fails the group (and reaches the caller of the run) instead of escaping
+    into the event loop, and a ``CancelledError`` a child raises while nobody cancels it
+    is that child's failure rather than being dropped.
+    """
+
+    def __init__(self, watch: _Watch | None) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def create_task(  # type: ignore[override]
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None, context: Any = None
+    ) -> asyncio.Task[Any]:
+        if not inspect.iscoroutine(coro):
+            return super().create_task(coro, name=name, context=context)
+        wrapped = _child(coro)
+        try:
+            task = super().create_task(wrapped, name=name, context=context)
+        except BaseException:
+            wrapped.close()
+            coro.close()
+            raise
+        if self._watch is not None:
+            self._watch.coros.append(coro)
+        return task
+
+
+async def _child(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await coro
+    except _FATAL as exc:
+        raise _Fatal(exc) from None
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        error = HeadraceError("a task group child raised CancelledError without being cancelled")
+        raise error from exc
+
+
+def _unfatal(group: BaseExceptionGroup[Any]) -> None:
+    """Re-raise the first ``KeyboardInterrupt``/``SystemExit`` a task group's children hid."""
+    for leaf in flatten_exceptions(group):
+        if type(leaf) is _Fatal:
+            raise leaf.error
+        if isinstance(leaf, _FATAL):
+            raise leaf
+
+
+def _cancel_failure(error: BaseException, phase: Phase) -> HeadraceError:
+    """The failure of a phase that raised ``CancelledError`` while nobody cancelled it.
+
+    The task's name is left to the note (``in task 'A' pre_execute``), which is added
+    safely: building this error never calls user code.
+    """
+    failure = HeadraceError(f"{phase.value} raised CancelledError without being cancelled")
+    failure.__cause__ = error
+    return failure
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    # The same exception object raised again by a later run keeps one note, not one per run.
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list) and note in notes:
+        return
+    error.add_note(note)
+
 
 class Run:
     """The mutable state of one run (never shared between runs)."""
 
     __slots__ = (
+        "abandoned",
         "attempts",
         "base",
         "caller_cancelled",
@@ -99,6 +214,7 @@ class Run:
         self.inline = -1
         self.driver: asyncio.Task[None] | None = None
         self.driver_cancelled = False
+        self.abandoned: set[_Watch] = set()
         self.started = loop.time()
         self.ended = self.started
 
@@ -151,7 +267,10 @@ class Run:
                 try:
                     await waiter
                 except asyncio.CancelledError:
-                    # Only a phase calling current_task().cancel() on the driver gets here.
+                    # Only a phase cancelling the driver task gets here: a run cancel.
+                    driver = asyncio.current_task()
+                    if driver is not None:
+                        driver.uncancel()
                     self._spontaneous_cancel()
         finally:
             self.waiter = None
@@ -178,7 +297,6 @@ class Run:
         now = -1.0
         create_task = self.loop.create_task
         on_done = self._on_done
-        ctx = self.ctx
         base = self.base
         t_start = self.t_start
         status = self.status
@@ -210,15 +328,7 @@ class Run:
             status[k] = RUNNING
             coro: Coroutine[Any, Any, Any]
             if function is not None:
-                try:
-                    coro = function(ctx)
-                except Exception as exc:
-                    self.t_end[k] = now
-                    self._failed(node, k, exc)
-                    if self.stopping and not post:
-                        ready.clear()
-                        return -1
-                    continue
+                coro = self._plain(function)
             else:
                 assert call is not None
                 coro = self._timed(call) if call.timed_only else self._call(k, call)
@@ -249,8 +359,14 @@ class Run:
                 self.status[k] = 0
                 if self.phase == PRE:
                     self.entered[node] = 0
-            else:
+            elif task.cancelling():
                 self._cancelled(node, k)
+            else:
+                # Nobody cancelled the task: the phase raised CancelledError by itself.
+                try:
+                    task.result()
+                except asyncio.CancelledError as error:
+                    self._failed(node, k, _cancel_failure(error, PHASES[self.phase]))
         else:
             exc = task.exception()
             if exc is None:
@@ -290,22 +406,40 @@ class Run:
                 if call.timed_only:
                     # _timed() written out: one coroutine less per inline call.
                     assert call.timeout is not None
-                    deadline = asyncio.timeout(call.timeout)
+                    deadline = asyncio.timeout(None)
+                    watch = _Watch(self.driver)
                     try:
                         async with deadline:
-                            result = await call.function(self.ctx)
-                    except TimeoutError as exc:
-                        if deadline.expired():
-                            raise PhaseTimeout(
-                                task=call.name, phase=call.phase, timeout=call.timeout
-                            ) from exc
+                            handle = loop.call_at(
+                                loop.time() + call.timeout, self._expire, deadline, watch
+                            )
+                            try:
+                                coro = call.function(self.ctx)
+                                watch.track(coro)
+                                result = await coro
+                            finally:
+                                handle.cancel()
+                                watch.task = None
+                    except BaseException as exc:
+                        error = self._timed_out(exc, deadline, watch, call)
+                        if error is not exc:
+                            raise error  # noqa: B904 - the cause is set by _timed_out
                         raise
                 else:
                     result = await self._call(k, call)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             self.t_end[k] = loop.time()
+            driver = asyncio.current_task()
+            requested = self.driver_cancelled
+            own = driver is not None and driver.cancelling() > 0
             self._settle_driver()
-            self._cancelled(node, k)
+            if own:
+                if not requested and driver is not None:
+                    driver.uncancel()  # a phase cancelled the driver: taken as a run cancel
+                self._cancelled(node, k)
+            else:
+                # The phase raised CancelledError while nobody cancelled the run.
+                self._failed(node, k, _cancel_failure(exc, PHASES[self.phase]))
         except BaseException as exc:
             self.t_end[k] = loop.time()
             self._settle_driver()
@@ -328,36 +462,60 @@ class Run:
 
     # -- outcomes -------------------------------------------------------------------------
     def _failed(self, node: int, k: int, exc: BaseException) -> None:
+        if type(exc) is _Fatal:
+            exc = exc.error
         self.status[k] = FAILED
         self.value[k] = exc
         phase = self.phase
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, SystemExit...: cleanup runs, then it is re-raised as is.
-            if self.fatal is None:
-                self.fatal = exc
+            self._fatal(exc)
             if phase == POST:
                 self._advance(node)
-            else:
-                self._stop()
             return
         name = self.plan.names[node]
         which = PHASES[phase]
         failures = [TaskFailure(name, which, leaf) for leaf in flatten_exceptions(exc)]
-        note = f"in task {name!r} {which.value}"
-        for failure in failures:
-            failure.error.add_note(note)
+        # The failure is recorded whatever its annotation or the hook do; only their own
+        # KeyboardInterrupt/SystemExit is kept, to be re-raised in the caller after cleanup.
         if phase == POST:
             self.post_failures.extend(failures)
-            hook = self.plan.on_cleanup_error
-            if hook is not None:
-                for failure in failures:
-                    try:
-                        hook(failure)
-                    except Exception:
-                        logger.exception("on_cleanup_error raised for %s; ignored", failure)
-            self._advance(node)
         else:
             self.primary.extend(failures)
+            self._stop()
+        try:
+            self._annotate(failures, name, which)
+            if phase == POST and self.plan.on_cleanup_error is not None:
+                self._call_hook(failures)
+        except _FATAL as fatal:
+            self._fatal(fatal)
+        finally:
+            if phase == POST:
+                self._advance(node)
+
+    def _annotate(self, failures: list[TaskFailure[Any]], name: Any, which: Phase) -> None:
+        """Add ``in task 'A' pre_execute`` to each leaf; a failing ``add_note`` is skipped."""
+        note = f"in task {safe_repr(name)} {which.value}"
+        for failure in failures:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                _add_note(failure.error, note)
+
+    def _call_hook(self, failures: list[TaskFailure[Any]]) -> None:
+        hook = self.plan.on_cleanup_error
+        assert hook is not None
+        for failure in failures:
+            try:
+                hook(failure)
+            except _FATAL:
+                raise
+            except BaseException:
+                logger.exception("on_cleanup_error raised for %s; ignored", failure)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Keep the first KeyboardInterrupt/SystemExit; stop pre/execute, cleanup still runs."""
+        if self.fatal is None:
+            self.fatal = exc
+        if self.phase != POST:
             self._stop()
 
     def _cancelled(self, node: int, k: int) -> None:
@@ -401,59 +559,216 @@ class Run:
             driver.cancel()
 
     # -- one call with timeout, retries and guards -----------------------------------------
+    async def _plain(self, function: Any) -> Any:
+        # A phase task's body for a plain ``async def`` phase: the function is called here,
+        # in the task, and a KeyboardInterrupt/SystemExit does not escape into the loop.
+        try:
+            return await function(self.ctx)
+        except _FATAL as exc:
+            raise _Fatal(exc) from None
+
     async def _call(self, k: int, call: CallSpec) -> Any:
-        attempt = 0
-        delays = None
+        try:
+            attempt = 0
+            delays = None
+            guards = call.guards
+            while True:
+                attempt += 1
+                self.attempts[k] = attempt
+                try:
+                    if guards:
+                        if call.phase is Phase.POST_EXECUTE and call.timeout is not None:
+                            return await self._guarded(call)
+                        return await self._through_guards(call)
+                    return await self._attempt(call)
+                except Exception as exc:
+                    # Only Exceptions are retried: never KeyboardInterrupt, SystemExit or a
+                    # cancellation, and never a call abandoned at its deadline.
+                    if attempt > call.retries or type(exc) is _Fatal:
+                        raise
+                    if type(exc) is PhaseTimeout and exc.abandoned:
+                        raise
+                    if not is_retryable(exc, call.retry_on):
+                        raise
+                    if delays is None:
+                        delays = iter(call.backoff.delays(self.plan.rng))
+                    delay = next_delay(delays, owner="TaskFunction(backoff=...)", cause=exc)
+                    await asyncio.sleep(delay)
+        except _FATAL as exc:
+            raise _Fatal(exc) from None
+
+    def _through_guards(self, call: CallSpec) -> Any:
         guards = call.guards
-        while True:
-            attempt += 1
-            self.attempts[k] = attempt
-            try:
-                if guards:
-                    return await guards[0](*guards[1:], self._attempt, call)
-                return await self._attempt(call)
-            except Exception as exc:
-                if attempt > call.retries or not is_retryable(exc, call.retry_on):
-                    raise
-                if delays is None:
-                    delays = call.backoff.delays(self.plan.rng)
-                await asyncio.sleep(next(delays))
+        awaitable = guards[0](*guards[1:], self._attempt, call)
+        if not inspect.isawaitable(awaitable):
+            owner = getattr(guards[0], "__self__", guards[0])
+            raise TypeError(
+                f"guard {safe_repr(owner)}: call() returned {safe_repr(awaitable)}, "
+                "not an awaitable (a guard's call must be async)"
+            )
+        return awaitable
+
+    async def _guarded(self, call: CallSpec) -> Any:
+        # post_execute: cleanup is shielded, so the timeout bounds the guards too.
+        assert call.timeout is not None
+        loop = self.loop
+        deadline = asyncio.timeout(None)
+        watch = _Watch(asyncio.current_task())
+        try:
+            async with deadline:
+                handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
+                try:
+                    awaitable = self._through_guards(call)
+                    watch.track(awaitable)
+                    return await awaitable
+                finally:
+                    handle.cancel()
+                    watch.task = None
+        except BaseException as exc:
+            error = self._timed_out(exc, deadline, watch, call)
+            if error is not exc:
+                raise error  # noqa: B904 - the cause is set by _timed_out
+            raise
 
     async def _timed(self, call: CallSpec) -> Any:
         # The common case in one coroutine: ``await fn(ctx)`` under its own deadline.
         assert call.timeout is not None
-        deadline = asyncio.timeout(call.timeout)
+        loop = self.loop
+        deadline = asyncio.timeout(None)
+        watch = _Watch(asyncio.current_task())
         try:
-            async with deadline:
-                return await call.function(self.ctx)
-        except TimeoutError as exc:
-            if deadline.expired():
-                raise PhaseTimeout(task=call.name, phase=call.phase, timeout=call.timeout) from exc
-            raise
+            try:
+                async with deadline:
+                    handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
+                    try:
+                        coro = call.function(self.ctx)
+                        watch.track(coro)
+                        return await coro
+                    finally:
+                        handle.cancel()
+                        watch.task = None
+            except BaseException as exc:
+                error = self._timed_out(exc, deadline, watch, call)
+                if error is not exc:
+                    raise error  # noqa: B904 - the cause is set by _timed_out
+                raise
+        except _FATAL as exc:
+            # Raised by the phase, or by the task name's __repr__ in the PhaseTimeout.
+            raise _Fatal(exc) from None
 
     async def _attempt(self, call: CallSpec) -> Any:
         if call.timeout is None:
-            return await self._invoke(call)
-        deadline = asyncio.timeout(call.timeout)
+            return await self._invoke(call, None)
+        loop = self.loop
+        deadline = asyncio.timeout(None)
+        watch = _Watch(asyncio.current_task())
         try:
             async with deadline:
-                return await self._invoke(call)
-        except TimeoutError as exc:
-            if deadline.expired():
-                raise PhaseTimeout(task=call.name, phase=call.phase, timeout=call.timeout) from exc
+                handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
+                try:
+                    return await self._invoke(call, watch)
+                finally:
+                    handle.cancel()
+                    watch.task = None
+        except BaseException as exc:
+            error = self._timed_out(exc, deadline, watch, call)
+            if error is not exc:
+                raise error  # noqa: B904 - the cause is set by _timed_out
             raise
 
-    async def _invoke(self, call: CallSpec) -> Any:
+    async def _invoke(self, call: CallSpec, watch: _Watch | None) -> Any:
         if call.task_group:
-            async with asyncio.TaskGroup() as group:
-                result = call.function(self.ctx, group)
-                if inspect.isawaitable(result):
-                    result = await result
+            try:
+                async with _PhaseGroup(watch) as group:
+                    result = call.function(self.ctx, group)
+                    if inspect.isawaitable(result):
+                        if watch is not None:
+                            watch.track(result)
+                        result = await result
+            except BaseExceptionGroup as group_error:
+                _unfatal(group_error)
+                raise
             return result
         result = call.function(self.ctx)
         if inspect.isawaitable(result):
+            if watch is not None:
+                watch.track(result)
             result = await result
         return result
+
+    def _timed_out(
+        self, exc: BaseException, deadline: asyncio.Timeout, watch: _Watch, call: CallSpec
+    ) -> BaseException:
+        """What a timed call raises: ``exc`` itself, or a ``PhaseTimeout`` for its deadline.
+
+        A ``PhaseTimeout`` of an expired deadline has the deadline's ``TimeoutError`` as its
+        cause; one of an abandoned call has none (what the closed call raised is noise).
+        """
+        assert call.timeout is not None
+        if isinstance(exc, GeneratorExit):
+            return exc  # an outer call is being closed: let it close
+        if watch in self.abandoned:
+            self.abandoned.discard(watch)
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the cancel that woke this task after its call was closed
+            abandoned = PhaseTimeout(
+                task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
+            )
+            abandoned.__suppress_context__ = True
+            return abandoned
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            error = PhaseTimeout(task=call.name, phase=call.phase, timeout=call.timeout)
+            error.__cause__ = exc
+            return error
+        return exc
+
+    def _expire(self, deadline: asyncio.Timeout, watch: _Watch) -> None:
+        """A timed call reached its deadline: cancel it, then watch that it ends."""
+        if watch.task is None:
+            return
+        try:
+            deadline.reschedule(self.loop.time())  # asyncio's Timeout cancels the call
+        except RuntimeError:
+            return
+        self.loop.call_soon(self._overdue, watch, GRACE)
+
+    def _overdue(self, watch: _Watch, left: int) -> None:
+        task = watch.task
+        if task is None:
+            return  # the call ended
+        if not left and any(other.task is task for other in self.abandoned):
+            left = GRACE  # an inner deadline of the same call is being abandoned: wait for it
+        if left:
+            self.loop.call_soon(self._overdue, watch, left - 1)
+        else:
+            self._abandon(watch)
+
+    def _abandon(self, watch: _Watch) -> None:
+        """Stop waiting for a timed call that swallowed the cancellation sent at its deadline.
+
+        Its coroutines are closed (``GeneratorExit`` is raised where each one waits, so its
+        ``finally`` blocks run, as when a forgotten coroutine is garbage-collected), and the
+        task awaiting it is woken by one more cancel, which the call's frame takes back.
+        The call then fails with ``PhaseTimeout(abandoned=True)`` and is never retried; so
+        no task is left pending when the run returns. A coroutine that ignores
+        ``GeneratorExit`` too cannot be stopped: that is logged.
+        """
+        task = watch.task
+        if task is None:
+            return
+        self.abandoned.add(watch)
+        for coro in reversed(watch.coros):
+            if coro.cr_frame is None:
+                continue
+            try:
+                coro.close()
+            except _FATAL as exc:
+                if self.fatal is None:
+                    self.fatal = exc
+            except BaseException:
+                logger.exception("a timed-out phase call could not be stopped")
+        task.cancel()
 
     def log_unraised(self) -> None:
         """Log the failures of a cancelled run, which CancelledError hides from the caller."""
@@ -474,14 +789,25 @@ def _resolve(waiter: asyncio.Future[None], _: object) -> None:
         waiter.set_result(None)
 
 
+async def _driver(run: Run, body: Coroutine[Any, Any, None]) -> None:
+    # The driver task's body: nothing it runs may let KeyboardInterrupt/SystemExit escape
+    # into the event loop; it is kept and re-raised in the caller.
+    try:
+        await body
+    except _FATAL as exc:
+        if run.fatal is None:
+            run.fatal = exc
+
+
 async def drive(run: Run, body: Coroutine[Any, Any, None]) -> None:
     """Run ``body`` in a driver task; hand a cancel of the caller to the run as a request.
 
     The caller's CancelledError is re-raised once the driver has finished (cleanup
     included), and the caller's ``cancelling()`` count is left as the cancellers made it.
+    A ``KeyboardInterrupt``/``SystemExit`` a phase raised wins over the cancellation.
     """
     loop = run.loop
-    driver = loop.create_task(body)
+    driver = loop.create_task(_driver(run, body))
     run.driver = driver
     done: asyncio.Future[None] = loop.create_future()
     driver.add_done_callback(partial(_resolve, done))
@@ -498,6 +824,8 @@ async def drive(run: Run, body: Coroutine[Any, Any, None]) -> None:
                 continue
         if not driver.cancelled():
             driver.exception()
+        if run.fatal is not None:
+            raise run.fatal from None
         run.log_unraised()
         raise
     driver.result()

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final, overload
 
 from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
-from headrace_leveled._types import Phase, TaskFailure
+from headrace_leveled._types import Phase, TaskFailure, safe_repr
 
 if TYPE_CHECKING:
     from headrace_leveled._report import RunReport
@@ -20,8 +20,16 @@ __all__ = [
     "PhaseTimeout",
     "ProcessorError",
     "RetryableError",
+    "argument_error",
     "flatten_exceptions",
 ]
+
+
+def argument_error(argument: str, value: object, reason: str) -> ConfigurationError:
+    """``ConfigurationError.argument_error`` whose message survives a raising ``__repr__``."""
+    return ConfigurationError(
+        f"{argument}={safe_repr(value)}: {reason}", argument=argument, value=value
+    )
 
 
 def flatten_exceptions(exc: BaseException) -> list[BaseException]:
@@ -122,12 +130,16 @@ class PhaseTimeout(GuardTimeout):
     """A phase call ran past its own deadline (``timeout=`` or ``cleanup_timeout=``).
 
     Also a ``TimeoutError`` and a ``GuardTimeout``. The message reads
-    ``task 'A' pre_execute timed out after 2s``.
+    ``task 'A' pre_execute timed out after 2s``. A call that ignored the cancellation sent
+    at its deadline is abandoned (see :attr:`abandoned`); its message then ends with
+    ``and ignored its cancellation; abandoned``.
 
     Attributes:
         task: the task's name.
         phase: the phase that timed out.
         timeout: the deadline in seconds.
+        abandoned: whether the call swallowed the cancellation sent at its deadline, so
+            the run stopped waiting for it and closed its coroutine (never retried).
     """
 
     def __init__(
@@ -137,11 +149,15 @@ class PhaseTimeout(GuardTimeout):
         task: Any = None,
         phase: Phase = Phase.EXECUTE,
         timeout: float = 0.0,
+        abandoned: bool = False,
     ) -> None:
         self.task = task
         self.phase = phase
+        self.abandoned = abandoned
         if message is None:
-            message = f"task {task!r} {phase.value} timed out after {timeout:g}s"
+            message = f"task {safe_repr(task)} {phase.value} timed out after {timeout:g}s"
+            if abandoned:
+                message += " and ignored its cancellation; abandoned"
         super().__init__(message, timeout=timeout, name=None)
 
 
@@ -179,7 +195,7 @@ class CycleError(GraphError):
 
     def __init__(self, path: Sequence[Any]) -> None:
         self.path = tuple(path)
-        text = " -> ".join(repr(name) for name in self.path)
+        text = " -> ".join(safe_repr(name) for name in self.path)
         super().__init__(
             f"depends_on: dependency cycle {text}",
             task=self.path[0] if self.path else None,

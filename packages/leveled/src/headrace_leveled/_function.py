@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, final, runtime_checkable
 
-from headrace_core import ConfigurationError, check_int, check_number
-from headrace_core.backoff import exponential
-from headrace_leveled._errors import RetryableError, flatten_exceptions
+from headrace_core import check_int, check_number
+from headrace_core.backoff import Backoff, exponential
+from headrace_leveled._errors import RetryableError, argument_error, flatten_exceptions
+from headrace_leveled._types import safe_repr
 
 __all__ = ["DEFAULT_RETRY_ON", "PhaseGuard", "TaskFunction"]
 
@@ -38,16 +39,14 @@ def _check_retry_on(argument: str, value: object) -> tuple[type[Exception], ...]
     if isinstance(value, type):
         value = (value,)
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ConfigurationError.argument_error(
-            argument, value, "must be a tuple of Exception subclasses"
-        )
+        raise argument_error(argument, value, "must be a tuple of Exception subclasses")
     types = tuple(value)
     for kind in types:
         if not (isinstance(kind, type) and issubclass(kind, Exception)):
-            raise ConfigurationError.argument_error(
+            raise argument_error(
                 argument,
                 value,
-                f"must hold only Exception subclasses ({kind!r} is not one; "
+                f"must hold only Exception subclasses ({safe_repr(kind)} is not one; "
                 "cancellation and other BaseExceptions are never retried)",
             )
     return types
@@ -76,7 +75,13 @@ class TaskFunction(Generic[C_co]):
             ``CancelledError`` is never retried). An exception group is retried when every
             leaf matches.
         guards: ``headrace_guards`` objects (anything with ``async call(fn, *args)``),
-            outermost first.
+            outermost first. In ``post_execute`` the call's timeout also bounds each
+            attempt's guards as a whole (cleanup is shielded, so nothing else would).
+        backoff: a ``headrace_core.backoff`` schedule (anything with ``delays(rng)``) for
+            the delays between retries, instead of ``initial_delay``, ``backoff_factor``
+            and ``jitter``. A schedule that runs out of delays, or yields anything but a
+            finite number ``>= 0``, fails the phase with ``headrace_core.BackoffError``
+            (chaining the error that asked for the retry).
         task_group: call ``fn(ctx, tg)`` with an ``asyncio.TaskGroup`` whose children are
             awaited before the phase ends (and are cancelled with it).
         retryable_exceptions: sdax's name for ``retry_on``.
@@ -95,7 +100,8 @@ class TaskFunction(Generic[C_co]):
     retry_on: tuple[type[Exception], ...]
     guards: tuple[PhaseGuard, ...]
     task_group: bool
-    _backoff: exponential = field(init=False, repr=False, compare=False)
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
+    _custom_backoff: Backoff | None = field(init=False, repr=False, compare=True)
 
     def __init__(
         self,
@@ -110,21 +116,22 @@ class TaskFunction(Generic[C_co]):
         retry_on: Sequence[type[Exception]] = DEFAULT_RETRY_ON,
         guards: Sequence[PhaseGuard] = (),
         task_group: bool = False,
+        backoff: Backoff | None = None,
         retryable_exceptions: Sequence[type[Exception]] = _UNSET,
         has_task_group_argument: bool = _UNSET,
     ) -> None:
         if not callable(function):
-            raise ConfigurationError.argument_error("function", function, "must be callable")
+            raise argument_error("function", function, "must be callable")
         if timeout is not None:
             timeout = check_number("timeout", timeout, gt=0)
         retries = check_int("retries", retries, ge=0)
         initial_delay = check_number("initial_delay", initial_delay, ge=0)
         backoff_factor = check_number("backoff_factor", backoff_factor, ge=1)
         if not isinstance(jitter, bool):
-            raise ConfigurationError.argument_error("jitter", jitter, "must be a bool")
+            raise argument_error("jitter", jitter, "must be a bool")
         if retryable_exceptions is not _UNSET:
             if retry_on is not DEFAULT_RETRY_ON:
-                raise ConfigurationError.argument_error(
+                raise argument_error(
                     "retryable_exceptions",
                     retryable_exceptions,
                     "give retry_on= or its sdax name retryable_exceptions=, not both",
@@ -134,7 +141,7 @@ class TaskFunction(Generic[C_co]):
             retry_types = _check_retry_on("retry_on", retry_on)
         if has_task_group_argument is not _UNSET:
             if task_group:
-                raise ConfigurationError.argument_error(
+                raise argument_error(
                     "has_task_group_argument",
                     has_task_group_argument,
                     "give task_group= or its sdax name has_task_group_argument=, not both",
@@ -144,21 +151,30 @@ class TaskFunction(Generic[C_co]):
         else:
             tg_name = "task_group"
         if not isinstance(task_group, bool):
-            raise ConfigurationError.argument_error(tg_name, task_group, "must be a bool")
+            raise argument_error(tg_name, task_group, "must be a bool")
         raw_guards: object = guards
         if isinstance(raw_guards, str) or not isinstance(raw_guards, Iterable):
-            raise ConfigurationError.argument_error(
-                "guards", guards, "must be a sequence of guards"
-            )
+            raise argument_error("guards", guards, "must be a sequence of guards")
         guard_tuple: tuple[PhaseGuard, ...] = tuple(raw_guards)
         for guard in guard_tuple:
             if not callable(getattr(guard, "call", None)):
-                raise ConfigurationError.argument_error(
-                    "guards", guards, f"{guard!r} has no call(fn, *args) method"
+                raise argument_error(
+                    "guards", guards, f"{safe_repr(guard)} has no call(fn, *args) method"
                 )
-        backoff = exponential(
-            base=initial_delay, factor=backoff_factor, max=math.inf, jitter=0.5 if jitter else 0.0
-        )
+        if backoff is not None and not callable(getattr(backoff, "delays", None)):
+            raise argument_error(
+                "backoff", backoff, "must be a backoff schedule (an object with delays(rng))"
+            )
+        schedule: Backoff
+        if backoff is not None:
+            schedule = backoff
+        else:
+            schedule = exponential(
+                base=initial_delay,
+                factor=backoff_factor,
+                max=math.inf,
+                jitter=0.5 if jitter else 0.0,
+            )
         setattr_ = object.__setattr__
         setattr_(self, "function", function)
         setattr_(self, "timeout", timeout)
@@ -169,7 +185,8 @@ class TaskFunction(Generic[C_co]):
         setattr_(self, "retry_on", retry_types)
         setattr_(self, "guards", guard_tuple)
         setattr_(self, "task_group", task_group)
-        setattr_(self, "_backoff", backoff)
+        setattr_(self, "_backoff", schedule)
+        setattr_(self, "_custom_backoff", backoff)
 
     @property
     def retryable_exceptions(self) -> tuple[type[Exception], ...]:
@@ -182,8 +199,12 @@ class TaskFunction(Generic[C_co]):
         return self.task_group
 
     @property
-    def backoff(self) -> exponential:
-        """The retry delay schedule (``headrace_core.backoff.exponential``)."""
+    def backoff(self) -> Backoff:
+        """The retry delay schedule.
+
+        ``backoff=`` if it was given, else the ``headrace_core.backoff.exponential`` built
+        from ``initial_delay``, ``backoff_factor`` and ``jitter``.
+        """
         return self._backoff
 
     def replace(self, **changes: Any) -> TaskFunction[C_co]:
@@ -207,6 +228,7 @@ class TaskFunction(Generic[C_co]):
             "retry_on": self.retry_on,
             "guards": self.guards,
             "task_group": self.task_group,
+            "backoff": self._custom_backoff,
         }
         options.update(changes)
         function = options.pop("function", self.function)

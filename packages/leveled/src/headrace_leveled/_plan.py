@@ -10,11 +10,11 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from headrace_core.backoff import exponential
-from headrace_leveled._errors import CycleError, GraphError
+from headrace_core.backoff import Backoff, exponential
+from headrace_leveled._errors import CycleError, GraphError, argument_error
 from headrace_leveled._function import DEFAULT_RETRY_ON, TaskFunction
 from headrace_leveled._task import Task
-from headrace_leveled._types import Phase, TaskFailure
+from headrace_leveled._types import Phase, TaskFailure, safe_repr
 
 __all__ = ["PHASES", "CallSpec", "Entry", "Plan", "compile_plan"]
 
@@ -41,7 +41,7 @@ class CallSpec:
     timeout: float | None
     retries: int
     retry_on: tuple[type[Exception], ...]
-    backoff: exponential
+    backoff: Backoff
     guards: tuple[Callable[..., Any], ...]
     task_group: bool
     timed_only: bool = False
@@ -146,13 +146,25 @@ def compile_plan(
     names = tuple(e.task.name for e in entries)
     index = {name: i for i, name in enumerate(names)}
     n_tasks = len(names)
+    if len(index) != n_tasks:
+        # Names that were distinct when added compare equal now (a changing __eq__/__hash__).
+        seen: dict[Any, Any] = {}
+        for name in names:
+            if name in seen:
+                raise argument_error(
+                    "name",
+                    name,
+                    f"task names {safe_repr(seen[name])} and {safe_repr(name)} compare equal",
+                )
+            seen[name] = name
     preds: list[list[int]] = [[] for _ in range(n_tasks)]
     for i, entry in enumerate(entries):
         for dep in entry.depends_on:
             j = index.get(dep)
             if j is None:
                 raise GraphError(
-                    f"task {entry.task.name!r} depends on {dep!r}, which was never added",
+                    f"task {safe_repr(entry.task.name)} depends on {safe_repr(dep)}, "
+                    "which was never added",
                     task=entry.task.name,
                     missing=dep,
                     value=entry.depends_on,

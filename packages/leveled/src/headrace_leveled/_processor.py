@@ -8,14 +8,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, final
 
-from headrace_core import ConfigurationError, check_int, check_optional_number
+from headrace_core import check_int, check_optional_number
 from headrace_leveled._engine import EXEC, POST, PRE, Run, drive
-from headrace_leveled._errors import ProcessorError
+from headrace_leveled._errors import ProcessorError, argument_error
 from headrace_leveled._function import TaskFunction
 from headrace_leveled._plan import PHASES, Entry, Plan, compile_plan
 from headrace_leveled._report import RunReport
 from headrace_leveled._task import Task
-from headrace_leveled._types import Phase, TaskFailure
+from headrace_leveled._types import Phase, TaskFailure, safe_repr
 
 __all__ = ["Builder", "PhaseRunner", "Processor"]
 
@@ -62,34 +62,36 @@ class Builder(Generic[C, K]):
                 the name is already taken.
         """
         if not isinstance(task, Task):
-            raise ConfigurationError.argument_error("task", task, "must be a Task")
+            raise argument_error("task", task, "must be a Task")
         if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
-            raise ConfigurationError.argument_error("level", level, "must be an int or None")
+            raise argument_error("level", level, "must be an int or None")
         if isinstance(depends_on, str | bytes) or not isinstance(depends_on, Iterable):
-            raise ConfigurationError.argument_error(
+            raise argument_error(
                 "depends_on", depends_on, "must be an iterable of task names (not a str)"
             )
         deps = tuple(depends_on)
         for dep in deps:
             if not isinstance(dep, Hashable):
-                raise ConfigurationError.argument_error(
-                    "depends_on", deps, f"{dep!r} is not hashable"
-                )
+                raise argument_error("depends_on", deps, f"{safe_repr(dep)} is not hashable")
         name = task.name
         if not isinstance(name, Hashable):
-            raise ConfigurationError.argument_error("name", name, "a task name must be hashable")
+            raise argument_error("name", name, "a task name must be hashable")
         for field in _PHASE_FIELDS:
             value = getattr(task, field)
             if value is not None and not isinstance(value, TaskFunction) and not callable(value):
-                raise ConfigurationError.argument_error(
-                    field, value, f"task {name!r}: must be a TaskFunction, a callable or None"
+                raise argument_error(
+                    field,
+                    value,
+                    f"task {safe_repr(name)}: must be a TaskFunction, a callable or None",
                 )
+        # Everything that calls the names' __hash__/__eq__ runs before the builder changes,
+        # so a name that raises leaves the builder as it was.
+        unique = tuple(dict.fromkeys(deps))
         if name in self._names:
-            raise ConfigurationError.argument_error(
-                "name", name, "a task with this name was already added"
-            )
+            raise argument_error("name", name, "a task with this name was already added")
+        entry = Entry(task, level, unique)
         self._names[name] = len(self._entries)
-        self._entries.append(Entry(task, level, tuple(dict.fromkeys(deps))))
+        self._entries.append(entry)
         return self
 
     def build(
@@ -127,18 +129,16 @@ class Builder(Generic[C, K]):
             ConfigurationError: when an option is invalid.
         """
         if execute_order not in ("parallel", "dependencies"):
-            raise ConfigurationError.argument_error(
+            raise argument_error(
                 "execute_order", execute_order, "must be 'parallel' or 'dependencies'"
             )
         if max_concurrency is not None:
             max_concurrency = check_int("max_concurrency", max_concurrency, ge=1)
         cleanup = check_optional_number("cleanup_timeout", cleanup_timeout, gt=0)
         if on_cleanup_error is not None and not callable(on_cleanup_error):
-            raise ConfigurationError.argument_error(
-                "on_cleanup_error", on_cleanup_error, "must be callable or None"
-            )
+            raise argument_error("on_cleanup_error", on_cleanup_error, "must be callable or None")
         if rng is not None and not isinstance(rng, random.Random):
-            raise ConfigurationError.argument_error("rng", rng, "must be a random.Random or None")
+            raise argument_error("rng", rng, "must be a random.Random or None")
         plan = compile_plan(
             self._entries,
             execute_order=execute_order,

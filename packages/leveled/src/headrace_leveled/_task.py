@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, final, runtime_checkable
 
 from headrace_core import ConfigurationError
-from headrace_leveled._function import DEFAULT_RETRY_ON, TaskFunction
+from headrace_leveled._function import DEFAULT_RETRY_ON, PhaseGuard, TaskFunction
 
 __all__ = [
     "SdaxTaskGroup",
@@ -105,7 +105,7 @@ def task_func(
     backoff_factor: float = 2.0,
     retryable_exceptions: Sequence[type[Exception]] = DEFAULT_RETRY_ON,
     jitter: bool = True,
-    guards: Sequence[Any] = (),
+    guards: Sequence[PhaseGuard] = (),
 ) -> TaskFunction[C]:
     """Build a :class:`TaskFunction` (sdax's ``task_func``).
 
@@ -146,7 +146,7 @@ def task_group_func(
     backoff_factor: float = 2.0,
     retryable_exceptions: Sequence[type[Exception]] = DEFAULT_RETRY_ON,
     jitter: bool = True,
-    guards: Sequence[Any] = (),
+    guards: Sequence[PhaseGuard] = (),
 ) -> TaskFunction[C]:
     """Build a ``TaskFunction(fn, task_group=True)``: ``fn(ctx, tg)`` gets a task group.
 
