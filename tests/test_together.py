@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from typing import Any
 
@@ -13,8 +14,9 @@ from headrace_coalesce import Loader, batch, collect
 from headrace_core.testing import VirtualClock
 from headrace_flow import flow, stage
 from headrace_guards import Bulkhead, CircuitBreaker, CircuitOpenError, Retry, Timeout
-from headrace_leveled import Processor, ProcessorError, Task, TaskFunction
+from headrace_leveled import Phase, Processor, ProcessorError, Task, TaskFunction
 from headrace_throttle import Throttle
+from shared.faults import FaultError
 
 
 def test_one_circuit_open_error_across_the_family() -> None:
@@ -248,3 +250,178 @@ async def test_soak_every_package_at_once_loses_nothing(seed: int) -> None:
         assert snap.waiting == 0
         assert loader.stats().in_flight == 0
         await throttle.drain()
+
+
+class _Injector:
+    """Raises, at random callback points, the user's own error or a CancelledError of its own."""
+
+    def __init__(self, rng: random.Random, rate: float, rates: dict[str, float]) -> None:
+        self.rng = rng
+        self.rate = rate
+        self.rates = rates  # points called rarely fail more often, so every run hits them
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def maybe(self, point: str) -> None:
+        # The first call at each point always fails, later ones at random: every run hits
+        # every point.
+        if point not in self.counts or self.rng.random() < self.rates.get(point, self.rate):
+            self.counts[point] += 1
+            if self.rng.random() < 0.5:
+                raise FaultError(point)
+            raise asyncio.CancelledError(point)  # raised by the callback, not a cancellation
+
+
+#: Seeds of the faulty soak; each run injects at every point below (counted and asserted).
+FAULT_SEEDS = range(6)
+FAULT_POINTS = (
+    "Loader.key",
+    "Loader.load_fn",
+    "CircuitBreaker.record",
+    "CircuitBreaker.listener",
+    "Bulkhead.call.fn",
+    "Retry.retry_on",
+    "Throttle.is_failure",
+    "Throttle.listener",
+    "batch.fn",
+    "flow.stage",
+    "flow.sink",
+    "flow.on_error",
+    "Task.post_execute",
+)
+
+
+@pytest.mark.parametrize("seed", FAULT_SEEDS)
+async def test_soak_with_faults_at_random_callback_points(seed: int) -> None:
+    """The soak again, while user callbacks at random points raise or cancel themselves.
+
+    Every item ends up in the sink or in the error handler (never lost), every component
+    is idle at the end, and every post phase runs for the pre phases that ran.
+    """
+    rng = random.Random(1000 + seed)
+    inject = _Injector(
+        rng,
+        rate=0.02,
+        rates={"CircuitBreaker.listener": 0.5, "Throttle.listener": 0.2, "Task.post_execute": 0.5},
+    )
+    with VirtualClock(start=(0.0, 1e3, 1e6)[seed % 3]):
+        bulkhead = Bulkhead(8)
+
+        def record(exc: BaseException) -> bool:
+            inject.maybe("CircuitBreaker.record")
+            return True
+
+        breaker = CircuitBreaker(
+            "faulty-soak",
+            failure_threshold=2,
+            recovery_timeout=0.5,
+            record=record,
+        )
+        breaker.add_listener(lambda event: inject.maybe("CircuitBreaker.listener"))
+
+        def retry_on(exc: BaseException) -> bool:
+            inject.maybe("Retry.retry_on")
+            return isinstance(exc, ConnectionError)
+
+        retry = Retry(attempts=3, retry_on=retry_on)
+
+        def is_failure(exc: BaseException) -> bool:
+            inject.maybe("Throttle.is_failure")
+            return True
+
+        throttle = Throttle(12, is_failure=is_failure)
+        throttle.add_listener(lambda event: inject.maybe("Throttle.listener"))
+
+        async def fetch_many(keys: list[int]) -> list[Any]:
+            inject.maybe("Loader.load_fn")
+            await asyncio.sleep(rng.uniform(0.001, 0.02))
+            return [ConnectionError(k) if rng.random() < 0.05 else k for k in keys]
+
+        def key(item: int) -> int:
+            inject.maybe("Loader.key")
+            return item
+
+        loader: Loader[int, Any] = Loader(fetch_many, cache=False, key=key)
+
+        @batch
+        async def tag(item: int) -> list[int]:
+            items = await collect(item)
+            inject.maybe("batch.fn")
+            await asyncio.sleep(0.001)
+            return list(items)
+
+        async def in_bulkhead(item: int) -> Any:
+            inject.maybe("Bulkhead.call.fn")
+            return await loader.load(item)
+
+        async def attempt(item: int) -> Any:
+            return await breaker.call(bulkhead.call, in_bulkhead, item)
+
+        async def through_throttle(item: int) -> Any:
+            async def call(slot: object) -> Any:
+                return await retry.call(attempt, item)
+
+            return await throttle.execute(call)
+
+        async def stage_fn(item: int) -> int:
+            inject.maybe("flow.stage")
+            await asyncio.sleep(rng.uniform(0, 0.2))  # the run spans many recovery periods
+            await through_throttle(item)
+            return await tag(item)
+
+        seen: list[int] = []
+        handled: list[int] = []
+
+        async def sink(item: int) -> None:
+            inject.maybe("flow.sink")
+            seen.append(item)
+
+        async def on_error(event: Any) -> None:
+            handled.append(event.item)
+            # A raising handler aborts the run by contract, so the soak counts its calls
+            # (its own faults are driven by flow's fault table).
+            inject.counts["flow.on_error"] += 1
+
+        entered: list[str] = []
+        posted: list[str] = []
+
+        def make_task(name: str, fn: Any) -> Task[Any, Any]:
+            async def pre(ctx: object) -> None:
+                entered.append(name)
+
+            async def post(ctx: object) -> None:
+                posted.append(name)
+                inject.maybe("Task.post_execute")
+
+            return Task(name, pre_execute=pre, execute=fn, post_execute=post)
+
+        async def pipeline(ctx: object) -> Any:
+            return await flow(stage(stage_fn, workers=24), sink, on_error=on_error).run(range(1500))
+
+        builder = Processor.builder()
+        for n in range(4):
+            builder.add_task(make_task(f"open{n}", None), level=0)
+        builder.add_task(make_task("pipeline", pipeline), level=1)
+        try:
+            report = await builder.build().process_tasks({})
+        except ProcessorError as error:
+            report = error.report
+            phases = {f.phase for f in error.failures}
+        else:
+            phases = set()
+        # Only cleanup faults may fail the run; the pipeline itself finished.
+        assert phases <= {Phase.POST_EXECUTE}
+        stats = report.results["pipeline"]
+        assert stats.accepted == 1500
+        assert stats.accepted == stats.completed + stats.failed + stats.filtered + stats.discarded
+        assert sorted(seen + handled) == list(range(1500))  # nothing lost
+        assert sorted(posted) == sorted(entered)  # every post ran, faults or not
+        assert bulkhead.snapshot().in_flight == 0
+        assert breaker.snapshot().half_open_in_flight == 0
+        snap = throttle.snapshot()
+        assert snap.in_flight == 0
+        assert snap.waiting == 0
+        assert loader.stats().in_flight == 0
+        assert tag.stats().in_flight == 0
+        await throttle.drain()
+    # Every point was hit in this run.
+    assert set(inject.counts) == set(FAULT_POINTS), set(FAULT_POINTS) - set(inject.counts)
