@@ -62,15 +62,15 @@ class ConfigurationError(HeadraceError, ValueError):
         """
         prefix = f"{component}: " if component else ""
         return cls(
-            f"{prefix}{argument}={safe_repr(value)}: {reason}",
+            f"{prefix}{argument}={safe_repr(value, limit=None)}: {reason}",
             argument=argument,
             value=value,
             component=component,
         )
 
 
-def safe_repr(value: object, limit: int = 200) -> str:
-    """Return ``repr(value)`` cut to ``limit`` characters; never raises.
+def safe_repr(value: object, limit: int | None = 200) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters (None: not cut); never raises.
 
     For messages, notes and logs that show a user's object: a ``__repr__`` that raises an
     ``Exception`` (or ``CancelledError`` of its own) gives ``<TypeName object (repr
@@ -81,7 +81,9 @@ def safe_repr(value: object, limit: int = 200) -> str:
         text = repr(value)
     except (Exception, asyncio.CancelledError):  # a user's __repr__ must not replace our error
         return f"<{type(value).__qualname__} object (repr failed)>"
-    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: max(limit - 3, 0)] + "..."
 
 
 @final
