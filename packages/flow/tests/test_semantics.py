@@ -448,7 +448,7 @@ async def test_queue_size_zero_is_unbounded() -> None:
 
     f = flow(stage(held, queue_size=0))
     task = asyncio.create_task(f.run(range(500)))
-    for _ in range(5):
+    for _ in range(50):  # the source yields to the loop now and then, never blocks
         await asyncio.sleep(0)
     assert f.stats().stages["held"].queue_length == 499
     gate.set()

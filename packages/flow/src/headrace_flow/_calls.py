@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+from headrace_core.backoff import next_delay
 from headrace_flow._errors import StageTimeout
-from headrace_flow._stage_run import StageRun
+from headrace_flow._stage_run import StageRun, own_cancel
 
 
 def make_call(st: StageRun, fn: Any) -> Any:
@@ -42,15 +43,17 @@ def make_call(st: StageRun, fn: Any) -> Any:
         while True:
             try:
                 return await attempt(item)
-            except asyncio.CancelledError:
-                raise
-            except retry_on:
+            except (KeyboardInterrupt, SystemExit):
+                raise  # never retried, whatever retry_on says
+            except retry_on as exc:
                 if tries >= retries:
                     raise
+                if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                    raise  # the worker is being cancelled: not the item's failure
                 tries += 1
                 if delays is None:
-                    delays = schedule.delays()
-                delay = next(delays)
+                    delays = iter(schedule.delays())
+                delay = next_delay(delays, owner=f"flow stage {name!r} (backoff=...)", cause=exc)
                 if delay > 0:
                     await asyncio.sleep(delay)
 

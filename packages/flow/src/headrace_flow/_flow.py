@@ -8,17 +8,19 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-from headrace_core import ConfigurationError, HeadraceError
+from headrace_core import ConfigurationError, GuardTimeout, HeadraceError, check_optional_number
 from headrace_core.stats import Listeners
 from headrace_flow._compile import Node, compile_parts, plan, settings
 from headrace_flow._errors import FlowClosed
 from headrace_flow._handlers import adapt, handler_form, normalize_handler
 from headrace_flow._push import PushHandle
 from headrace_flow._queues import EOF as _EOF
+from headrace_flow._queues import Final as _Final
 from headrace_flow._queues import QueueFactory
 from headrace_flow._run import Run
 from headrace_flow._scaling import as_strategy
 from headrace_flow._source import normalize_source
+from headrace_flow._stage_run import own_cancel, safe_repr, user_cancelled
 from headrace_flow._stages import as_stage, stage
 from headrace_flow._stats import FlowStats, StageStats
 
@@ -62,7 +64,7 @@ class Flow(Generic[In, Out]):
         self._run: Run | None = None
         self._last: FlowStats | None = None
         self._listeners: Listeners[Any] = Listeners("headrace.flow", "flow")
-        self._task: asyncio.Task[FlowStats] | None = None
+        self._task: asyncio.Task[FlowStats | _Interrupt] | None = None
 
     # -- definition ----------------------------------------------------------------------
     def _compiled(self) -> list[Node]:
@@ -227,8 +229,16 @@ class Flow(Generic[In, Out]):
         if self._run is not None or (self._task is not None and not self._task.done()):
             raise HeadraceError("the flow is already running")
         run = self._begin(output=False)
-        self._task = asyncio.get_running_loop().create_task(self._execute(run, self._producer))
+        self._task = asyncio.get_running_loop().create_task(self._background(run, self._producer))
         await asyncio.sleep(0)
+
+    async def _background(self, run: Run, source: Any) -> FlowStats | _Interrupt:
+        # The run of start() has no caller until wait(): KeyboardInterrupt and SystemExit
+        # must not escape its task into the event loop; wait() raises them.
+        try:
+            return await self._execute(run, source)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            return _Interrupt(exc)
 
     async def wait(self) -> FlowStats:
         """Wait for the run :meth:`start` began.
@@ -243,10 +253,13 @@ class Flow(Generic[In, Out]):
         if task is None:
             raise HeadraceError("wait() without start()")
         try:
-            return await task
+            result = await task
         finally:
             if task.done():
                 self._task = None
+        if isinstance(result, _Interrupt):
+            raise result.error
+        return result
 
     # -- running -------------------------------------------------------------------------
     def _plan(self) -> list[dict[str, Any]]:
@@ -255,9 +268,25 @@ class Flow(Generic[In, Out]):
     def _begin(self, *, output: bool) -> Run:
         if self._run is not None:
             raise HeadraceError("the flow is already running; a Flow runs once at a time")
-        run = Run(self._plan(), handler=None, listeners=self._listeners, output=output)
+        try:
+            run = Run(self._plan(), handler=None, listeners=self._listeners, output=output)
+        except asyncio.CancelledError as exc:  # from a queue factory: never a cancellation
+            raise user_cancelled(exc) from exc
         self._run = run
         return run
+
+    async def _setup(
+        self, run: Run, stack: contextlib.AsyncExitStack, source: Any, *, push: bool = False
+    ) -> None:
+        # The user code run before the run's tasks exist (the handler's context manager, a
+        # source factory, strategies' initial_workers()) runs in the caller's task.
+        try:
+            await self._open_handler(run, stack)
+            run.start(None if push else normalize_source(source), push=push)
+        except asyncio.CancelledError as exc:
+            if own_cancel():
+                raise
+            raise user_cancelled(exc) from exc
 
     async def _open_handler(self, run: Run, stack: contextlib.AsyncExitStack) -> None:
         if self._handler is None:
@@ -265,18 +294,27 @@ class Flow(Generic[In, Out]):
         form, handler = self._handler
         if form == "cm":
             handler = await stack.enter_async_context(handler())
+            if not callable(handler):
+                raise TypeError(
+                    "the error handler's context manager must give the async handler, got "
+                    f"{safe_repr(handler)}"
+                )
             form = handler_form(handler)
         run.handler = adapt(form, handler)
 
     async def _execute(self, run: Run, source: Any, *, push: bool = False) -> FlowStats:
         try:
             async with contextlib.AsyncExitStack() as stack:
-                await self._open_handler(run, stack)
                 try:
-                    run.start(normalize_source(source) if not push else None, push=push)
+                    await self._setup(run, stack, source, push=push)
                     await run.done
                 finally:
                     await run.teardown()
+        except asyncio.CancelledError as exc:
+            if own_cancel():
+                raise
+            # raised by the handler's context manager on exit
+            raise user_cancelled(exc) from exc
         finally:
             self._finish(run)
         if run.error is not None:
@@ -326,9 +364,8 @@ class Flow(Generic[In, Out]):
         run = self._begin(output=True)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                await self._open_handler(run, stack)
                 try:
-                    run.start(normalize_source(source))
+                    await self._setup(run, stack, source)
                     out = run.output
                     assert out is not None
                     while True:
@@ -337,7 +374,16 @@ class Flow(Generic[In, Out]):
                         else:
                             item = await out.wait()
                             if item is _EOF:
+                                source = run.source_task
+                                if source is not None and not run.ended:
+                                    # a source cut by a Last may still be closing
+                                    await asyncio.wait([source])
                                 break
+                            if item.__class__ is _Final:
+                                for value in item.values:
+                                    run.completed += 1
+                                    yield value
+                                continue
                         run.completed += 1
                         yield item
                 finally:
@@ -365,19 +411,20 @@ class Flow(Generic[In, Out]):
         handle: PushHandle[In] = PushHandle(run)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                await self._open_handler(run, stack)
                 try:
-                    run.start(None, push=True)
+                    await self._setup(run, stack, None, push=True)
                     try:
                         yield handle
                     except BaseException as exc:
                         handle._completed = True
-                        if isinstance(exc, FlowClosed) and run.error is not None:
-                            raise run.error from exc
-                        run.stop()
-                        raise
-                    await handle.complete()
-                    await run.done
+                        if not (isinstance(exc, FlowClosed) and run.error is not None):
+                            run.stop()
+                            raise
+                        # send() found the run aborted: its error is raised below, as
+                        # is (its own cause kept)
+                    else:
+                        await handle.complete()
+                        await run.done
                 finally:
                     handle._completed = True
                     await run.teardown()
@@ -386,23 +433,46 @@ class Flow(Generic[In, Out]):
         if run.error is not None:
             raise run.error
 
-    async def drain(self) -> FlowStats:
+    async def drain(self, timeout: float | None = None) -> FlowStats:
         """End the current run gracefully: stop pulling, finish everything accepted.
 
         A source awaiting its next item is cancelled; an item it already yielded is never
         lost. Returns at once when no run is active (or when called from the run itself,
         or during :meth:`iterate`, whose consumer must keep reading).
 
+        Args:
+            timeout: the longest to wait for the run to finish, in seconds (loop clock);
+                ``None`` waits as long as it takes. On expiry the run goes on draining
+                (:meth:`stop` ends it at once).
+
         Returns:
             The stats (final when the run ended).
+
+        Raises:
+            ConfigurationError: for a ``timeout`` that is not a number ``>= 0``.
+            GuardTimeout: the run had not finished after ``timeout`` (a ``TimeoutError``).
         """
+        limit = check_optional_number("timeout", timeout, ge=0, finite=False)
         run = self._run
         if run is None:
             return self.stats()
         run.drain()
         if run.output is not None or run.is_own_task():
             return run.stats()
-        await run.finished.wait()
+        if limit is None:
+            await run.finished.wait()
+            return run.stats()
+        scope = asyncio.timeout(limit)
+        try:
+            async with scope:
+                await run.finished.wait()
+        except TimeoutError:
+            if scope.expired():
+                raise GuardTimeout(
+                    f"drain() did not finish within {limit:g}s; the run goes on draining",
+                    timeout=limit,
+                ) from None
+            raise
         return run.stats()
 
     async def stop(self) -> None:
@@ -465,3 +535,12 @@ class Flow(Generic[In, Out]):
 
     def __repr__(self) -> str:
         return f"<Flow {' -> '.join(self.stage_names) or '(empty)'}>"
+
+
+class _Interrupt:
+    """A KeyboardInterrupt/SystemExit of a background run, carried to :meth:`Flow.wait`."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

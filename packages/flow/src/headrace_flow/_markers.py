@@ -41,11 +41,12 @@ DROP: Final[Drop] = Drop()
 class Last(Generic[T]):
     """Wrap a stage's result to make it the last item the pipeline produces.
 
-    When a worker returns ``Last(value)``, everything upstream of its stage stops (the
-    source is closed, queued and in-flight upstream items are discarded and counted),
-    sibling workers of the stage finish their current item, and then ``value`` goes
-    downstream as the final item. The guarantee is strict with a single-worker
-    receiving stage.
+    When a worker returns ``Last(value)``, every stage that is not downstream of its
+    stage stops (the source is closed, queued and in-flight items there are discarded
+    and counted), sibling workers of the stage finish their current item, and ``value``
+    goes downstream as the final item: each stage below receives it after every other
+    item, so it is the last item every sink receives, whatever the topology (router
+    arms, sub-flows, stages with many workers).
 
     Args:
         value: the final item.

@@ -6,6 +6,7 @@ from typing import Generic, TypeVar, final
 
 from headrace_flow._errors import FlowClosed
 from headrace_flow._run import Run
+from headrace_flow._stage_run import Aborted
 
 __all__ = ["PushHandle"]
 
@@ -40,12 +41,19 @@ class PushHandle(Generic[In]):
         if run.ended or run.draining:
             raise FlowClosed("the flow run has ended")
         first = run.stages[0]
+        ch = first.input
         run.accepted += 1
         try:
-            await run.put(first, first.input, item)
+            if not ch.try_put(item):
+                await ch.put(item)
         except BaseException:
             run.accepted -= 1
             raise
+        if first.dynamic:
+            try:
+                run.scale(first, tick=False, enqueue=True)
+            except Aborted:  # the scaling strategy failed: the run ended with its error
+                raise FlowClosed("the flow run has ended") from None
 
     async def complete(self) -> None:
         """Signal the end of the stream (idempotent); the flow finishes what it has."""

@@ -87,6 +87,20 @@ class _Signal:
         return self.name
 
 
+class Final:
+    """Items that must reach the stage after every other item (from ``Last``).
+
+    A channel hands out its finals, all at once to one worker, only once it is closed
+    and empty, so whatever its producers emitted before comes first; the worker passes
+    the results on as finals of its own output.
+    """
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+
 EMPTY: Any = _Signal("EMPTY")
 EOF: Any = _Signal("EOF")
 RETIRE: Any = _Signal("RETIRE")
@@ -133,6 +147,7 @@ class Channel:
         "_push_front",
         "closed",
         "fifo",
+        "finals",
         "getters",
         "last_get",
         "last_put",
@@ -167,6 +182,8 @@ class Channel:
         self.putters: deque[tuple[asyncio.Future[None], Any]] = deque()
         self.producers = producers
         self.closed = producers <= 0
+        # values that go out after every stored item, once the channel is closed (Last)
+        self.finals: deque[Any] = deque()
         # enqueue times of stored items in arrival order (a LIFO pops the newest; for other
         # orders the oldest arrival time is an approximation of the oldest waiting item)
         self.times: deque[float] = deque()
@@ -207,9 +224,8 @@ class Channel:
         if self.try_put(item):
             return
         fut: asyncio.Future[None] = self.loop.create_future()
-        if self.sequenced:
-            item = (self.seq, item)
-            self.seq += 1
+        # (an ordered stage numbers the item when it enters the store, in take(): a
+        # putter cancelled while it waits leaves no gap in the numbers)
         entry = (fut, item)
         self.putters.append(entry)
         try:
@@ -237,6 +253,9 @@ class Channel:
         while putters:
             fut, waiting = putters.popleft()
             if not fut.done():
+                if self.sequenced:
+                    waiting = (self.seq, waiting)
+                    self.seq += 1
                 self._push(waiting)
                 self.size += 1
                 times.append(now)
@@ -245,10 +264,12 @@ class Channel:
         return item
 
     async def wait(self) -> Any:
-        """Wait for an item (the store is empty): return it, ``EOF`` or ``RETIRE``."""
+        """Wait for an item (the store is empty): return it, a ``Final``, ``EOF`` or ``RETIRE``."""
         if self.size:
             return self.take()
         if self.closed:
+            if self.finals:
+                return self._take_finals()
             return EOF
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.getters.append(fut)
@@ -261,7 +282,9 @@ class Channel:
             elif not fut.cancelled():
                 # handed an item, then cancelled before resuming: give the item back
                 got = fut.result()
-                if not isinstance(got, _Signal):
+                if got.__class__ is Final:
+                    self.finals.extendleft(reversed(got.values))
+                elif not isinstance(got, _Signal):
                     self._give_back(got)
             raise
 
@@ -291,13 +314,18 @@ class Channel:
         return True
 
     def close(self) -> None:
-        """No more items will come: waiting getters receive ``EOF``."""
+        """No more items will come: waiting getters receive the finals, then ``EOF``."""
         self.closed = True
         getters = self.getters
         while getters:
             fut = getters.popleft()
             if not fut.done():
-                fut.set_result(EOF)
+                fut.set_result(self._take_finals() if self.finals else EOF)
+
+    def _take_finals(self) -> Final:
+        final = Final(list(self.finals))
+        self.finals.clear()
+        return final
 
     def fail_putters(self, error: BaseException) -> None:
         """Fail every waiting putter with ``error`` (their items are not stored)."""
@@ -318,13 +346,25 @@ class Channel:
         return False
 
     def drain_items(self) -> list[Any]:
-        """Remove and return every stored item."""
+        """Remove and return every stored item (finals included, last), unnumbered."""
         out = []
         while self.size:
             out.append(self._pop())
             self.size -= 1
+        if self.sequenced:
+            out = [item for _, item in out]
         self.times.clear()
+        if self.finals:
+            out.extend(self.finals)
+            self.finals.clear()
         return out
+
+    def add_final(self, value: Any) -> None:
+        """Queue ``value`` to go out after every stored item, once the channel is closed.
+
+        Its producer is still running, so the channel is not closed yet.
+        """
+        self.finals.append(value)
 
     def oldest_time(self) -> float | None:
         """The enqueue time of the oldest stored item."""

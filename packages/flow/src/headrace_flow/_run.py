@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 from types import MappingProxyType
 from typing import Any
 
@@ -17,7 +19,15 @@ from headrace_flow._errors import (
 )
 from headrace_flow._queues import Channel, QueueFactory
 from headrace_flow._scaling import FixedScaling, UtilizationScaling, _LegacyAdapter, bounds
-from headrace_flow._stage_run import Aborted, Handler, StageRun, note
+from headrace_flow._stage_run import (
+    Aborted,
+    Handler,
+    StageRun,
+    note,
+    own_cancel,
+    safe_repr,
+    user_cancelled,
+)
 from headrace_flow._stages import BATCHED, CM, GEN, MAP, ROUTER
 from headrace_flow._stats import FlowStats
 
@@ -139,7 +149,7 @@ class Run:
     # -- starting ------------------------------------------------------------------------
     def start(self, source: Any, *, push: bool = False) -> None:
         for st in self.stages:
-            initial = int(st.strategy.initial_workers())
+            initial = worker_delta(st.strategy.initial_workers(), st.strategy, "initial_workers")
             st.target = min(max(initial, st.low), st.high)
             for _ in range(st.target):
                 self._spawn(st)
@@ -152,7 +162,7 @@ class Run:
             task = self.loop.create_task(_source.pull_source(self, source))
             self.source_task = task
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._source_ended)
         self._check_all_finished()
 
     def _spawn(self, st: StageRun) -> None:
@@ -162,8 +172,19 @@ class Run:
         task = self.loop.create_task(_workers.worker(self, st))
         self.tasks.add(task)
         st.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(st.tasks.discard)
+        task.add_done_callback(functools.partial(self._worker_ended, st))
+
+    def _worker_ended(self, st: StageRun, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task in st.tasks:
+            # cancelled before it ever ran (a stop, or a Last, right after it started):
+            # its own exit never ran, count it out here
+            st.tasks.discard(task)
+            self._worker_exit(st)
+
+    def _source_ended(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.close_source()  # (done already, unless it was cancelled before it ran)
 
     # -- ending --------------------------------------------------------------------------
     def _end(self) -> None:
@@ -182,9 +203,16 @@ class Run:
             self.done.set_result(None)
 
     def abort(self, error: BaseException) -> None:
-        """End the run with ``error`` (the first one wins)."""
+        """End the run with ``error`` (the first one wins).
+
+        A ``CancelledError`` that user code raised by itself (the run was not being
+        cancelled) is wrapped in a ``HeadraceError`` chaining it: raised as is, it would
+        read as a cancellation of the task awaiting ``run()``.
+        """
         if self.ended:
             return
+        if isinstance(error, asyncio.CancelledError):
+            error = user_cancelled(error)
         self.error = error
         self._end()
 
@@ -216,6 +244,8 @@ class Run:
                 await self.listeners.aclose(timeout=5.0)
             except asyncio.CancelledError:
                 cancelled = True
+        for st in self.stages:
+            st.busy = 0  # a worker that ended by an error or a cancel was busy
         self.discarded = max(
             0, self.accepted + self.extra - self.completed - self.failed - self.filtered
         )
@@ -245,23 +275,31 @@ class Run:
     async def report(self, event: Any) -> None:
         """Give ``event`` to listeners and the handler; abort when there is no handler."""
         if self.listeners:
-            self.listeners.emit(event)
+            try:
+                self.listeners.emit(event)
+            except BaseException as interrupt:  # KeyboardInterrupt/SystemExit of a listener
+                self.abort(interrupt)
+                raise Aborted from None
         handler = self.handler
         if handler is None:
             if isinstance(event, Dropped):
                 return
             exc = event.exception
             if isinstance(event, TransformerError):
-                note(exc, f"raised by flow stage {event.stage!r} on item {event.item!r}")
+                note(
+                    exc,
+                    f"raised by flow stage {event.stage!r} on item {safe_repr(event.item)}",
+                    kind="raised by flow stage ",
+                )
             else:
                 note(exc, "raised by the flow's source")
             self.abort(exc)
             raise Aborted
         try:
             await handler(event)
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                raise
             note(exc, f"raised by the flow's error handler on {type(event).__name__}")
             self.abort(exc)
             raise Aborted from None
@@ -277,16 +315,26 @@ class Run:
         st.tick_handle = None
         if self.ended or st.finished:
             return
-        self.scale(st, tick=True, enqueue=False)
+        try:
+            self.scale(st, tick=True, enqueue=False)
+        except Aborted:  # the strategy failed: the run has ended with its error
+            return
         st.tick_handle = self.loop.call_later(st.tick, self._on_tick, st)
 
     def scale(self, st: StageRun, *, tick: bool, enqueue: bool) -> None:
-        """Evaluate the strategy of a dynamic stage and apply its decision."""
+        """Evaluate the strategy of a dynamic stage and apply its decision.
+
+        Raises:
+            Aborted: the strategy raised or returned a bad delta; the run has ended
+                with that error.
+        """
         if self.ended or st.cut:
             return
         now = self.loop.time()
         if st.workers == 0:
-            if st.input.size > 0 and st.high > 0:
+            # work waits and nobody takes it: one worker at once, whatever the strategy
+            # or its cooldown says (so min_workers=0 works)
+            if st.input.size > 0 or st.input.finals:
                 self._resize(st, max(st.target, 1), now)
             return
         if not tick and st.sampling_events is not None:
@@ -301,44 +349,82 @@ class Run:
             if last is None or (down is not None and down > last):
                 last = down
             delta = strategy.evaluate(st.workers, st.busy, st.input.size, last, now)
-        elif isinstance(strategy, _LegacyAdapter):
-            if tick:
-                return
-            delta = strategy.legacy(st.snapshot(now), enqueue)
         else:
-            delta = int(strategy.decide(st.snapshot(now), now, tick))
+            try:
+                if isinstance(strategy, _LegacyAdapter):
+                    if tick:
+                        return
+                    delta = strategy.legacy(st.snapshot(now), enqueue)
+                else:
+                    delta = strategy.decide(st.snapshot(now), now, tick)
+                if delta.__class__ is not int:
+                    delta = worker_delta(delta, strategy, "decide")
+            except BaseException as exc:  # the user's strategy: its error ends the run
+                note(exc, f"raised by the scaling strategy of flow stage {st.name!r}")
+                self.abort(exc)
+                raise Aborted from None
         if delta:
             self._resize(st, st.target + delta, now)
 
     def _resize(self, st: StageRun, wanted: int, now: float) -> None:
         wanted = min(max(wanted, st.low), st.high)
         before = st.target
-        if wanted == before:
-            return
         st.target = wanted
         if wanted > before:
             st.last_scale_up = now
-            while st.workers < wanted:
-                self._spawn(st)
-        else:
+        elif wanted < before:
             st.last_scale_down = now
             excess = st.workers - wanted
             while excess > 0 and st.input.retire_one():
                 excess -= 1
-        if self.listeners:
-            self.listeners.emit(ScaleEvent(st.name, before, wanted, now))
+        # also when the target is unchanged: workers that left (retired just before the
+        # target went up again) are replaced
+        while st.workers < wanted:
+            self._spawn(st)
+        if wanted != before and self.listeners:
+            try:
+                self.listeners.emit(ScaleEvent(st.name, before, wanted, now))
+            except BaseException as exc:  # KeyboardInterrupt/SystemExit of a sync listener
+                self.abort(exc)
 
     # -- stage completion ----------------------------------------------------------------
     def _worker_exit(self, st: StageRun) -> None:
         st.workers -= 1
-        waiter = st.last_waiter
-        if waiter is not None and st.workers <= 1 and not waiter.done():
+        waiter = st.final_waiter
+        if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if not self.ended and not st.cut:
+            ch = st.input
+            pending = ch.size or ch.finals
+            if st.workers < st.target and (pending or not ch.closed):
+                # it left for a retirement the target no longer wants (the target went
+                # up again meanwhile): replace it
+                self._spawn(st)
+                return
+            if not st.workers and pending:
+                # the last worker left (scaled to zero) while work waits: one at once
+                self._resize(st, max(st.target, 1), self.loop.time())
+                return
         self._maybe_finish(st)
 
     def _maybe_finish(self, st: StageRun) -> None:
-        if st.finished or st.workers or st.input.size or not st.input.closed:
+        ch = st.input
+        if st.finished or st.workers or not ch.closed:
             return
+        if ch.size or ch.finals:
+            if st.cut:
+                # items given back by workers cancelled by a Last: discarded (counted)
+                try:
+                    ch.drain_items()
+                except BaseException as exc:  # a custom queue's failure
+                    self.abort(exc)
+                    return
+            elif not self.ended:
+                # work waits and no worker is left (scaled to zero): start one
+                self._resize(st, max(st.target, 1), self.loop.time())
+                return
+            else:
+                return
         st.finished = True
         if st.tick_handle is not None:
             st.tick_handle.cancel()
@@ -356,7 +442,9 @@ class Run:
             return
         if self.output is not None:
             return  # the consumer ends the run when the output channel is closed
-        if all(st.finished for st in self.stages):
+        # a source cut by a Last is still closing (its aclose() may fail): the run ends
+        # when it is done too
+        if self.source_done and all(st.finished for st in self.stages):
             self._end()
 
     def close_source(self) -> None:
@@ -394,3 +482,19 @@ def _fifo() -> QueueFactory:
     from headrace_flow._queues import fifo_queue
 
     return fifo_queue
+
+
+def worker_delta(value: Any, strategy: Any, method: str) -> int:
+    """Return a strategy's worker count or delta as an int, or raise a clear error.
+
+    Raises:
+        TypeError: for anything but an int or a finite float (``None``, NaN, a string).
+    """
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    raise TypeError(
+        f"scaling strategy {safe_repr(strategy)}: {method}() returned {safe_repr(value)}; "
+        "it must return an int"
+    )

@@ -272,16 +272,15 @@ class _LegacyAdapter:
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self.min_workers = int(getattr(inner, "min_workers", 0))
-        self.max_workers = int(getattr(inner, "max_workers", 1 << 30))
+        self.min_workers, self.max_workers = bounds(inner)
 
-    def initial_workers(self) -> int:
-        return int(self._inner.initial_workers())
+    def initial_workers(self) -> Any:
+        return self._inner.initial_workers()
 
     def decide(self, stats: StageStats, now: float, tick: bool) -> int:
         return 0
 
-    def legacy(self, stats: StageStats, enqueue: bool) -> int:
+    def legacy(self, stats: StageStats, enqueue: bool) -> Any:
         snapshot = StageSnapshot(
             stage_name=stats.name,
             busy_workers=stats.busy_workers,
@@ -295,7 +294,7 @@ class _LegacyAdapter:
             last_error_at=stats.last_error_at,
         )
         method = self._inner.on_enqueue if enqueue else self._inner.on_dequeue
-        return int(method(snapshot))
+        return method(snapshot)  # the runtime checks it is an int
 
     def __repr__(self) -> str:
         return repr(self._inner)
@@ -322,10 +321,19 @@ def as_strategy(value: Any, argument: str = "scaling") -> Any:
     )
 
 
+#: The most workers a stage gets from a strategy that declares no ``max_workers``.
+DEFAULT_MAX_WORKERS = 1024
+
+
 def bounds(strategy: Any) -> tuple[int, int]:
-    """Return (min, max) of a strategy (defaults 0 and a very large number)."""
+    """Return (min, max) of a strategy.
+
+    A strategy that declares no ``min_workers`` (or not an int >= 0) gets 0; one that
+    declares no ``max_workers`` (or not an int >= 1) gets ``DEFAULT_MAX_WORKERS``, so a
+    decision that asks for a huge number of workers stays bounded.
+    """
     low = getattr(strategy, "min_workers", 0)
     high = getattr(strategy, "max_workers", None)
-    low_i = int(low) if isinstance(low, int) else 0
-    high_i = int(high) if isinstance(high, int) else 1 << 30
+    low_i = int(low) if isinstance(low, int) and low >= 0 else 0
+    high_i = int(high) if isinstance(high, int) and high >= 1 else DEFAULT_MAX_WORKERS
     return low_i, max(high_i, low_i)

@@ -10,13 +10,30 @@ from typing import TYPE_CHECKING, Any
 
 from headrace_flow._errors import Dropped, DropReason, SourceError
 from headrace_flow._queues import Channel
-from headrace_flow._stage_run import Aborted, StageRun
+from headrace_flow._stage_run import Aborted, StageRun, own_cancel
 
 if TYPE_CHECKING:
     from headrace_flow._run import Run
 
 
+#: Items the source task puts at most before it yields to the loop once: a source that
+#: never waits (a sync iterable, an async generator that awaits nothing, an unbounded
+#: queue) must not freeze the loop, so stop(), drain() and timeouts can run.
+YIELD_EVERY = 64
+
+
 async def pull_source(run: Run, source: Any) -> None:
+    try:
+        await _pull(run, source)
+    except Aborted:
+        pass
+    except BaseException as exc:  # KeyboardInterrupt & co. end the run, never lost
+        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            raise
+        run.abort(exc)
+
+
+async def _pull(run: Run, source: Any) -> None:
     first = run.stages[0]
     ch = first.input
     dynamic = first.dynamic
@@ -31,6 +48,7 @@ async def pull_source(run: Run, source: Any) -> None:
         elif hasattr(source, "__aiter__"):
             it = source.__aiter__()
             anext_ = it.__anext__
+            n = 0
             while not run.draining:
                 run.source_pulling = True
                 try:
@@ -46,37 +64,59 @@ async def pull_source(run: Run, source: Any) -> None:
                     )
                     break
                 await source_put(run, first, ch, item, dynamic)
+                n += 1
+                if n >= YIELD_EVERY:
+                    n = 0
+                    await asyncio.sleep(0)
         else:
+            n = 0
             for item in source:
                 if run.draining:
                     break
                 run.accepted += 1
                 await source_put(run, first, ch, item, dynamic)
-    except asyncio.CancelledError:
+                n += 1
+                if n >= YIELD_EVERY:
+                    n = 0
+                    await asyncio.sleep(0)
+    except asyncio.CancelledError as exc:
         task = asyncio.current_task()
-        if not (
-            (run.source_cancel or run.source_cut)
-            and not run.ended
-            and task is not None
-            and task.cancelling() <= 1
-        ):
+        assert task is not None
+        if not task.cancelling():
+            # raised by the source itself, not a cancellation: the source's failure
+            await source_failed(run, exc)
+        elif (run.source_cancel or run.source_cut) and not run.ended and task.cancelling() <= 1:
+            task.uncancel()
+            run.source_cancel = False
+        else:
             raise
-        task.uncancel()
-        run.source_cancel = False
+    except Exception as exc:
+        await source_failed(run, exc)
     except Aborted:
         pass
-    except Exception as exc:
-        if not run.ended:
-            with contextlib.suppress(Aborted):
-                await run.report(SourceError(exc, run.loop.time()))
-    except BaseException as exc:  # KeyboardInterrupt & co. end the run, never lost
-        run.abort(exc)
+    except BaseException as exc:  # KeyboardInterrupt & co.: the run ends with them
+        run.abort(exc)  # (before the source counts as closed, which may end the run)
     finally:
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
+        try:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
                 await aclose()
-        run.close_source()
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                raise
+            await source_failed(run, exc)  # a source that cannot close failed
+        except Aborted:
+            pass
+        except BaseException as exc:
+            run.abort(exc)
+        finally:
+            run.close_source()
+
+
+async def source_failed(run: Run, exc: BaseException) -> None:
+    if not run.ended:
+        with contextlib.suppress(Aborted):
+            await run.report(SourceError(exc, run.loop.time()))
 
 
 async def source_put(run: Run, first: StageRun, ch: Channel, item: Any, dynamic: bool) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from headrace_core import HeadraceError
 from headrace_flow._queues import Channel
 from headrace_flow._stats import StageStats
 
@@ -35,6 +36,7 @@ class StageRun:
         "events",
         "factory",
         "filtered",
+        "final_waiter",
         "finished",
         "high",
         "index",
@@ -43,7 +45,6 @@ class StageRun:
         "last_error",
         "last_scale_down",
         "last_scale_up",
-        "last_waiter",
         "low",
         "max_wait",
         "name",
@@ -98,7 +99,8 @@ class StageRun:
         self.last_scale_down: float | None = None
         self.finished = False
         self.cut = False
-        self.last_waiter: asyncio.Future[None] | None = None
+        # a worker holding the final items waits here until it is the stage's last one
+        self.final_waiter: asyncio.Future[None] | None = None
         self.ordered = False
         self.taken = 0
         self.released = 0
@@ -133,8 +135,55 @@ class StageRun:
         )
 
 
-def note(exc: BaseException, text: str) -> None:
-    """Add ``text`` to the exception's notes once."""
-    notes = getattr(exc, "__notes__", None)
-    if notes is None or text not in notes:
+def note(exc: BaseException, text: str, kind: str | None = None) -> None:
+    """Add ``text`` to the exception's notes, never failing and never piling up.
+
+    A note of the same ``kind`` (the start of the text, by default all of it) that flow
+    added before, in this run or an earlier one that raised the same exception object, is
+    replaced, so an exception raised again gains no extra note per run. A note that cannot
+    be added (an ``add_note`` or ``__notes__`` of the user's that raises) is skipped: the
+    user's error is never replaced by the failure to annotate it.
+    """
+    prefix = text if kind is None else kind
+    try:
+        notes = getattr(exc, "__notes__", None)
+        if isinstance(notes, list):
+            if text in notes:
+                return
+            notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(prefix))]
         exc.add_note(text)
+    except (Exception, asyncio.CancelledError):  # best effort: the error itself matters
+        pass
+
+
+def safe_repr(value: object, limit: int = 200) -> str:
+    """``repr(value)``, shortened to ``limit`` characters; never raises an ``Exception``."""
+    try:
+        text = repr(value)
+    except (Exception, asyncio.CancelledError):  # a user's __repr__ may fail: say so
+        return f"<{type(value).__name__} object (repr failed)>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def user_cancelled(error: asyncio.CancelledError) -> HeadraceError:
+    """The error a caller gets for a ``CancelledError`` user code raised by itself.
+
+    Raised as is, it would read as a cancellation of the caller's task (and a task group
+    would drop it silently); this ``HeadraceError`` chains it instead.
+    """
+    notes = getattr(error, "__notes__", None)
+    where = "; ".join(n for n in notes if isinstance(n, str)) if isinstance(notes, list) else ""
+    wrapped = HeadraceError(
+        "user code raised CancelledError while the flow run was not being cancelled"
+        + (f" ({where})" if where else "")
+    )
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def own_cancel() -> bool:
+    """Whether the current task is being cancelled (a ``CancelledError`` is its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

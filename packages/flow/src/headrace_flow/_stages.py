@@ -289,18 +289,41 @@ def stage(
         backoff=backoff,
     )
     if isinstance(target, Stage):
-        merged = replace(
-            options,
-            scaling=options.scaling if options.scaling is not None else target.options.scaling,
-            queue_size=options.queue_size
-            if options.queue_size is not None
-            else target.options.queue_size,
-            queue=options.queue if options.queue is not None else target.options.queue,
-            ordered=options.ordered if options.ordered is not None else target.options.ordered,
-        )
-        return target.with_options(name, merged)
+        return target.with_options(name, _nest(target.options, options))
     kind = classify(target)
     return Stage(target, kind=kind, name=name, options=options)
+
+
+_UNSET = Options()
+_SCHEDULE_FIELDS = ("initial_delay", "backoff_factor", "max_delay", "jitter")
+
+
+def _nest(inner: Options, outer: Options) -> Options:
+    """Merge the options of ``stage(stage(f, ...), ...)``.
+
+    The outer call overrides only what it sets (a value other than the default);
+    everything else the inner one set is kept (retries, ``retry_on``, timeout and backoff
+    included).
+    """
+    changes: dict[str, Any] = {}
+    for key in ("scaling", "queue_size", "queue", "ordered", "timeout"):
+        value = getattr(outer, key)
+        if value is not None:  # (user objects: never compared, never called)
+            changes[key] = value
+    if outer.retries != _UNSET.retries:
+        changes["retries"] = outer.retries
+    if outer.retry_on != _UNSET.retry_on:
+        changes["retry_on"] = outer.retry_on
+    if outer.backoff is not None:
+        changes["backoff"] = outer.backoff
+    else:
+        own = {key: getattr(outer, key) for key in _SCHEDULE_FIELDS}
+        own = {key: value for key, value in own.items() if value != getattr(_UNSET, key)}
+        if own:
+            # the outer call describes its own delays: they replace an inner schedule
+            changes.update(own)
+            changes["backoff"] = None
+    return replace(inner, **changes)
 
 
 def batched(size: int, *, max_wait: float | None = None, name: str = "batched") -> Stage[Any, Any]:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from headrace_flow._calls import make_call
 from headrace_flow._errors import Dropped, DropReason, TransformerError
 from headrace_flow._markers import DROP, Last
-from headrace_flow._queues import EOF, RETIRE
-from headrace_flow._stage_run import HOLE, Aborted, StageRun, note
+from headrace_flow._queues import EOF, RETIRE, Final
+from headrace_flow._stage_run import HOLE, Aborted, StageRun, note, own_cancel, safe_repr
 from headrace_flow._stages import BATCHED, GEN, ROUTER, is_async_gen_callable
 
 if TYPE_CHECKING:
@@ -21,19 +21,34 @@ async def worker(run: Run, st: StageRun) -> None:
     gone = False
     try:
         if st.factory is not None:
+            failure: BaseException | None = None
+            fn: Any = None
             try:
                 cm = st.factory()
-                fn = await cm.__aenter__()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+                enter = getattr(cm, "__aenter__", None)
+                if enter is None or not callable(getattr(cm, "__aexit__", None)):
+                    raise TypeError(
+                        f"the context manager factory of flow stage {st.name!r} returned "
+                        f"{safe_repr(cm)}, not an async context manager"
+                    )
+                fn = await enter()
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                    raise
+                failure = exc
+            if failure is not None:
                 # this worker is gone before it started: count it out now, so that
                 # concurrent failures see the true number of workers left
                 st.workers -= 1
                 gone = True
-                await cm_failed(run, st, exc)
+                await cm_failed(run, st, failure)
                 return
             try:
+                if not callable(fn):
+                    raise TypeError(
+                        f"the context manager of flow stage {st.name!r} gave "
+                        f"{safe_repr(fn)}; its __aenter__ must return the async item function"
+                    )
                 if is_async_gen_callable(fn):
                     await gen_loop(run, st, fn)
                 else:
@@ -50,26 +65,32 @@ async def worker(run: Run, st: StageRun) -> None:
             await router_loop(run, st)
         else:
             await pick_loop(run, st, st.call)
-    except (Aborted, asyncio.CancelledError):
+    except Aborted:
         pass
+    except asyncio.CancelledError as exc:
+        if not own_cancel():  # raised by user code (a context manager's exit), not a stop
+            note(exc, f"raised in flow stage {st.name!r}")
+            run.abort(exc)
     except BaseException as exc:  # a failing __aexit__, or KeyboardInterrupt & co.
         note(exc, f"raised in flow stage {st.name!r}")
         run.abort(exc)
     finally:
+        st.tasks.discard(asyncio.current_task())
         if gone:
             run._maybe_finish(st)
         else:
             run._worker_exit(st)
 
 
-async def cm_failed(run: Run, st: StageRun, exc: Exception) -> None:
+async def cm_failed(run: Run, st: StageRun, exc: BaseException) -> None:
     st.errors += 1
     st.last_error = run.loop.time()
     try:
         await run.report(TransformerError(None, exc, st.name, run.loop.time()))
     except Aborted:
         return
-    if st.workers <= 0 and not (st.input.closed and not st.input.size):
+    ch = st.input
+    if st.workers <= 0 and not (ch.closed and not ch.size and not ch.finals):
         # never leave a stage without workers while items may wait
         note(exc, f"flow stage {st.name!r} has no worker left (context manager failed)")
         run.abort(exc)
@@ -98,12 +119,19 @@ async def map_loop(run: Run, st: StageRun, call: Any) -> None:
             item = await ch.wait()
             if item is EOF or item is RETIRE:
                 return
+            if item.__class__ is Final:
+                await final_calls(run, st, call, item.values)
+                continue
         st.busy += 1
         if dynamic:
             run.scale(st, tick=False, enqueue=False)
         try:
             result = await call(item)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            # a CancelledError the stage raised itself (the run is not being cancelled)
+            # is the item's failure, like any other
+            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                raise
             st.busy -= 1
             await run.failed_item(st, item, exc)
             continue
@@ -123,6 +151,58 @@ async def map_loop(run: Run, st: StageRun, call: Any) -> None:
             await out.put(result)  # type: ignore[union-attr]
         if out_dynamic:
             run.scale(out_stage, tick=False, enqueue=True)  # type: ignore[arg-type]
+
+
+async def alone(run: Run, st: StageRun) -> None:
+    """Wait until the current worker is the stage's last one.
+
+    The others finish their items and leave (the channel is closed and empty): the final
+    items are processed after everything else.
+    """
+    while st.workers > 1:
+        waiter: asyncio.Future[None] = run.loop.create_future()
+        st.final_waiter = waiter
+        try:
+            await waiter
+        finally:
+            st.final_waiter = None
+
+
+async def final_calls(run: Run, st: StageRun, call: Any, values: list[Any]) -> None:
+    """Process the final items (see ``Final``) alone; their results are the final outputs."""
+    await alone(run, st)
+    for value in values:
+        await final_call(run, st, call, value)
+
+
+async def final_call(run: Run, st: StageRun, call: Any, value: Any) -> None:
+    st.busy += 1
+    try:
+        result = await call(value)
+    except (Exception, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            raise
+        st.busy -= 1
+        await run.failed_item(st, value, exc)
+        return
+    st.busy -= 1
+    st.processed += 1
+    if result is DROP:
+        st.filtered += 1
+        run.filtered += 1
+        return
+    if result.__class__ is Last:
+        result = result.value  # already the final item
+    pass_final(run, st, result)
+
+
+def pass_final(run: Run, st: StageRun, value: Any) -> None:
+    """Hand ``value`` on as the final output of ``st``: after everything else it emits."""
+    out = st.out
+    if out is None:
+        run.completed += 1
+    else:
+        out.add_final(value)
 
 
 async def emit(run: Run, st: StageRun, value: Any) -> None:
@@ -161,6 +241,10 @@ async def ordered_loop(run: Run, st: StageRun, call: Any) -> None:
             entry = await ch.wait()
             if entry is EOF or entry is RETIRE:
                 return
+            if entry.__class__ is Final:
+                # after every numbered item: the results go out after theirs
+                await final_calls(run, st, call, entry.values)
+                continue
         seq, item = entry
         st.taken += 1
         st.busy += 1
@@ -168,7 +252,9 @@ async def ordered_loop(run: Run, st: StageRun, call: Any) -> None:
             run.scale(st, tick=False, enqueue=False)
         try:
             result = await call(item)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                raise
             st.busy -= 1
             st.buffer[seq] = HOLE
             await run.failed_item(st, item, exc)
@@ -177,6 +263,8 @@ async def ordered_loop(run: Run, st: StageRun, call: Any) -> None:
             continue
         st.busy -= 1
         st.processed += 1
+        if st.cut:  # set by another worker meanwhile
+            return  # type: ignore[unreachable]  # a Last released before this item: it is discarded
         if result is DROP:
             st.filtered += 1
             run.filtered += 1
@@ -251,33 +339,48 @@ async def gen_loop(run: Run, st: StageRun, fn: Any) -> None:
             item = await ch.wait()
             if item is EOF or item is RETIRE:
                 return
+            if item.__class__ is Final:
+                await alone(run, st)
+                for value in item.values:
+                    await spread(run, st, fn, value, True)
+                continue
         if ch.sequenced:  # a context manager yielded a fan-out function to an ordered stage
             item = item[1]
-        st.busy += 1
-        if st.dynamic:
-            run.scale(st, tick=False, enqueue=False)
-        count = 0
+        await spread(run, st, fn, item, False)
+
+
+async def spread(run: Run, st: StageRun, fn: Any, item: Any, final: bool) -> None:
+    """Run a fan-out stage on ``item``; emit (or pass on as finals) each value it yields."""
+    st.busy += 1
+    if st.dynamic:
+        run.scale(st, tick=False, enqueue=False)
+    count = 0
+    try:
+        agen = fn(item)
         try:
-            agen = fn(item)
-            try:
-                async for value in agen:
-                    count += 1
-                    if count > 1:
-                        run.extra += 1
+            async for value in agen:
+                count += 1
+                if count > 1:
+                    run.extra += 1
+                if final:
+                    pass_final(run, st, value)
+                else:
                     await emit(run, st, value)
-            finally:
-                await agen.aclose()
-        except Exception as exc:
-            st.busy -= 1
-            if count:
-                run.extra += 1
-            await run.failed_item(st, item, exc)
-            continue
+        finally:
+            await agen.aclose()
+    except (Exception, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            raise
         st.busy -= 1
-        st.processed += 1
-        if not count:
-            st.filtered += 1
-            run.filtered += 1
+        if count:
+            run.extra += 1
+        await run.failed_item(st, item, exc)
+        return
+    st.busy -= 1
+    st.processed += 1
+    if not count:
+        st.filtered += 1
+        run.filtered += 1
 
 
 async def batch_loop(run: Run, st: StageRun) -> None:
@@ -285,50 +388,54 @@ async def batch_loop(run: Run, st: StageRun) -> None:
     size = st.batch_size
     max_wait = st.max_wait
     batch: list[Any] = []
+    final = False  # the batch holds a final item: it goes out as the final output
     deadline = 0.0
-    try:
-        while True:
-            if st.cut:
-                return
-            if ch.size:
-                item = ch.take()
-            elif not batch or max_wait is None:
-                item = await ch.wait()
-            else:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        item = await ch.wait()
-                except TimeoutError:
-                    await flush(run, st, batch)
-                    batch = []
-                    continue
-            if item is EOF or item is RETIRE:
-                break
-            batch.append(item)
+    while True:
+        if st.cut:
+            return
+        if ch.size:
+            item = ch.take()
+        elif not batch or max_wait is None:
+            item = await ch.wait()
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    item = await ch.wait()
+            except TimeoutError:
+                await flush(run, st, batch, final)
+                batch = []
+                continue
+        if item is EOF or item is RETIRE:
+            break
+        if item.__class__ is Final:
+            final = True
+            items: list[Any] = item.values
+        else:
+            items = [item]
+        for one in items:
+            batch.append(one)
             if len(batch) == 1 and max_wait is not None:
                 deadline = run.loop.time() + max_wait
             if len(batch) >= size:
-                await flush(run, st, batch)
+                await flush(run, st, batch, final)
                 batch = []
-        if batch:
-            await flush(run, st, batch)
-            batch = []
-    finally:
-        if batch:
-            pass  # cancelled: the units stay counted as discarded
+    if batch:
+        # a partial batch is flushed at the end; cancelled, its units stay counted as
+        # discarded
+        await flush(run, st, batch, final)
 
 
-async def flush(run: Run, st: StageRun, batch: list[Any]) -> None:
+async def flush(run: Run, st: StageRun, batch: list[Any], final: bool = False) -> None:
     run.extra -= len(batch) - 1
     st.processed += 1
-    await emit(run, st, batch)
+    if final:
+        pass_final(run, st, batch)
+    else:
+        await emit(run, st, batch)
 
 
 async def router_loop(run: Run, st: StageRun) -> None:
     ch = st.input
-    call = st.call
-    arms = st.arm_targets
-    default = st.default_target
     while True:
         if st.workers > st.target or st.cut:
             return
@@ -338,51 +445,67 @@ async def router_loop(run: Run, st: StageRun) -> None:
             item = await ch.wait()
             if item is EOF or item is RETIRE:
                 return
-        st.busy += 1
-        try:
-            label = await call(item)
-        except Exception as exc:
-            st.busy -= 1
-            await run.failed_item(st, item, exc)
-            continue
+            if item.__class__ is Final:
+                await alone(run, st)
+                for value in item.values:
+                    await route(run, st, value, True)
+                continue
+        await route(run, st, item, False)
+
+
+async def route(run: Run, st: StageRun, item: Any, final: bool) -> None:
+    """Send ``item`` to the arm its label names (a final item as the arm's final one)."""
+    st.busy += 1
+    try:
+        label = await st.call(item)
+        # a label that is not an arm's name (or not a str at all) goes to the default
+        default = st.default_target
+        target = st.arm_targets.get(label, default) if isinstance(label, str) else default
+    except (Exception, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            raise
         st.busy -= 1
-        st.processed += 1
-        target = arms.get(label, default) if isinstance(label, str) else default
-        if target is None:
-            st.filtered += 1
-            run.filtered += 1
-            await run.report(Dropped(item, st.name, DropReason.ROUTER_MISS, run.loop.time()))
-            continue
+        await run.failed_item(st, item, exc)
+        return
+    st.busy -= 1
+    st.processed += 1
+    if target is None:
+        st.filtered += 1
+        run.filtered += 1
+        await run.report(Dropped(item, st.name, DropReason.ROUTER_MISS, run.loop.time()))
+    elif final:
+        target.input.add_final(item)
+    else:
         await run.put(target, target.input, item)
 
 
 # -- Last ------------------------------------------------------------------------------
 async def last(run: Run, st: StageRun, value: Any) -> None:
+    """End the stream at ``st``: ``value`` becomes the last item every sink receives.
+
+    Every stage that is not downstream of ``st`` is cut: its queue is discarded
+    (``Dropped`` events), its workers are cancelled (``st``'s own busy workers finish
+    their current item), and the source stops. ``value`` is handed on as the final item
+    of ``st``'s output, which the next stage receives only after everything else, and so
+    on down to the sinks: whatever the topology (router arms, sub-flows, several
+    workers), nothing reaches a sink after it.
+    """
     if st.cut:
-        # a sibling already returned Last (or a downstream Last cut this stage): this
-        # worker just finishes its current item
-        await emit(run, st, value)
+        # a sibling worker of this stage returned Last first: this value is final too
+        pass_final(run, st, value)
         return
     current = asyncio.current_task()
-    # 1. cut everything that feeds this stage, or feeds the stage after it from
-    #    another branch (sibling router arms): nothing may follow the final item
     below = descendants(st)
-    cut = [*st.ancestors, st]
-    if st.out_stage is not None:
-        known = {s.index for s in cut}
-        for other in st.out_stage.ancestors:
-            if other.index not in known and other.index not in below:
-                cut.append(other)
-                known.add(other.index)
+    cut = [other for other in run.stages if other.index not in below]
     dropped: list[tuple[str, Any]] = []
     for other in cut:
         other.cut = True
         wake_window(run, other)  # ordered workers waiting for room see the cut
-        items = other.input.drain_items()
-        if other.input.sequenced:
-            items = [item for _, item in items]
-        dropped.extend((other.name, item) for item in items)
+        dropped.extend((other.name, item) for item in other.input.drain_items())
         other.input.close()
+    # everything below is synchronous up to the reports: a concurrent Last elsewhere
+    # sees this one complete (its stage cut, its workers cancelled)
+    pass_final(run, st, value)
     run.draining = True
     run.source_cut = True
     task = run.source_task
@@ -397,13 +520,6 @@ async def last(run: Run, st: StageRun, value: Any) -> None:
             run._maybe_finish(other)
     for name, item in dropped:
         await run.report(Dropped(item, name, DropReason.UPSTREAM_TERMINATED, run.loop.time()))
-    # 2. busy siblings of this stage finish their current item first
-    if st.workers > 1:
-        waiter: asyncio.Future[None] = run.loop.create_future()
-        st.last_waiter = waiter
-        await waiter
-    # 3. the value goes downstream as the final item
-    await emit(run, st, value)
 
 
 def descendants(st: StageRun) -> set[int]:
