@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import pytest
 
 import headrace_leveled
-from headrace_core import BackoffError, ConfigurationError, HeadraceError
+from headrace_core import BackoffError, ConfigurationError, HeadraceError, safe_repr
 from headrace_leveled import (
     Phase,
     PhaseTimeout,
@@ -662,7 +662,7 @@ async def name_repr_case(fault: Fault, width: int) -> None:
             assert isinstance(result, ProcessorError), repr(result)
             timeout, closing = result.exceptions
             assert isinstance(timeout, PhaseTimeout)
-            fallback = object.__repr__(name)
+            fallback = safe_repr(name)
             assert str(timeout) == f"task {fallback} pre_execute timed out after 1s"
             assert timeout.__notes__ == [f"in task {fallback} pre_execute"]
             assert closing is post_error

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from headrace_core import BackoffError, ConfigurationError
+from headrace_core import BackoffError, ConfigurationError, safe_repr
 from headrace_core.testing import VirtualClock
 from headrace_leveled import (
     Phase,
@@ -111,8 +111,8 @@ async def test_failure_of_a_task_whose_name_repr_raises_is_reported(width: int) 
         await builder.build().process_tasks(None)
     assert info.value.exceptions == (error,)
     assert info.value.failures[0].task is name
-    assert "BadName object at" in str(info.value)
-    assert error.__notes__ == [f"in task {object.__repr__(name)} pre_execute"]
+    assert "BadName object (repr failed)" in str(info.value)
+    assert error.__notes__ == [f"in task {safe_repr(name)} pre_execute"]
     assert not any(e.endswith(".exe") for e in log.events)
     assert "A.post" in log.events
 
@@ -127,7 +127,7 @@ async def test_phase_timeout_of_a_task_whose_name_repr_raises() -> None:
         await p.process_tasks(None)
     (leaf,) = info.value.exceptions
     assert isinstance(leaf, PhaseTimeout)
-    assert str(leaf) == f"task {object.__repr__(name)} pre_execute timed out after 1s"
+    assert str(leaf) == f"task {safe_repr(name)} pre_execute timed out after 1s"
 
 
 def test_keyboard_interrupt_from_add_note_reaches_the_caller_after_cleanup() -> None:

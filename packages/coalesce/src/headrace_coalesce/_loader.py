@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from typing import Any, Generic, TypeVar, final
 
 from headrace_coalesce._lane import Lane, Options, check_callable, require_async
-from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery, cancelling
+from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery
 from headrace_coalesce._routing import as_error, describe
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
-from headrace_core import ConfigurationError, PerLoop
+from headrace_core import ConfigurationError, PerLoop, being_cancelled
 from headrace_core.stats import Listener
 
 __all__ = ["Loader"]
@@ -194,7 +194,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
             try:
                 out[i] = fut.result() if fut.done() else await fut
             except asyncio.CancelledError:
-                if fut.cancelled() and cancelling():
+                if fut.cancelled() and being_cancelled():
                     rec.cancelled.value += 1
                     self._abandon(waiting[n:])
                     raise

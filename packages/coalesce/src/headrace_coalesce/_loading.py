@@ -32,9 +32,9 @@ from headrace_coalesce._lane import (
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import EventKind, _Recorder
-from headrace_core import PerLoop
+from headrace_core import PerLoop, being_cancelled
 
-__all__ = ["Entry", "LoadBatch", "LoaderMachinery", "cancelling"]
+__all__ = ["Entry", "LoadBatch", "LoaderMachinery"]
 
 _logger = logging.getLogger("headrace.coalesce")
 
@@ -288,7 +288,7 @@ class LoaderMachinery:
             result = await self._fn([entry.key for entry in live])
         except asyncio.CancelledError as exc:
             rec.in_flight.dec()
-            if cancelling():
+            if being_cancelled():
                 raise
             self._fail(batch, exc)
             return
@@ -405,8 +405,3 @@ class LoaderMachinery:
             entry.cached = False
             if self._cache.get(entry.ck) is entry:
                 del self._cache[entry.ck]
-
-
-def cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -19,6 +19,8 @@ from headrace_core._errors import GuardTimeout as GuardTimeout
 from headrace_core._errors import HeadraceError as HeadraceError
 from headrace_core._errors import RateLimited as RateLimited
 from headrace_core._errors import Rejected as Rejected
+from headrace_core._errors import being_cancelled as being_cancelled
+from headrace_core._errors import callable_name as callable_name
 from headrace_core._errors import safe_repr as safe_repr
 from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
 from headrace_core._loop import LoopBinding as LoopBinding
@@ -46,6 +48,8 @@ __all__ = [
     "PerLoop",
     "RateLimited",
     "Rejected",
+    "being_cancelled",
+    "callable_name",
     "check_int",
     "check_number",
     "check_optional_number",
@@ -69,6 +73,8 @@ for _obj in (
     PerLoop,
     RateLimited,
     Rejected,
+    being_cancelled,
+    callable_name,
     check_int,
     check_number,
     check_optional_number,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import math
 from typing import Any, final
 
@@ -84,6 +85,34 @@ def safe_repr(value: object, limit: int | None = 200) -> str:
     if limit is None or len(text) <= limit:
         return text
     return text[: max(limit - 3, 0)] + "..."
+
+
+def callable_name(fn: object) -> str:
+    """Return a name for ``fn`` in messages, read without calling any ``__repr__`` of the user's.
+
+    The ``__qualname__`` of the function (through ``functools.partial`` layers), else the
+    type's qualified name.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        name = getattr(fn, "__qualname__", None)
+    except Exception:  # a hostile __getattr__
+        name = None
+    if not isinstance(name, str):
+        name = type(fn).__qualname__
+    return name
+
+
+def being_cancelled() -> bool:
+    """Return whether the current task is being cancelled.
+
+    A ``CancelledError`` is the task's own only then; one that user code raises while its
+    task is not being cancelled (it awaited a future someone else cancelled) is that
+    code's failure, never a reason to stop quietly.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @final

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, final
 
+from headrace_core._errors import callable_name
+
 E = TypeVar("E")
 
 Listener = Callable[[E], Awaitable[Any] | Any]
@@ -84,7 +86,9 @@ class Listeners(Generic[E]):
                 result = callback(event)
             except (Exception, asyncio.CancelledError):
                 self._logger.exception(
-                    "listener %s of %s failed", _describe(callback), self.component or "component"
+                    "listener %s of %s failed",
+                    callable_name(callback),
+                    self.component or "component",
                 )
                 continue
             except BaseException as exc:  # KeyboardInterrupt, SystemExit: after the others
@@ -104,7 +108,7 @@ class Listeners(Generic[E]):
                 awaitable.close()
             self._logger.error(
                 "async listener %s of %s needs a running event loop",
-                _describe(callback),
+                callable_name(callback),
                 self.component or "component",
             )
             return
@@ -116,7 +120,7 @@ class Listeners(Generic[E]):
             if not task.cancelled() and (error := task.exception()) is not None:
                 self._logger.error(
                     "listener %s of %s failed",
-                    _describe(callback),
+                    callable_name(callback),
                     self.component or "component",
                     exc_info=error,
                 )
@@ -150,11 +154,3 @@ async def _isolated(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
     except (KeyboardInterrupt, SystemExit) as exc:
         raise RuntimeError(f"listener raised {type(exc).__name__}") from exc
-
-
-def _describe(callback: object) -> str:
-    # Never call a user's __repr__ from a log message: it may raise.
-    name = getattr(callback, "__qualname__", None)
-    if not isinstance(name, str):
-        name = type(callback).__qualname__
-    return name

@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+from headrace_core import being_cancelled
 from headrace_core.backoff import next_delay
 from headrace_flow._errors import StageTimeout
-from headrace_flow._stage_run import StageRun, own_cancel
+from headrace_flow._stage_run import StageRun
 
 
 def make_call(st: StageRun, fn: Any) -> Any:
@@ -48,7 +49,7 @@ def make_call(st: StageRun, fn: Any) -> Any:
             except retry_on as exc:
                 if tries >= retries:
                     raise
-                if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                     raise  # the worker is being cancelled: not the item's failure
                 tries += 1
                 if delays is None:

@@ -8,7 +8,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-from headrace_core import ConfigurationError, GuardTimeout, HeadraceError, check_optional_number
+from headrace_core import (
+    ConfigurationError,
+    GuardTimeout,
+    HeadraceError,
+    being_cancelled,
+    check_optional_number,
+    safe_repr,
+)
 from headrace_core.stats import Listeners
 from headrace_flow._compile import Node, compile_parts, plan, settings
 from headrace_flow._errors import FlowClosed
@@ -20,7 +27,7 @@ from headrace_flow._queues import QueueFactory
 from headrace_flow._run import Run
 from headrace_flow._scaling import as_strategy
 from headrace_flow._source import normalize_source
-from headrace_flow._stage_run import own_cancel, safe_repr, user_cancelled
+from headrace_flow._stage_run import user_cancelled
 from headrace_flow._stages import as_stage, stage
 from headrace_flow._stats import FlowStats, StageStats
 
@@ -284,7 +291,7 @@ class Flow(Generic[In, Out]):
             await self._open_handler(run, stack)
             run.start(None if push else normalize_source(source), push=push)
         except asyncio.CancelledError as exc:
-            if own_cancel():
+            if being_cancelled():
                 raise
             raise user_cancelled(exc) from exc
 
@@ -311,7 +318,7 @@ class Flow(Generic[In, Out]):
                 finally:
                     await run.teardown()
         except asyncio.CancelledError as exc:
-            if own_cancel():
+            if being_cancelled():
                 raise
             # raised by the handler's context manager on exit
             raise user_cancelled(exc) from exc

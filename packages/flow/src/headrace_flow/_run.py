@@ -8,6 +8,7 @@ import math
 from types import MappingProxyType
 from typing import Any
 
+from headrace_core import being_cancelled, safe_repr
 from headrace_core.stats import Listeners
 from headrace_flow import _source, _workers
 from headrace_flow._calls import make_call
@@ -24,8 +25,6 @@ from headrace_flow._stage_run import (
     Handler,
     StageRun,
     note,
-    own_cancel,
-    safe_repr,
     user_cancelled,
 )
 from headrace_flow._stages import BATCHED, CM, GEN, MAP, ROUTER
@@ -298,7 +297,7 @@ class Run:
         try:
             await handler(event)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                 raise
             note(exc, f"raised by the flow's error handler on {type(event).__name__}")
             self.abort(exc)

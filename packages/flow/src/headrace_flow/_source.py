@@ -8,9 +8,10 @@ import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from headrace_core import being_cancelled
 from headrace_flow._errors import Dropped, DropReason, SourceError
 from headrace_flow._queues import Channel
-from headrace_flow._stage_run import Aborted, StageRun, own_cancel
+from headrace_flow._stage_run import Aborted, StageRun
 
 if TYPE_CHECKING:
     from headrace_flow._run import Run
@@ -28,7 +29,7 @@ async def pull_source(run: Run, source: Any) -> None:
     except Aborted:
         pass
     except BaseException as exc:  # KeyboardInterrupt & co. end the run, never lost
-        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+        if isinstance(exc, asyncio.CancelledError) and being_cancelled():
             raise
         run.abort(exc)
 
@@ -102,7 +103,7 @@ async def _pull(run: Run, source: Any) -> None:
             if aclose is not None:
                 await aclose()
         except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                 raise
             await source_failed(run, exc)  # a source that cannot close failed
         except Aborted:

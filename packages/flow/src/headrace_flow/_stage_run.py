@@ -156,17 +156,6 @@ def note(exc: BaseException, text: str, kind: str | None = None) -> None:
         pass
 
 
-def safe_repr(value: object, limit: int = 200) -> str:
-    """``repr(value)``, shortened to ``limit`` characters; never raises an ``Exception``."""
-    try:
-        text = repr(value)
-    except (Exception, asyncio.CancelledError):  # a user's __repr__ may fail: say so
-        return f"<{type(value).__name__} object (repr failed)>"
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
-
-
 def user_cancelled(error: asyncio.CancelledError) -> HeadraceError:
     """The error a caller gets for a ``CancelledError`` user code raised by itself.
 
@@ -181,9 +170,3 @@ def user_cancelled(error: asyncio.CancelledError) -> HeadraceError:
     )
     wrapped.__cause__ = error
     return wrapped
-
-
-def own_cancel() -> bool:
-    """Whether the current task is being cancelled (a ``CancelledError`` is its own)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

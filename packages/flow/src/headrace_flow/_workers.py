@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from headrace_core import being_cancelled, safe_repr
 from headrace_flow._calls import make_call
 from headrace_flow._errors import Dropped, DropReason, TransformerError
 from headrace_flow._markers import DROP, Last
 from headrace_flow._queues import EOF, RETIRE, Final
-from headrace_flow._stage_run import HOLE, Aborted, StageRun, note, own_cancel, safe_repr
+from headrace_flow._stage_run import HOLE, Aborted, StageRun, note
 from headrace_flow._stages import BATCHED, GEN, ROUTER, is_async_gen_callable
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ async def worker(run: Run, st: StageRun) -> None:
                     )
                 fn = await enter()
             except (Exception, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and own_cancel():
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                     raise
                 failure = exc
             if failure is not None:
@@ -68,7 +69,7 @@ async def worker(run: Run, st: StageRun) -> None:
     except Aborted:
         pass
     except asyncio.CancelledError as exc:
-        if not own_cancel():  # raised by user code (a context manager's exit), not a stop
+        if not being_cancelled():  # raised by user code (a context manager's exit), not a stop
             note(exc, f"raised in flow stage {st.name!r}")
             run.abort(exc)
     except BaseException as exc:  # a failing __aexit__, or KeyboardInterrupt & co.
@@ -130,7 +131,7 @@ async def map_loop(run: Run, st: StageRun, call: Any) -> None:
         except (Exception, asyncio.CancelledError) as exc:
             # a CancelledError the stage raised itself (the run is not being cancelled)
             # is the item's failure, like any other
-            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                 raise
             st.busy -= 1
             await run.failed_item(st, item, exc)
@@ -180,7 +181,7 @@ async def final_call(run: Run, st: StageRun, call: Any, value: Any) -> None:
     try:
         result = await call(value)
     except (Exception, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+        if isinstance(exc, asyncio.CancelledError) and being_cancelled():
             raise
         st.busy -= 1
         await run.failed_item(st, value, exc)
@@ -253,7 +254,7 @@ async def ordered_loop(run: Run, st: StageRun, call: Any) -> None:
         try:
             result = await call(item)
         except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and own_cancel():
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                 raise
             st.busy -= 1
             st.buffer[seq] = HOLE
@@ -369,7 +370,7 @@ async def spread(run: Run, st: StageRun, fn: Any, item: Any, final: bool) -> Non
         finally:
             await agen.aclose()
     except (Exception, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+        if isinstance(exc, asyncio.CancelledError) and being_cancelled():
             raise
         st.busy -= 1
         if count:
@@ -462,7 +463,7 @@ async def route(run: Run, st: StageRun, item: Any, final: bool) -> None:
         default = st.default_target
         target = st.arm_targets.get(label, default) if isinstance(label, str) else default
     except (Exception, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and own_cancel():
+        if isinstance(exc, asyncio.CancelledError) and being_cancelled():
             raise
         st.busy -= 1
         await run.failed_item(st, item, exc)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from headrace_core import CircuitState, within
+from headrace_core import CircuitState, being_cancelled, within
 from headrace_guards._common import NotAsyncError, now_of, raise_if_not_async
 from headrace_guards._policies import Consecutive, CountWindow
 
@@ -225,8 +225,7 @@ async def store_end(
 def _unwinding(exc: BaseException | None) -> bool:
     """Whether the caller is being cancelled or interrupted (it must not wait on the store)."""
     if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
+        return being_cancelled()
     return exc is not None and not isinstance(exc, Exception)
 
 

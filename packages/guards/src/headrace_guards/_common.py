@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, final
 
-from headrace_core import BackoffError, ConfigurationError, is_async_callable
+from headrace_core import BackoffError, ConfigurationError, callable_name, is_async_callable
 from headrace_core.stats import Listeners
 
 P = ParamSpec("P")
@@ -231,19 +231,6 @@ def checked_reading(clock: object, value: object) -> float:
     if not math.isfinite(value):
         raise ValueError(f"clock {callable_name(clock)} returned {value!r}, not a finite time")
     return float(value)
-
-
-def callable_name(fn: object) -> str:
-    """A name for ``fn`` in messages, read without calling any ``__repr__`` of the user's."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    try:
-        name = getattr(fn, "__qualname__", None)
-    except Exception:
-        name = None
-    if not isinstance(name, str):
-        name = type(fn).__qualname__
-    return name
 
 
 class NotAsyncError(TypeError):

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
 
-from headrace_core import ConfigurationError
+from headrace_core import ConfigurationError, being_cancelled
 from headrace_guards._common import GuardBase, GuardEvent, raise_if_not_async
 
 P = ParamSpec("P")
@@ -154,7 +154,7 @@ class Pipeline(GuardBase):
                 if close is not None:
                     await close()
             except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                     raise
                 if first is None:
                     first = exc
@@ -169,11 +169,6 @@ async def _direct(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
     except TypeError as exc:
         raise_if_not_async(fn, exc)
         raise
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def pipeline(*guards: Any, name: str | None = None) -> Pipeline:

@@ -30,6 +30,8 @@ from headrace_core import LoopBinding as LoopBinding
 from headrace_core import PerLoop as PerLoop
 from headrace_core import RateLimited as RateLimited
 from headrace_core import Rejected as Rejected
+from headrace_core import being_cancelled as being_cancelled
+from headrace_core import callable_name as callable_name
 from headrace_core import check_int as check_int
 from headrace_core import check_number as check_number
 from headrace_core import check_optional_number as check_optional_number
@@ -252,6 +254,8 @@ __all__ = [
     "Vegas",
     "batch",
     "batched",
+    "being_cancelled",
+    "callable_name",
     "check_int",
     "check_number",
     "check_optional_number",

@@ -8,10 +8,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, final, runtime_checkable
 
-from headrace_core import check_int, check_number
+from headrace_core import check_int, check_number, safe_repr
 from headrace_core.backoff import Backoff, exponential
 from headrace_leveled._errors import RetryableError, argument_error, flatten_exceptions
-from headrace_leveled._types import safe_repr
 
 __all__ = ["DEFAULT_RETRY_ON", "PhaseGuard", "TaskFunction"]
 

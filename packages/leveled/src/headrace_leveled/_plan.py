@@ -10,11 +10,12 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from headrace_core import safe_repr
 from headrace_core.backoff import Backoff, exponential
 from headrace_leveled._errors import CycleError, GraphError, argument_error
 from headrace_leveled._function import DEFAULT_RETRY_ON, TaskFunction
 from headrace_leveled._task import Task
-from headrace_leveled._types import Phase, TaskFailure, safe_repr
+from headrace_leveled._types import Phase, TaskFailure
 
 __all__ = ["PHASES", "CallSpec", "Entry", "Plan", "compile_plan"]
 

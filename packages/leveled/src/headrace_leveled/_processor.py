@@ -8,14 +8,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, final
 
-from headrace_core import check_int, check_optional_number
+from headrace_core import check_int, check_optional_number, safe_repr
 from headrace_leveled._engine import EXEC, POST, PRE, Run, drive
 from headrace_leveled._errors import ProcessorError, argument_error
 from headrace_leveled._function import TaskFunction
 from headrace_leveled._plan import PHASES, Entry, Plan, compile_plan
 from headrace_leveled._report import RunReport
 from headrace_leveled._task import Task
-from headrace_leveled._types import Phase, TaskFailure, safe_repr
+from headrace_leveled._types import Phase, TaskFailure
 
 __all__ = ["Builder", "PhaseRunner", "Processor"]
 

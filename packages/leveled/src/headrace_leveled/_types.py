@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar, final
 
-__all__ = ["Phase", "TaskFailure", "TaskState", "safe_repr"]
+from headrace_core import safe_repr
+
+__all__ = ["Phase", "TaskFailure", "TaskState"]
 
 K = TypeVar("K")
-
-
-def safe_repr(value: object) -> str:
-    """``repr(value)``, or ``object.__repr__(value)`` when the value's own ``__repr__`` fails.
-
-    A user's ``__repr__`` that raises (or returns a non-str) must never replace the error
-    being reported; ``KeyboardInterrupt`` and ``SystemExit`` still propagate.
-    """
-    try:
-        return repr(value)
-    except (Exception, asyncio.CancelledError):
-        return object.__repr__(value)
 
 
 @final

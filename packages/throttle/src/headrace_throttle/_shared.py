@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headrace_core import HeadraceError
+from headrace_core import HeadraceError, safe_repr
 from headrace_throttle._budget import RequestBudget, TokenBudget
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class SharedBudgets:
                 return bool(granted), wait, entry
         raise StoreReplyError(
             f"the store of budget {budget.name!r} answered reserve() with "
-            f"{type(reply).__name__} {_safe_repr(reply)}, not (granted, retry_after, entry)"
+            f"{type(reply).__name__} {safe_repr(reply)}, not (granted, retry_after, entry)"
         )
 
     def _next(self) -> None:
@@ -322,11 +322,3 @@ def _log_store_failure(budget: Budget, exc: BaseException) -> None:
         exc_info=exc,
         extra={"budget": budget.name},
     )
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= 200 else text[:197] + "..."
