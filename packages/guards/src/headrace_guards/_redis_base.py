@@ -273,12 +273,21 @@ class StoreBase:
             raise self._refused(exc) from exc
         except (RedisError, OSError, TimeoutError) as exc:
             if isinstance(exc, ResponseError) and _UNAUTHENTICATED in str(exc):
+                await self._drop_connections(client)  # the server closes this one
                 raise self._refused(AuthenticationError(str(exc))) from exc
             self._trouble(exc)
             return DOWN
         if self._down_since is not None:
             self._recovered()
         return reply
+
+    async def _drop_connections(self, client: Any) -> None:
+        """Close the client's idle connections (ones the server has closed on its side)."""
+        disconnect = getattr(getattr(client, "connection_pool", None), "disconnect", None)
+        if callable(disconnect):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout):
+                    await checked(disconnect(inuse_connections=False))
 
     # -- replies that were lost --------------------------------------------------------
     def _take_lost(self, kind: str, name: str) -> list[str]:
