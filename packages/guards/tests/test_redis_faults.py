@@ -487,7 +487,7 @@ def live_url(redis_url: str) -> Iterator[str]:
 
 
 async def faulty_store(
-    policy: Policy = "fail_open", cache_ttl: float = 0
+    policy: Policy = "fail_open", cache_ttl: float = 0, lease_ttl: float = 30.0
 ) -> tuple[RedisStore, FaultyClient, Any]:
     client = FaultyClient(Redis.from_url(_URL[-1]))
     store = RedisStore(
@@ -496,6 +496,7 @@ async def faulty_store(
         on_error=policy,
         timeout=0.5,
         cache_ttl=cache_ttl,
+        lease_ttl=lease_ttl,
     )
     return store, client, Redis.from_url(_URL[-1])
 
@@ -709,6 +710,28 @@ async def drive_channel(fault: Fault) -> None:
         await close(store, client, admin)
 
 
+async def drive_renewal(fault: Fault) -> None:
+    # Held leases are renewed by a background task: what the client does there never
+    # escapes into the loop. KeyboardInterrupt/SystemExit reach the next caller of the
+    # store; other failures are logged, and the next renewals go on.
+    store, client, admin = await faulty_store(lease_ttl=1.5)  # renewed every 0.5 s
+    try:
+        assert await store.acquire("pool", 1, "held", 30)
+        client.fault = fault
+        await asyncio.sleep(1.2)  # the renewal ran (and misbehaved, for 0.5 s at most)
+        assert client.fault is None
+        expected = expected_error(fault)
+        if fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT):
+            assert expected is not None
+            with pytest.raises(expected):
+                await store.in_flight("pool")
+        assert await store.in_flight("pool") == 1
+        await store.release("pool", "held")
+        assert await store.in_flight("pool") == 0
+    finally:
+        await close(store, client, admin)
+
+
 STORE_POINTS = [
     Point("RedisStore.client.evalsha@acquire", ASYNC_FAULTS, drive_acquire),
     Point("RedisStore.client.evalsha@release", ASYNC_FAULTS, drive_release),
@@ -718,6 +741,7 @@ STORE_POINTS = [
     Point("RedisStore.client.evalsha@reserve(budget)", ASYNC_FAULTS, drive_budget_reserve),
     Point("CircuitBreaker(store=RedisStore).client", ASYNC_FAULTS, drive_breaker_guard),
     Point("RedisStore.client.pubsub", ASYNC_FAULTS, drive_channel),
+    Point("RedisStore.client.evalsha@renew(background)", ASYNC_FAULTS, drive_renewal),
 ]
 
 

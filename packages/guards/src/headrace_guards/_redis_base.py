@@ -9,7 +9,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal
 
-from headrace_core import ConfigurationError, HeadraceError, check_number, check_optional_number
+from headrace_core import (
+    ConfigurationError,
+    HeadraceError,
+    check_number,
+    check_optional_number,
+    safe_repr,
+)
 
 try:
     from redis.exceptions import (
@@ -125,15 +131,6 @@ def stray_cancel(exc: asyncio.CancelledError) -> HeadraceError:
     return HeadraceError(
         "the Redis client raised CancelledError while the task was not being cancelled"
     )
-
-
-def safe_repr(value: object) -> str:
-    """``repr(value)``, shortened, or the type's name when that repr fails."""
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<{type(value).__name__} object>"
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def text(value: Any) -> str:

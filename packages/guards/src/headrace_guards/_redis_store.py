@@ -7,7 +7,7 @@ from typing import Any, Literal, final
 
 from redis.asyncio import Redis
 
-from headrace_core import BulkheadFull, check_number
+from headrace_core import BulkheadFull, being_cancelled, check_number, safe_repr
 from headrace_guards._redis_base import (
     DOWN,
     MALFORMED,
@@ -15,7 +15,6 @@ from headrace_guards._redis_base import (
     check_name,
     checked,
     logger,
-    safe_repr,
     text,
 )
 from headrace_guards._redis_breaker import _close_pubsub
@@ -319,8 +318,7 @@ class RedisStore(LimitsPart):
         try:
             await self._renew_all()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if being_cancelled():
                 raise
             logger.warning("lease renewal failed: the client raised CancelledError")
         except Exception as exc:
