@@ -245,27 +245,9 @@ class StoreBase:
         if self._deferred is not None:
             self._raise_deferred()
         client = self._client
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
         try:
             async with asyncio.timeout(self.timeout):
-                try:
-                    try:
-                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                    except NoScriptError:  # a restarted or flushed server: load it again
-                        await client.script_load(script.source)
-                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                except asyncio.CancelledError as exc:
-                    if task.cancelling() > cancelling:
-                        raise
-                    raise stray_cancel(exc) from exc
-                except Exception as exc:
-                    if task.cancelling() > cancelling:
-                        raise asyncio.CancelledError from exc
-                    raise
-                if task.cancelling() > cancelling:
-                    raise asyncio.CancelledError
+                reply = await checked(_evalsha(client, script, keys, args))
         except _REFUSED as exc:
             raise self._refused(exc) from exc
         except (RedisError, OSError, TimeoutError) as exc:
@@ -369,3 +351,11 @@ class StoreBase:
 
     def _forget(self) -> None:
         """Drop cached state (overridden by the store)."""
+
+
+async def _evalsha(client: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:  # a restarted or flushed server: load it again
+        await client.script_load(script.source)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
