@@ -5,6 +5,7 @@ from typing import assert_type
 import headrace
 import headrace_coalesce
 import headrace_core
+import headrace_core.lowlevel
 import headrace_flow
 import headrace_guards
 import headrace_leveled
@@ -13,8 +14,8 @@ from headrace_core.testing import VirtualClock
 
 assert_type(headrace.GuardTimeout, type[headrace_core.GuardTimeout])
 assert_type(headrace.ConfigurationError("x"), headrace_core.ConfigurationError)
-registry: headrace.PerLoop[list[int]] = headrace.PerLoop(list)
-assert_type(registry, headrace_core.PerLoop[list[int]])
+registry: headrace_core.lowlevel.PerLoop[list[int]] = headrace_core.lowlevel.PerLoop(list)
+assert_type(registry, headrace_core.lowlevel.PerLoop[list[int]])
 assert_type(VirtualClock().now(), float)
 assert_type(headrace.CircuitBreaker, type[headrace_guards.CircuitBreaker])
 assert_type(headrace.Timeout(1.0), headrace_guards.Timeout)

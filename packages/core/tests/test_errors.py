@@ -15,9 +15,8 @@ from headrace_core import (
     HeadraceError,
     RateLimited,
     Rejected,
-    check_number,
-    safe_repr,
 )
+from headrace_core.lowlevel import check_number, safe_repr
 
 
 @pytest.mark.parametrize(
@@ -119,7 +118,7 @@ def test_version_is_exposed() -> None:
 def test_is_async_callable() -> None:
     import functools
 
-    from headrace_core import is_async_callable
+    from headrace_core.lowlevel import is_async_callable
 
     async def coro(x: int) -> int:
         return x

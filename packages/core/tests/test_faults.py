@@ -11,8 +11,9 @@ import pytest
 import headrace_core
 import headrace_core.backoff
 import headrace_core.stats
-from headrace_core import BackoffError, PerLoop
+from headrace_core import BackoffError
 from headrace_core.backoff import next_delay
+from headrace_core.lowlevel import PerLoop
 from headrace_core.stats import EwmaRate, Listeners
 from shared.faults import (
     ITERATOR_FAULTS,

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from headrace_core import TIME_TOLERANCE, LoopBinding, PerLoop, within
+from headrace_core.lowlevel import TIME_TOLERANCE, LoopBinding, PerLoop, within
 
 
 def test_per_loop_state_is_fresh_in_each_asyncio_run() -> None:

@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 import pytest
 
 import headrace_leveled
-from headrace_core import BackoffError, ConfigurationError, HeadraceError, safe_repr
+from headrace_core import BackoffError, ConfigurationError, HeadraceError
+from headrace_core.lowlevel import safe_repr
 from headrace_leveled import (
     Phase,
     PhaseTimeout,

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from headrace_core import BackoffError, ConfigurationError, safe_repr
+from headrace_core import BackoffError, ConfigurationError
+from headrace_core.lowlevel import safe_repr
 from headrace_core.testing import VirtualClock
 from headrace_leveled import (
     Phase,

@@ -31,7 +31,7 @@ from headrace_coalesce._lane import (
 )
 from headrace_coalesce._routing import as_error, describe, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import _Recorder
-from headrace_core import PerLoop
+from headrace_core.lowlevel import PerLoop
 
 __all__ = ["PROMOTE", "Batch", "Core", "close"]
 

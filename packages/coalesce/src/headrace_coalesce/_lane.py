@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Generator, Hashable
 from typing import Any, Final
 
-from headrace_core import ConfigurationError, check_int, check_number, is_async_callable
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int, check_number, is_async_callable
 
 OPEN: Final = 0  # accepting items
 RUNNING: Final = 1  # dispatched: no more items

@@ -32,7 +32,7 @@ from headrace_coalesce._lane import (
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import EventKind, _Recorder
-from headrace_core import PerLoop, being_cancelled
+from headrace_core.lowlevel import PerLoop, being_cancelled
 
 __all__ = ["Entry", "LoadBatch", "LoaderMachinery"]
 

@@ -1,10 +1,12 @@
 """headrace-core: the loop clock, errors, stats, listeners and backoff shared by headrace.
 
 Public submodules: :mod:`headrace_core.testing` (the virtual clock), :mod:`headrace_core.otel`,
-:mod:`headrace_core.backoff`, :mod:`headrace_core.stats` and :mod:`headrace_core.store`.
+:mod:`headrace_core.backoff`, :mod:`headrace_core.stats`, :mod:`headrace_core.store` and
+:mod:`headrace_core.lowlevel` (plumbing: per-loop state, validators, the loop clock).
 """
 
 from headrace_core import backoff as backoff
+from headrace_core import lowlevel as lowlevel
 from headrace_core import stats as stats
 from headrace_core import store as store
 from headrace_core import testing as testing
@@ -19,22 +21,9 @@ from headrace_core._errors import GuardTimeout as GuardTimeout
 from headrace_core._errors import HeadraceError as HeadraceError
 from headrace_core._errors import RateLimited as RateLimited
 from headrace_core._errors import Rejected as Rejected
-from headrace_core._errors import being_cancelled as being_cancelled
-from headrace_core._errors import callable_name as callable_name
-from headrace_core._errors import safe_repr as safe_repr
-from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
-from headrace_core._loop import LoopBinding as LoopBinding
-from headrace_core._loop import PerLoop as PerLoop
-from headrace_core._loop import within as within
-from headrace_core._stats import loop_time as loop_time
-from headrace_core._validate import check_int as check_int
-from headrace_core._validate import check_number as check_number
-from headrace_core._validate import check_optional_number as check_optional_number
-from headrace_core._validate import is_async_callable as is_async_callable
 from headrace_core._version import __version__ as __version__
 
 __all__ = [
-    "TIME_TOLERANCE",
     "BackoffError",
     "BulkheadFull",
     "CapacityExceeded",
@@ -44,19 +33,8 @@ __all__ = [
     "ConfigurationError",
     "GuardTimeout",
     "HeadraceError",
-    "LoopBinding",
-    "PerLoop",
     "RateLimited",
     "Rejected",
-    "being_cancelled",
-    "callable_name",
-    "check_int",
-    "check_number",
-    "check_optional_number",
-    "is_async_callable",
-    "loop_time",
-    "safe_repr",
-    "within",
 ]
 
 for _obj in (
@@ -69,18 +47,8 @@ for _obj in (
     ConfigurationError,
     GuardTimeout,
     HeadraceError,
-    LoopBinding,
-    PerLoop,
     RateLimited,
     Rejected,
-    being_cancelled,
-    callable_name,
-    check_int,
-    check_number,
-    check_optional_number,
-    is_async_callable,
-    safe_repr,
-    within,
 ):
     _obj.__module__ = __name__
 del _obj

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from headrace_core import being_cancelled
 from headrace_core.backoff import next_delay
+from headrace_core.lowlevel import being_cancelled
 from headrace_flow._errors import StageTimeout
 from headrace_flow._stage_run import StageRun
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headrace_core import ConfigurationError, check_int
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int
 from headrace_flow._queues import QueueFactory, fifo_queue
 from headrace_flow._scaling import FixedScaling, as_strategy
 from headrace_flow._stages import FLOW, ROUTER, Stage, as_stage

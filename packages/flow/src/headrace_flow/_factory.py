@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias, TypeVar, overload
 
-from headrace_core import ConfigurationError, check_int
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int
 from headrace_flow._flow import Flow
 from headrace_flow._markers import Drop, Last
 from headrace_flow._queues import QueueFactory, fifo_queue

@@ -8,14 +8,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-from headrace_core import (
-    ConfigurationError,
-    GuardTimeout,
-    HeadraceError,
-    being_cancelled,
-    check_optional_number,
-    safe_repr,
-)
+from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
+from headrace_core.lowlevel import being_cancelled, check_optional_number, safe_repr
 from headrace_core.stats import Listeners
 from headrace_flow._compile import Node, compile_parts, plan, settings
 from headrace_flow._errors import FlowClosed

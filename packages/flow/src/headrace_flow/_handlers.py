@@ -6,7 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from headrace_core import ConfigurationError, is_async_callable
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import is_async_callable
 from headrace_flow._errors import SourceError, TransformerError
 
 

@@ -8,7 +8,7 @@ import math
 from types import MappingProxyType
 from typing import Any
 
-from headrace_core import being_cancelled, safe_repr
+from headrace_core.lowlevel import being_cancelled, safe_repr
 from headrace_core.stats import Listeners
 from headrace_flow import _source, _workers
 from headrace_flow._calls import make_call

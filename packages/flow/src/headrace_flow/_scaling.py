@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, final, runtime_checkable
 
-from headrace_core import ConfigurationError, check_int, check_number, check_optional_number
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int, check_number, check_optional_number
 from headrace_flow._stats import StageSnapshot, StageStats
 
 __all__ = ["FixedScaling", "ScalingStrategy", "UtilizationScaling"]

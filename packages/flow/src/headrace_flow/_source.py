@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from headrace_core import being_cancelled
+from headrace_core.lowlevel import being_cancelled
 from headrace_flow._errors import Dropped, DropReason, SourceError
 from headrace_flow._queues import Channel
 from headrace_flow._stage_run import Aborted, StageRun

@@ -9,14 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, final
 
-from headrace_core import (
-    ConfigurationError,
-    check_int,
-    check_number,
-    check_optional_number,
-    is_async_callable,
-)
+from headrace_core import ConfigurationError
 from headrace_core.backoff import exponential
+from headrace_core.lowlevel import check_int, check_number, check_optional_number, is_async_callable
 from headrace_flow._queues import QueueFactory
 from headrace_flow._scaling import FixedScaling, as_strategy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from headrace_core import being_cancelled, safe_repr
+from headrace_core.lowlevel import being_cancelled, safe_repr
 from headrace_flow._calls import make_call
 from headrace_flow._errors import Dropped, DropReason, TransformerError
 from headrace_flow._markers import DROP, Last

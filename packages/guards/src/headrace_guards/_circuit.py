@@ -9,17 +9,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import (
-    CircuitOpenError,
-    CircuitState,
-    ConfigurationError,
+from headrace_core import CircuitOpenError, CircuitState, ConfigurationError
+from headrace_core.backoff import Backoff, next_delay
+from headrace_core.lowlevel import (
     check_int,
     check_number,
     check_optional_number,
     is_async_callable,
     within,
 )
-from headrace_core.backoff import Backoff, next_delay
 from headrace_core.store import BreakerStore
 from headrace_guards._circuit_store import (
     _FAILURE,

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from headrace_core import CircuitState, being_cancelled, within
+from headrace_core import CircuitState
+from headrace_core.lowlevel import being_cancelled, within
 from headrace_guards._common import NotAsyncError, now_of, raise_if_not_async
 from headrace_guards._policies import Consecutive, CountWindow
 

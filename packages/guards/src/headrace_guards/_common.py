@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, final
 
-from headrace_core import BackoffError, ConfigurationError, callable_name, is_async_callable
+from headrace_core import BackoffError, ConfigurationError
+from headrace_core.lowlevel import callable_name, is_async_callable
 from headrace_core.stats import Listeners
 
 P = ParamSpec("P")

@@ -6,13 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from headrace_core import (
-    CircuitOpenError,
-    CircuitState,
-    ConfigurationError,
-    check_int,
-    check_number,
-)
+from headrace_core import CircuitOpenError, CircuitState, ConfigurationError
+from headrace_core.lowlevel import check_int, check_number
 from headrace_guards._bulkhead import Bulkhead, BulkheadSnapshot
 from headrace_guards._circuit import CircuitBreaker
 from headrace_guards._circuit_store import BreakerSnapshot

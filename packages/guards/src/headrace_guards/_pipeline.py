@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
 
-from headrace_core import ConfigurationError, being_cancelled
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import being_cancelled
 from headrace_guards._common import GuardBase, GuardEvent, raise_if_not_async
 
 P = ParamSpec("P")

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TypeAlias, final
 
-from headrace_core import check_int, check_number
+from headrace_core.lowlevel import check_int, check_number
 
 
 @final

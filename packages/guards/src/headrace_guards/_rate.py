@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ParamSpec, TypeVar, final
 
-from headrace_core import (
-    CapacityExceeded,
+from headrace_core import CapacityExceeded, RateLimited
+from headrace_core.lowlevel import (
     LoopBinding,
-    RateLimited,
     check_int,
     check_number,
     check_optional_number,

@@ -9,13 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal
 
-from headrace_core import (
-    ConfigurationError,
-    HeadraceError,
-    check_number,
-    check_optional_number,
-    safe_repr,
-)
+from headrace_core import ConfigurationError, HeadraceError
+from headrace_core.lowlevel import check_number, check_optional_number, safe_repr
 
 try:
     from redis.exceptions import (

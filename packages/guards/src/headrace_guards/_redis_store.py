@@ -7,7 +7,8 @@ from typing import Any, Literal, final
 
 from redis.asyncio import Redis
 
-from headrace_core import BulkheadFull, being_cancelled, check_number, safe_repr
+from headrace_core import BulkheadFull
+from headrace_core.lowlevel import being_cancelled, check_number, safe_repr
 from headrace_guards._redis_base import (
     DOWN,
     MALFORMED,

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import ConfigurationError, check_int, check_optional_number, within
+from headrace_core import ConfigurationError
 from headrace_core.backoff import Backoff, full_jitter, next_delay
+from headrace_core.lowlevel import check_int, check_optional_number, within
 from headrace_guards._common import (
     Clock,
     ExcSpec,

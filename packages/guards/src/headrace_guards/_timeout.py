@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import GuardTimeout, LoopBinding, check_number
+from headrace_core import GuardTimeout
+from headrace_core.lowlevel import LoopBinding, check_number
 from headrace_guards._common import (
     Clock,
     GuardBase,

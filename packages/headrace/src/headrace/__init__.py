@@ -16,7 +16,6 @@ from headrace_coalesce import Loader as Loader
 from headrace_coalesce import MissingResult as MissingResult
 from headrace_coalesce import batch as batch
 from headrace_coalesce import collect as collect
-from headrace_core import TIME_TOLERANCE as TIME_TOLERANCE
 from headrace_core import BackoffError as BackoffError
 from headrace_core import BulkheadFull as BulkheadFull
 from headrace_core import CapacityExceeded as CapacityExceeded
@@ -26,19 +25,8 @@ from headrace_core import Closed as Closed
 from headrace_core import ConfigurationError as ConfigurationError
 from headrace_core import GuardTimeout as GuardTimeout
 from headrace_core import HeadraceError as HeadraceError
-from headrace_core import LoopBinding as LoopBinding
-from headrace_core import PerLoop as PerLoop
 from headrace_core import RateLimited as RateLimited
 from headrace_core import Rejected as Rejected
-from headrace_core import being_cancelled as being_cancelled
-from headrace_core import callable_name as callable_name
-from headrace_core import check_int as check_int
-from headrace_core import check_number as check_number
-from headrace_core import check_optional_number as check_optional_number
-from headrace_core import is_async_callable as is_async_callable
-from headrace_core import loop_time as loop_time
-from headrace_core import safe_repr as safe_repr
-from headrace_core import within as within
 from headrace_flow import DROP as DROP
 from headrace_flow import Drop as Drop
 from headrace_flow import Dropped as Dropped
@@ -147,7 +135,6 @@ from headrace_throttle import Vegas as Vegas
 __all__ = [
     "AIMD",
     "DROP",
-    "TIME_TOLERANCE",
     "AsyncDagLevelAdapterBuilder",
     "AsyncDagTaskProcessor",
     "AsyncDagTaskProcessorBuilder",
@@ -195,9 +182,7 @@ __all__ = [
     "Last",
     "Limit",
     "Loader",
-    "LoopBinding",
     "MissingResult",
-    "PerLoop",
     "Phase",
     "PhaseGuard",
     "PhaseId",
@@ -254,24 +239,16 @@ __all__ = [
     "Vegas",
     "batch",
     "batched",
-    "being_cancelled",
-    "callable_name",
-    "check_int",
-    "check_number",
-    "check_optional_number",
     "collect",
     "fifo_queue",
     "flatten_exceptions",
     "flow",
-    "is_async_callable",
     "join",
     "lifo_queue",
     "log_and_continue",
-    "loop_time",
     "pipeline",
     "priority_queue",
     "router",
-    "safe_repr",
     "stage",
     "sync_stage",
     "task",
@@ -279,5 +256,4 @@ __all__ = [
     "task_group_func",
     "task_group_task",
     "task_sync_func",
-    "within",
 ]

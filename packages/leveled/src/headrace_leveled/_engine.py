@@ -25,8 +25,9 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
-from headrace_core import HeadraceError, safe_repr
+from headrace_core import HeadraceError
 from headrace_core.backoff import next_delay
+from headrace_core.lowlevel import safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._plan import PHASES, CallSpec, Plan

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final, overload
 
-from headrace_core import ConfigurationError, GuardTimeout, HeadraceError, safe_repr
+from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
+from headrace_core.lowlevel import safe_repr
 from headrace_leveled._types import Phase, TaskFailure
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, final, runtime_checkable
 
-from headrace_core import check_int, check_number, safe_repr
 from headrace_core.backoff import Backoff, exponential
+from headrace_core.lowlevel import check_int, check_number, safe_repr
 from headrace_leveled._errors import RetryableError, argument_error, flatten_exceptions
 
 __all__ = ["DEFAULT_RETRY_ON", "PhaseGuard", "TaskFunction"]

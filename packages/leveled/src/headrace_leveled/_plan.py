@@ -10,8 +10,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from headrace_core import safe_repr
 from headrace_core.backoff import Backoff, exponential
+from headrace_core.lowlevel import safe_repr
 from headrace_leveled._errors import CycleError, GraphError, argument_error
 from headrace_leveled._function import DEFAULT_RETRY_ON, TaskFunction
 from headrace_leveled._task import Task

@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, final
 
-from headrace_core import check_int, check_optional_number, safe_repr
+from headrace_core.lowlevel import check_int, check_optional_number, safe_repr
 from headrace_leveled._engine import EXEC, POST, PRE, Run, drive
 from headrace_leveled._errors import ProcessorError, argument_error
 from headrace_leveled._function import TaskFunction

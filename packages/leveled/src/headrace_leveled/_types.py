@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar, final
 
-from headrace_core import safe_repr
+from headrace_core.lowlevel import safe_repr
 
 __all__ = ["Phase", "TaskFailure", "TaskState"]
 

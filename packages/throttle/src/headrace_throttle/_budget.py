@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, final
 
-from headrace_core import TIME_TOLERANCE, ConfigurationError, check_int, check_number
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number
 from headrace_core.store import BudgetStore
 
 __all__ = ["RequestBudget", "TokenBudget"]

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, final
 
-from headrace_core import CircuitOpenError, ConfigurationError, check_int, check_number
+from headrace_core import CircuitOpenError, ConfigurationError
 from headrace_core.backoff import exponential, fixed, full_jitter
+from headrace_core.lowlevel import check_int, check_number
 from headrace_guards import CircuitBreaker, Retry
 
 __all__ = ["CircuitBreakerConfig", "RetryConfig"]

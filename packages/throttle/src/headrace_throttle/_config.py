@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
-from headrace_core import ConfigurationError, check_int, check_number
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int, check_number
 from headrace_guards import CircuitBreaker, Retry
 from headrace_throttle._budget import RequestBudget, TokenBudget
 from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig

@@ -18,7 +18,7 @@ import random
 from collections import deque
 from typing import Any
 
-from headrace_core import TIME_TOLERANCE, LoopBinding, within
+from headrace_core.lowlevel import TIME_TOLERANCE, LoopBinding, within
 from headrace_core.stats import Listeners
 from headrace_throttle._budget import Charge, RequestBudget, TokenBudget
 from headrace_throttle._limit import AIMD, Limit

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, final, runtime_checkable
 
-from headrace_core import ConfigurationError, check_int, check_number, loop_time, within
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int, check_number, loop_time, within
 
 __all__ = ["AIMD", "Gradient", "Limit"]
 

@@ -8,7 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from headrace_core import CircuitOpenError, CircuitState, within
+from headrace_core import CircuitOpenError, CircuitState
+from headrace_core.lowlevel import within
 from headrace_core.stats import Listeners
 from headrace_guards import CircuitBreaker, GuardEvent
 from headrace_throttle._engine import _Engine

@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headrace_core import HeadraceError, safe_repr
+from headrace_core import HeadraceError
+from headrace_core.lowlevel import safe_repr
 from headrace_throttle._budget import RequestBudget, TokenBudget
 
 if TYPE_CHECKING:

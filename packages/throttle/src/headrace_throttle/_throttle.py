@@ -11,14 +11,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final, overload
 
-from headrace_core import (
-    CircuitOpenError,
-    CircuitState,
-    GuardTimeout,
-    check_int,
-    check_optional_number,
-    is_async_callable,
-)
+from headrace_core import CircuitOpenError, CircuitState, GuardTimeout
+from headrace_core.lowlevel import check_int, check_optional_number, is_async_callable
 from headrace_core.stats import Listeners
 from headrace_guards import CircuitBreaker, Retry
 from headrace_throttle._acquire import _Acquire

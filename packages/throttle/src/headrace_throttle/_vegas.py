@@ -6,7 +6,8 @@ import math
 import random
 from typing import final
 
-from headrace_core import ConfigurationError, check_int, check_number, within
+from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_int, check_number, within
 from headrace_throttle._limit import _Bounded, _jitter
 
 __all__ = ["Vegas"]

@@ -1,0 +1,62 @@
+"""Plumbing for the packages built on headrace-core, and for components of your own.
+
+Users of headrace rarely need these; they are what every headrace package uses to bind
+state to event loops, validate arguments in the house format, read the loop clock, compare
+waits with their bounds, and talk about user code safely:
+
+- :class:`PerLoop`, :class:`LoopBinding`: state per event loop, and binding a component to
+  the loop of its first use.
+- :func:`loop_time`: the running loop's clock.
+- :func:`within` and :data:`TIME_TOLERANCE`: a wait or deadline meets its bound the same
+  way at every clock magnitude.
+- :func:`check_number`, :func:`check_optional_number`, :func:`check_int`,
+  :func:`is_async_callable`: argument checks raising ``ConfigurationError`` that names the
+  argument and the value.
+- :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
+  without calling a raising ``__repr__``, name a callback, and tell a task's own
+  cancellation from a ``CancelledError`` that user code raised.
+"""
+
+from headrace_core._errors import being_cancelled as being_cancelled
+from headrace_core._errors import callable_name as callable_name
+from headrace_core._errors import safe_repr as safe_repr
+from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
+from headrace_core._loop import LoopBinding as LoopBinding
+from headrace_core._loop import PerLoop as PerLoop
+from headrace_core._loop import within as within
+from headrace_core._stats import loop_time as loop_time
+from headrace_core._validate import check_int as check_int
+from headrace_core._validate import check_number as check_number
+from headrace_core._validate import check_optional_number as check_optional_number
+from headrace_core._validate import is_async_callable as is_async_callable
+
+__all__ = [
+    "TIME_TOLERANCE",
+    "LoopBinding",
+    "PerLoop",
+    "being_cancelled",
+    "callable_name",
+    "check_int",
+    "check_number",
+    "check_optional_number",
+    "is_async_callable",
+    "loop_time",
+    "safe_repr",
+    "within",
+]
+
+for _obj in (
+    LoopBinding,
+    PerLoop,
+    being_cancelled,
+    callable_name,
+    check_int,
+    check_number,
+    check_optional_number,
+    is_async_callable,
+    loop_time,
+    safe_repr,
+    within,
+):
+    _obj.__module__ = __name__
+del _obj
