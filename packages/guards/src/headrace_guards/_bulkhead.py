@@ -422,15 +422,20 @@ class Bulkhead(GuardBase):
         A caller unwinding from a cancel or an interrupt does not wait: the release goes
         on in the background.
         """
+        task = self._give_back(lease)
+        if exc is None or isinstance(exc, Exception):
+            await self._background.wait(task)
+
+    def _give_back(self, lease: str) -> asyncio.Task[BaseException | None]:
+        # The slot leaves this process's count now; the store's release goes on in the
+        # background (bounded).
         store, name = self._store, self.name
         assert store is not None
         assert name is not None
         slots = self._decl.slots.get()
         slots.in_flight -= 1
         slots.completed += 1
-        task = self._release_soon(store, name, lease)
-        if exc is None or isinstance(exc, Exception):
-            await self._background.wait(task)
+        return self._release_soon(store, name, lease)
 
     def _push_lease(self, lease: str) -> None:
         task = asyncio.current_task()
@@ -451,13 +456,7 @@ class Bulkhead(GuardBase):
         lease = self._pop_lease()
         if lease is None:
             raise RuntimeError("Bulkhead.release() without a lease held by this task")
-        store, name = self._store, self.name
-        assert store is not None
-        assert name is not None
-        slots = self._decl.slots.get()
-        slots.in_flight -= 1
-        slots.completed += 1
-        self._release_soon(store, name, lease)
+        self._give_back(lease)
 
     async def _call_store(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
