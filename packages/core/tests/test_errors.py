@@ -16,7 +16,7 @@ from headrace_core import (
     RateLimited,
     Rejected,
 )
-from headrace_core.lowlevel import check_number, safe_repr
+from headrace_core.lowlevel import check_callable, check_name, check_number, safe_repr
 
 
 @pytest.mark.parametrize(
@@ -156,3 +156,15 @@ def test_safe_repr_never_lets_a_users_repr_replace_the_error() -> None:
         ConfigurationError, match=r"^limit=<.*Hostile object \(repr failed\)>: must"
     ):
         check_number("limit", Hostile())
+
+
+def test_check_callable_and_check_name_name_the_argument_and_the_value() -> None:
+    assert check_callable("key", None) is None
+    assert check_callable("key", len) is len
+    with pytest.raises(ConfigurationError, match=r"^key=42: must be a callable or None$"):
+        check_callable("key", 42)
+    assert check_name(None) is None
+    assert check_name("api") == "api"
+    for bad in ("", 42, b"api"):
+        with pytest.raises(ConfigurationError, match=r"^stage=.*: must be a non-empty str or None"):
+            check_name(bad, "stage")

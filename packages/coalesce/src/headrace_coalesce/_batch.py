@@ -13,9 +13,10 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overloa
 
 from headrace_coalesce._collect import COLLECT, drive, no_collect
 from headrace_coalesce._core import PROMOTE, Batch, Core, close
-from headrace_coalesce._lane import Options, check_callable, filled, finish, require_async, start
+from headrace_coalesce._lane import Options, filled, finish, require_async, start
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats
 from headrace_core import ConfigurationError
+from headrace_core.lowlevel import check_callable
 from headrace_core.stats import Listener
 
 __all__ = ["BatchFunction", "batch"]

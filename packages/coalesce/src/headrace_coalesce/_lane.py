@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Generator, Hashable
 from typing import Any, Final
 
-from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_int, check_number, is_async_callable
 
 OPEN: Final = 0  # accepting items
@@ -45,12 +44,6 @@ def require_async(argument: str, fn: object) -> None:
     """
     if not is_async_callable(fn):
         raise TypeError(f"{argument} must be an async function (async def), got {fn!r}")
-
-
-def check_callable(argument: str, value: object) -> None:
-    """Reject a non-callable, non-None option naming the argument."""
-    if value is not None and not callable(value):
-        raise ConfigurationError.argument_error(argument, value, "must be callable or None")
 
 
 class BatchBase:

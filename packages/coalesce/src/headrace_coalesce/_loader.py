@@ -7,12 +7,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, final
 
-from headrace_coalesce._lane import Lane, Options, check_callable, require_async
+from headrace_coalesce._lane import Lane, Options, require_async
 from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery
 from headrace_coalesce._routing import as_error, describe
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import PerLoop, being_cancelled
+from headrace_core.lowlevel import PerLoop, being_cancelled, check_callable
 from headrace_core.stats import Listener
 
 __all__ = ["Loader"]

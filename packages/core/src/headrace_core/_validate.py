@@ -5,11 +5,21 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable
+from typing import TypeAlias, TypeVar
 
 from headrace_core._errors import ConfigurationError
 
+#: A zero-argument callable returning seconds: a component's measuring clock (``clock=``).
+Clock: TypeAlias = Callable[[], float]
+
+T = TypeVar("T")
+
 __all__ = [
+    "Clock",
+    "check_callable",
     "check_int",
+    "check_name",
     "check_number",
     "check_optional_number",
     "is_async_callable",
@@ -129,3 +139,33 @@ def is_async_callable(fn: object) -> bool:
         return False
     call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def check_callable(argument: str, value: T) -> T:
+    """Return ``value`` when it is callable or None, else raise ``ConfigurationError``.
+
+    Args:
+        argument: the argument's name, for the message.
+        value: the option to check (a callback, a predicate, a clock).
+
+    Raises:
+        ConfigurationError: ``argument=value: must be a callable or None``.
+    """
+    if value is not None and not callable(value):
+        raise ConfigurationError.argument_error(argument, value, "must be a callable or None")
+    return value
+
+
+def check_name(name: object, argument: str = "name") -> str | None:
+    """Return ``name`` when it is None or a non-empty ``str``, else raise ``ConfigurationError``.
+
+    Args:
+        name: the component's name (a key, a label in events and errors).
+        argument: the argument's name, for the message.
+
+    Raises:
+        ConfigurationError: ``name=value: must be a non-empty str or None``.
+    """
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError.argument_error(argument, name, "must be a non-empty str or None")
+    return name

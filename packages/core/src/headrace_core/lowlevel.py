@@ -10,8 +10,9 @@ waits with their bounds, and talk about user code safely:
 - :func:`within` and :data:`TIME_TOLERANCE`: a wait or deadline meets its bound the same
   way at every clock magnitude.
 - :func:`check_number`, :func:`check_optional_number`, :func:`check_int`,
-  :func:`is_async_callable`: argument checks raising ``ConfigurationError`` that names the
-  argument and the value.
+  :func:`check_callable`, :func:`check_name`, :func:`is_async_callable`: argument checks
+  raising ``ConfigurationError`` that names the argument and the value; :data:`Clock`, the
+  type of a ``clock=`` argument.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised.
@@ -25,18 +26,24 @@ from headrace_core._loop import LoopBinding as LoopBinding
 from headrace_core._loop import PerLoop as PerLoop
 from headrace_core._loop import within as within
 from headrace_core._stats import loop_time as loop_time
+from headrace_core._validate import Clock as Clock
+from headrace_core._validate import check_callable as check_callable
 from headrace_core._validate import check_int as check_int
+from headrace_core._validate import check_name as check_name
 from headrace_core._validate import check_number as check_number
 from headrace_core._validate import check_optional_number as check_optional_number
 from headrace_core._validate import is_async_callable as is_async_callable
 
 __all__ = [
     "TIME_TOLERANCE",
+    "Clock",
     "LoopBinding",
     "PerLoop",
     "being_cancelled",
     "callable_name",
+    "check_callable",
     "check_int",
+    "check_name",
     "check_number",
     "check_optional_number",
     "is_async_callable",
@@ -50,7 +57,9 @@ for _obj in (
     PerLoop,
     being_cancelled,
     callable_name,
+    check_callable,
     check_int,
+    check_name,
     check_number,
     check_optional_number,
     is_async_callable,

@@ -11,7 +11,13 @@ from typing import Any, Generic, TypeVar, final
 
 from headrace_core import ConfigurationError
 from headrace_core.backoff import exponential
-from headrace_core.lowlevel import check_int, check_number, check_optional_number, is_async_callable
+from headrace_core.lowlevel import (
+    check_int,
+    check_name,
+    check_number,
+    check_optional_number,
+    is_async_callable,
+)
 from headrace_flow._queues import QueueFactory
 from headrace_flow._scaling import FixedScaling, as_strategy
 
@@ -178,14 +184,6 @@ class Stage(Generic[In, Out]):
         return f"<Stage {self.display_name!r} {self.kind}>"
 
 
-def _check_name(name: object, argument: str = "name") -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError.argument_error(argument, name, "must be a non-empty str")
-    return name
-
-
 def _check_retry_on(value: object) -> tuple[type[BaseException], ...]:
     items = value if isinstance(value, tuple) else (value,)
     if not items or not all(isinstance(x, type) and issubclass(x, BaseException) for x in items):
@@ -243,7 +241,7 @@ def stage(
         ConfigurationError: for a bad setting (naming it), or ``workers`` with ``scaling``.
         TypeError: for a sync callable (use :func:`sync_stage`) or a non-callable.
     """
-    name = _check_name(name)
+    name = check_name(name)
     if workers is not None and scaling is not None:
         raise ConfigurationError.argument_error(
             "workers", workers, "workers= and scaling= are exclusive"
@@ -340,7 +338,7 @@ def batched(size: int, *, max_wait: float | None = None, name: str = "batched") 
     """
     check_int("size", size, ge=1)
     check_optional_number("max_wait", max_wait, gt=0)
-    _check_name(name)
+    check_name(name)
     return Stage(
         None,
         kind=BATCHED,
@@ -381,7 +379,7 @@ def router(
     """
     if not is_async_callable(classifier):
         raise TypeError("router() classifier must be an async function: async def f(item)")
-    _check_name(name)
+    check_name(name)
     if not arms and default is None:
         raise TypeError("router() needs at least one arm")
     for label, arm in arms.items():

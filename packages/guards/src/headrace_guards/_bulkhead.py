@@ -14,12 +14,11 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
 from headrace_core import BulkheadFull, ConfigurationError
-from headrace_core.lowlevel import PerLoop, check_int, within
+from headrace_core.lowlevel import Clock, PerLoop, check_int, within
 from headrace_core.lowlevel import check_optional_number as _check_optional_number
 from headrace_core.store import BulkheadStore
 from headrace_guards._common import (
     Background,
-    Clock,
     GuardBase,
     GuardEvent,
     check_clock,

@@ -12,6 +12,8 @@ from typing import Any, ParamSpec, TypeVar, final
 from headrace_core import CircuitOpenError, CircuitState, ConfigurationError
 from headrace_core.backoff import Backoff, next_delay
 from headrace_core.lowlevel import (
+    Clock,
+    check_callable,
     check_int,
     check_number,
     check_optional_number,
@@ -31,12 +33,10 @@ from headrace_guards._circuit_store import (
 )
 from headrace_guards._common import (
     Background,
-    Clock,
     ExcSpec,
     GuardBase,
     GuardEvent,
     NotAsyncError,
-    check_callable,
     check_clock,
     check_store,
     compile_spec,

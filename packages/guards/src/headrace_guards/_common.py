@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, final
 
 from headrace_core import BackoffError, ConfigurationError
-from headrace_core.lowlevel import callable_name, is_async_callable
+from headrace_core.lowlevel import (
+    Clock,
+    callable_name,
+    check_callable,
+    check_name,
+    is_async_callable,
+)
 from headrace_core.stats import Listeners
 
 P = ParamSpec("P")
@@ -25,8 +31,6 @@ ExcSpec: TypeAlias = (
     | Callable[[BaseException], bool]
 )
 
-#: A zero-argument callable returning seconds (the guard's measuring clock).
-Clock: TypeAlias = Callable[[], float]
 
 LOGGER = "headrace.guards"
 
@@ -104,24 +108,10 @@ def compile_spec(argument: str, spec: object) -> Callable[[BaseException], bool]
     return matches
 
 
-def check_callable(argument: str, value: object) -> Any:
-    """Validate an optional callable argument (None passes)."""
-    if value is not None and not callable(value):
-        raise ConfigurationError.argument_error(argument, value, "must be a callable or None")
-    return value
-
-
 def check_clock(clock: Any) -> Clock | None:
     """Validate a ``clock=`` argument (None or a zero-argument callable)."""
     checked: Clock | None = check_callable("clock", clock)
     return checked
-
-
-def check_name(name: object) -> str | None:
-    """Validate a ``name=`` argument (None or a non-empty string)."""
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigurationError.argument_error("name", name, "must be a non-empty str or None")
-    return name
 
 
 def numeric_retry_after(exc: BaseException) -> float | None:

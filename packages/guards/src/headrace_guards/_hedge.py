@@ -7,9 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core.lowlevel import check_int, check_number, within
+from headrace_core.lowlevel import Clock, check_int, check_number, within
 from headrace_guards._common import (
-    Clock,
     ExcSpec,
     GuardBase,
     GuardEvent,

@@ -12,6 +12,7 @@ from typing import ParamSpec, TypeVar, final
 
 from headrace_core import CapacityExceeded, RateLimited
 from headrace_core.lowlevel import (
+    Clock,
     LoopBinding,
     check_int,
     check_number,
@@ -21,7 +22,6 @@ from headrace_core.lowlevel import (
 from headrace_core.store import RateStore
 from headrace_guards._common import (
     Background,
-    Clock,
     GuardBase,
     GuardEvent,
     check_clock,

@@ -11,13 +11,11 @@ from typing import Any, ParamSpec, TypeVar, final
 
 from headrace_core import ConfigurationError
 from headrace_core.backoff import Backoff, full_jitter, next_delay
-from headrace_core.lowlevel import check_int, check_optional_number, within
+from headrace_core.lowlevel import Clock, check_callable, check_int, check_optional_number, within
 from headrace_guards._common import (
-    Clock,
     ExcSpec,
     GuardBase,
     GuardEvent,
-    check_callable,
     check_clock,
     compile_spec,
     delays_of,

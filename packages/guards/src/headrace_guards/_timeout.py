@@ -12,16 +12,8 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
 from headrace_core import GuardTimeout
-from headrace_core.lowlevel import LoopBinding, check_number
-from headrace_guards._common import (
-    Clock,
-    GuardBase,
-    GuardEvent,
-    check_callable,
-    check_clock,
-    now_of,
-    raise_if_not_async,
-)
+from headrace_core.lowlevel import Clock, LoopBinding, check_callable, check_number
+from headrace_guards._common import GuardBase, GuardEvent, check_clock, now_of, raise_if_not_async
 
 P = ParamSpec("P")
 T = TypeVar("T")

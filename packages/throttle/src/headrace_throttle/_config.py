@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import check_int, check_number
+from headrace_core.lowlevel import check_callable, check_int, check_number
 from headrace_guards import CircuitBreaker, Retry
 from headrace_throttle._budget import RequestBudget, TokenBudget
 from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig
@@ -30,11 +30,6 @@ _REMOVED = {
     "safe_ceiling_decay_multiplier": "has no equivalent: the admission-epoch rule replaces "
     "gentlify's safe ceiling",
 }
-
-
-def _callable(argument: str, value: object) -> None:
-    if value is not None and not callable(value):
-        raise ConfigurationError.argument_error(argument, value, "must be a callable or None")
 
 
 @final
@@ -120,9 +115,9 @@ class ThrottleConfig:
                 "token_budget", self.token_budget, "must be a TokenBudget or None"
             )
         for argument in ("is_failure", "retry_after", "on_event", "on_progress"):
-            _callable(argument, getattr(self, argument))
-        _callable("failure_predicate", self.failure_predicate)
-        _callable("on_state_change", self.on_state_change)
+            check_callable(argument, getattr(self, argument))
+        check_callable("failure_predicate", self.failure_predicate)
+        check_callable("on_state_change", self.on_state_change)
         if self.retry is not None and not isinstance(self.retry, Retry | RetryConfig):
             raise ConfigurationError.argument_error(
                 "retry", self.retry, "must be a headrace_guards.Retry, a RetryConfig or None"
