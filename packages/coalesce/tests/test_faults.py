@@ -4,7 +4,8 @@ Each driver runs one window of several callers with one misbehaving callback, th
 what every point keeps whatever the callback does: every caller ends (under a deadline)
 with its own value or the user's error (or a headrace error chaining it), no caller gets
 another's value, the stats are back to idle with no batch left open or pending, and the
-next call works.
+next call works. ``run_injection`` runs every driver under a ``VirtualClock``, so the
+drivers' sleeps and deadlines take no real time.
 """
 
 from __future__ import annotations
