@@ -9,13 +9,15 @@ Needs only Python 3.11+ with pip. Usage (from anywhere in the checkout):
     python3 scripts/dev.py docs            # mkdocs build --strict
     python3 scripts/dev.py bench [ARGS]    # every benchmark, beside the peer libraries
 
-Each command creates (once) and updates ``.venv/<python version>/`` with every package of
-``packages/`` installed in editable mode plus the tools it needs (through uv, installed
-into the environment with pip), then runs. ``--python PATH`` picks another interpreter.
+Each command creates (once) ``.venv/<python version>/`` and installs every package of
+``packages/`` in editable mode plus the tools it needs (through uv, installed into the
+environment with pip), again only when a ``pyproject.toml`` changed, then runs.
+``--python PATH`` picks another interpreter.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -50,8 +52,19 @@ def ensure_env(python: str, command: str) -> Path:
         subprocess.check_call(
             [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "uv"]
         )
-    uv = [str(bindir / "uv"), "pip", "install", "-q", "--python", str(py)]
     packages = sorted(p for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
+    # Install only when something the environment is built from changed since last time.
+    stamp = env / f".headrace-{command}"
+    wanted = _fingerprint(packages, command)
+    if stamp.exists() and stamp.read_text() == wanted:
+        return py
+    groups = ", ".join(GROUPS[command]) or "no extra"
+    print(
+        f"installing {len(packages)} packages (editable) and the {groups} tools into "
+        f"{env.relative_to(ROOT)}; later runs skip this until a pyproject.toml changes",
+        flush=True,
+    )
+    uv = [str(bindir / "uv"), "pip", "install", "-q", "--python", str(py)]
     cmd = list(uv)
     for package in packages:
         extras = "[tour]" if package.name == "headrace" else ""
@@ -62,13 +75,26 @@ def ensure_env(python: str, command: str) -> Path:
     if command == "bench":
         pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.call([*pip, "--no-deps", "--ignore-requires-python", *BENCH_NO_PYTHON_CHECK])
+    stamp.write_text(wanted)
     return py
+
+
+def _fingerprint(packages: list[Path], command: str) -> str:
+    """What an environment for ``command`` is built from: every pyproject.toml and the groups."""
+    digest = hashlib.sha256(repr((GROUPS[command], BENCH_NO_PYTHON_CHECK)).encode())
+    for path in [ROOT / "pyproject.toml", *(p / "pyproject.toml" for p in packages)]:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def main(argv: list[str]) -> int:
     python = sys.executable
     if len(argv) >= 2 and argv[0] == "--python":
         python, argv = argv[1], argv[2:]
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
     if not argv or argv[0] not in GROUPS:
         print(__doc__)
         return 2
