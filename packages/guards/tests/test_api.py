@@ -738,3 +738,20 @@ async def test_a_breaker_store_reply_that_is_garbage_is_a_clear_error(method: st
 
 async def _ok() -> str:
     return "ok"
+
+
+def test_the_redis_module_says_which_extra_to_install_when_redis_py_is_missing() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "try:\n"
+        "    import headrace_guards.redis\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install 'headrace-guards[redis]'" in out

@@ -4,6 +4,14 @@
 ``store=`` to a named guard. Needs the extra: ``pip install 'headrace-guards[redis]'``.
 """
 
+try:
+    import redis  # noqa: F401 - only to say which extra to install when it is missing
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ModuleNotFoundError(
+        "headrace_guards.redis needs redis-py: pip install 'headrace-guards[redis]'",
+        name=exc.name,
+    ) from exc
+
 from headrace_guards._redis_store import RedisStore as RedisStore
 
 __all__ = ["RedisStore"]
