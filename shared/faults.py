@@ -47,6 +47,7 @@ __all__ = [
     "expected_error",
     "inject",
     "missing_points",
+    "outcome",
     "run_injection",
 ]
 
@@ -290,6 +291,20 @@ def _annotation_text(annotation: object) -> str:
     if isinstance(annotation, str):
         return annotation
     return getattr(annotation, "__name__", None) or repr(annotation)
+
+
+async def outcome(awaitable: Awaitable[Any], deadline: float | None = None) -> Any:
+    """Await ``awaitable`` under the caller's ``deadline``; return its value or what it raised.
+
+    Catching every ``BaseException`` here, inside the caller's task, keeps a
+    ``KeyboardInterrupt``/``SystemExit`` the call raises from ending the task, which would
+    re-raise it into the event loop; the driver asserts on the returned exception.
+    """
+    try:
+        async with asyncio.timeout(deadline):
+            return await awaitable
+    except BaseException as exc:
+        return exc
 
 
 def _signature(obj: Callable[..., Any]) -> inspect.Signature | None:

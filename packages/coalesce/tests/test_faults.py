@@ -27,6 +27,7 @@ from headrace_coalesce import (
     batch,
     collect,
 )
+from shared import faults
 from shared.faults import (
     ASYNC_FAULTS,
     SYNC_FAULTS,
@@ -50,16 +51,8 @@ ITERABLE_FAULTS = (*SYNC_FAULTS, Fault.EARLY_END)
 
 
 async def outcome(awaitable: Awaitable[Any], deadline: float = DEADLINE) -> Any:
-    """Await one call under its own deadline; return its value or the exception it raised.
-
-    Catching here (inside the caller's task) keeps a ``KeyboardInterrupt`` the call raises
-    from ending its task, which would re-raise it into the event loop.
-    """
-    try:
-        async with asyncio.timeout(deadline):
-            return await awaitable
-    except BaseException as exc:
-        return exc
+    """Await one call under its own deadline; return its value or the exception it raised."""
+    return await faults.outcome(awaitable, deadline)
 
 
 async def outcomes(*awaitables: Awaitable[Any]) -> list[Any]:

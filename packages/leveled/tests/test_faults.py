@@ -40,6 +40,7 @@ from headrace_leveled import (
     task_group_func,
     task_sync_func,
 )
+from shared import faults
 from shared.faults import (
     ASYNC_FAULTS,
     CALLABLE_WORDS,
@@ -95,11 +96,8 @@ async def outcome(
     run: Callable[[], Awaitable[RunReport[Any, Any]]], deadline: float = CALLER_DEADLINE
 ) -> RunReport[Any, Any] | BaseException:
     """Run under the caller's deadline; return the report or what the caller got."""
-    try:
-        async with asyncio.timeout(deadline):
-            return await run()
-    except BaseException as exc:  # KeyboardInterrupt/SystemExit included: they reach us
-        return exc
+    result: RunReport[Any, Any] | BaseException = await faults.outcome(run(), deadline)
+    return result
 
 
 def runners(p: Processor[Any, Any]) -> list[Callable[[], Awaitable[RunReport[Any, Any]]]]:

@@ -65,6 +65,7 @@ from shared.faults import (
     expected_error,
     inject,
     missing_points,
+    outcome,
     run_injection,
 )
 
@@ -97,15 +98,6 @@ class Once:
         if self.fire():
             return await ainject(self.fault, wrong)
         return normal
-
-
-async def outcome(awaitable: Awaitable[Any], deadline: float | None = None) -> Any:
-    """What ``awaitable`` returned or raised (any BaseException is caught, in this task)."""
-    try:
-        async with asyncio.timeout(deadline):
-            return await awaitable
-    except BaseException as exc:
-        return exc
 
 
 def started(coro: Awaitable[Any], deadline: float | None = None) -> asyncio.Task[Any]:
