@@ -156,3 +156,23 @@ def test_a_listener_whose_repr_raises_is_logged_by_its_name(
     assert "listener" in caplog.text
     assert "Hostile" in caplog.text
     assert "boom" in caplog.text
+
+
+async def test_finish_tasks_cancels_the_late_ones_and_leaves_none_pending() -> None:
+    from headrace_core.lowlevel import finish_tasks
+    from headrace_core.testing import VirtualClock
+
+    with VirtualClock():
+        quick = asyncio.ensure_future(asyncio.sleep(1))
+        late = asyncio.ensure_future(asyncio.sleep(100))
+        await finish_tasks([quick, late], timeout=5)
+        assert quick.done()
+        assert not quick.cancelled()
+        assert late.cancelled()
+        stuck = asyncio.ensure_future(asyncio.sleep(100))
+        closer = asyncio.ensure_future(finish_tasks([stuck], timeout=None))
+        await asyncio.sleep(1)
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        assert stuck.cancelled()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, final
 
 from headrace_core._errors import callable_name
@@ -129,22 +129,31 @@ class Listeners(Generic[E]):
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Await pending async listeners; cancel and await any still running after ``timeout``."""
-        if not self._tasks:
-            return
-        tasks = tuple(self._tasks)
-        try:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-        except asyncio.CancelledError:
-            pending = {task for task in tasks if not task.done()}
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.shield(asyncio.wait(pending))
-            raise
+        await finish_tasks(self._tasks, timeout)
+
+
+async def finish_tasks(tasks: Iterable[asyncio.Task[Any]], timeout: float | None) -> None:
+    """Await ``tasks``; cancel those still running after ``timeout`` and await them too.
+
+    When the caller is cancelled meanwhile, every task still running is cancelled and
+    awaited (shielded) before the cancellation goes on, so none is left pending.
+    """
+    tasks = tuple(tasks)
+    if not tasks:
+        return
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+    except asyncio.CancelledError:
+        pending = {task for task in tasks if not task.done()}
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            await asyncio.shield(asyncio.wait(pending))
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
 
 
 async def _isolated(awaitable: Awaitable[Any]) -> Any:

@@ -13,6 +13,7 @@ waits with their bounds, and talk about user code safely:
   :func:`check_callable`, :func:`check_name`, :func:`is_async_callable`: argument checks
   raising ``ConfigurationError`` that names the argument and the value; :data:`Clock`, the
   type of a ``clock=`` argument.
+- :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised.
@@ -21,6 +22,7 @@ waits with their bounds, and talk about user code safely:
 from headrace_core._errors import being_cancelled as being_cancelled
 from headrace_core._errors import callable_name as callable_name
 from headrace_core._errors import safe_repr as safe_repr
+from headrace_core._listeners import finish_tasks as finish_tasks
 from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
 from headrace_core._loop import LoopBinding as LoopBinding
 from headrace_core._loop import PerLoop as PerLoop
@@ -46,6 +48,7 @@ __all__ = [
     "check_name",
     "check_number",
     "check_optional_number",
+    "finish_tasks",
     "is_async_callable",
     "loop_time",
     "safe_repr",
@@ -62,6 +65,7 @@ for _obj in (
     check_name,
     check_number,
     check_optional_number,
+    finish_tasks,
     is_async_callable,
     loop_time,
     safe_repr,

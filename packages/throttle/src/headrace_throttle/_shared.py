@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headrace_core import HeadraceError
-from headrace_core.lowlevel import safe_repr
+from headrace_core.lowlevel import finish_tasks, safe_repr
 from headrace_throttle._budget import RequestBudget, TokenBudget
 
 if TYPE_CHECKING:
@@ -273,19 +273,7 @@ class SharedBudgets:
 
     async def aclose(self, timeout: float | None) -> None:
         """Await the refunds sent without waiting; cancel those still running after ``timeout``."""
-        tasks = tuple(self._tasks)
-        if tasks:
-            try:
-                _, pending = await asyncio.wait(tasks, timeout=timeout)
-            except asyncio.CancelledError:
-                pending = {task for task in tasks if not task.done()}
-                for task in pending:
-                    task.cancel()
-                raise
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        await finish_tasks(self._tasks, timeout)
 
     def raise_interrupt(self) -> None:
         """Re-raise a ``KeyboardInterrupt``/``SystemExit`` a store raised in a refund task."""
