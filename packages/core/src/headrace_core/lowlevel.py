@@ -14,11 +14,13 @@ waits with their bounds, and talk about user code safely:
   raising ``ConfigurationError`` that names the argument and the value; :data:`Clock`, the
   type of a ``clock=`` argument.
 - :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones.
+- :class:`Deadline`: ``asyncio.timeout`` whose expiry raises a component's own error.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised.
 """
 
+from headrace_core._deadline import Deadline as Deadline
 from headrace_core._errors import being_cancelled as being_cancelled
 from headrace_core._errors import callable_name as callable_name
 from headrace_core._errors import safe_repr as safe_repr
@@ -39,6 +41,7 @@ from headrace_core._validate import is_async_callable as is_async_callable
 __all__ = [
     "TIME_TOLERANCE",
     "Clock",
+    "Deadline",
     "LoopBinding",
     "PerLoop",
     "being_cancelled",
@@ -56,6 +59,7 @@ __all__ = [
 ]
 
 for _obj in (
+    Deadline,
     LoopBinding,
     PerLoop,
     being_cancelled,

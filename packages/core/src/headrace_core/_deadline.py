@@ -1,0 +1,77 @@
+"""A deadline that raises the component's own timeout error: ``asyncio.timeout`` plus a type."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import final
+
+
+@final
+class Deadline:
+    """An :func:`asyncio.timeout` whose expiry raises the caller's own error.
+
+    Every headrace component that bounds a wait (a guard's ``Timeout``, a leveled phase, a
+    flow stage, ``drain(timeout=)``) raises a ``GuardTimeout`` subclass of its own, not the
+    bare ``TimeoutError``. This is that pattern, written once: inside ``async with``, the
+    body runs under asyncio's own ``Timeout`` (no extra task); when the deadline expires,
+    ``error()`` is raised with the ``TimeoutError`` as its cause. It is raised too when the
+    body swallowed the cancellation and finished late, or turned it into a ``TimeoutError``
+    of its own: the deadline was missed either way. A ``TimeoutError`` the body raised
+    before the deadline passes through unchanged, and so does a cancellation from outside.
+
+    Args:
+        delay: seconds from entering, or ``None`` for no deadline (set one later with
+            :meth:`reschedule`).
+        error: builds the error to raise on expiry; called once, only on expiry.
+
+    Example::
+
+        async with Deadline(2.0, lambda: StageTimeout(timeout=2.0, name="parse")):
+            await parse(item)
+    """
+
+    __slots__ = ("_error", "_scope")
+
+    def __init__(self, delay: float | None, error: Callable[[], BaseException]) -> None:
+        self._scope = asyncio.timeout(delay)
+        self._error = error
+
+    @classmethod
+    def at(cls, when: float | None, error: Callable[[], BaseException]) -> Deadline:
+        """A deadline at the loop time ``when`` (``None``: none yet)."""
+        deadline = cls(None, error)
+        deadline._scope = asyncio.timeout_at(when)
+        return deadline
+
+    def when(self) -> float | None:
+        """The deadline in loop time, or ``None``."""
+        return self._scope.when()
+
+    def reschedule(self, when: float | None) -> None:
+        """Move the deadline to the loop time ``when`` (``None`` removes it)."""
+        self._scope.reschedule(when)
+
+    def expired(self) -> bool:
+        """Whether the deadline passed while the body ran."""
+        return self._scope.expired()
+
+    async def __aenter__(self) -> Deadline:
+        await self._scope.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope = self._scope
+        try:
+            await scope.__aexit__(exc_type, exc, tb)
+        except TimeoutError as expired:
+            raise self._error() from expired
+        if scope.expired() and (exc_type is None or issubclass(exc_type, TimeoutError)):
+            # The body swallowed the cancellation, or turned it into its own TimeoutError.
+            raise self._error() from exc
