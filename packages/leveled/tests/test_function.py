@@ -304,28 +304,6 @@ async def test_guard_rejection_is_the_phase_failure_and_retryable() -> None:
     assert info.value.report.tasks["A"].phases[Phase.PRE_EXECUTE].attempts == 3
 
 
-async def test_real_guards_timeout_and_retry() -> None:
-    guards = pytest.importorskip("headrace_guards")
-    attempts: list[float] = []
-
-    async def slow_then_ok(ctx: Any) -> str:
-        attempts.append(asyncio.get_running_loop().time())
-        if len(attempts) == 1:
-            await asyncio.sleep(100)
-        return "ok"
-
-    tf = TaskFunction(
-        slow_then_ok,
-        guards=[guards.Retry(attempts=2, backoff=guards.backoff.fixed(0)), guards.Timeout(5)],
-    )
-    with VirtualClock():
-        report = (
-            await Processor.builder().add_task(Task("A", execute=tf)).build().process_tasks(None)
-        )
-    assert report.results == {"A": "ok"}
-    assert attempts[1] - attempts[0] == 5
-
-
 # -- task groups ---------------------------------------------------------------------------------
 async def test_task_group_children_awaited_within_phase() -> None:
     done: list[str] = []

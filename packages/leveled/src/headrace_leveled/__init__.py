@@ -16,7 +16,6 @@ from headrace_core import HeadraceError as HeadraceError
 from headrace_leveled._errors import CycleError as CycleError
 from headrace_leveled._errors import GraphError as GraphError
 from headrace_leveled._errors import PhaseTimeout as PhaseTimeout
-from headrace_leveled._errors import ProcessorError as ProcessorError
 from headrace_leveled._errors import RetryableError as RetryableError
 from headrace_leveled._errors import flatten_exceptions as flatten_exceptions
 from headrace_leveled._function import PhaseGuard as PhaseGuard
@@ -25,6 +24,7 @@ from headrace_leveled._processor import Builder as Builder
 from headrace_leveled._processor import PhaseRunner as PhaseRunner
 from headrace_leveled._processor import Processor as Processor
 from headrace_leveled._report import PhaseReport as PhaseReport
+from headrace_leveled._report import ProcessorError as ProcessorError
 from headrace_leveled._report import RunReport as RunReport
 from headrace_leveled._report import TaskReport as TaskReport
 from headrace_leveled._task import SdaxTaskGroup as SdaxTaskGroup

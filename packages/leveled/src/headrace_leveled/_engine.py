@@ -27,7 +27,7 @@ from typing import Any
 
 from headrace_core import HeadraceError
 from headrace_core.backoff import next_delay
-from headrace_core.lowlevel import safe_repr
+from headrace_core.lowlevel import Deadline, safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._plan import PHASES, CallSpec, Plan
@@ -45,6 +45,10 @@ RUNNING, SUCCEEDED, FAILED, CANCELLED = 1, 2, 3, 4
 GRACE = 8
 
 _FATAL = (KeyboardInterrupt, SystemExit)
+
+
+# What a timed call runs (see Run._timed).
+_PLAIN, _INVOKE, _GUARDS = 0, 1, 2
 
 
 class _Fatal(Exception):
@@ -332,7 +336,7 @@ class Run:
                 coro = self._plain(function)
             else:
                 assert call is not None
-                coro = self._timed(call) if call.timed_only else self._call(k, call)
+                coro = self._timed(call, task=True) if call.timed_only else self._call(k, call)
             task = create_task(coro)
             running[task] = node
             task.add_done_callback(on_done)
@@ -405,27 +409,7 @@ class Run:
                 call = self.spec[node]
                 assert call is not None
                 if call.timed_only:
-                    # _timed() written out: one coroutine less per inline call.
-                    assert call.timeout is not None
-                    deadline = asyncio.timeout(None)
-                    watch = _Watch(self.driver)
-                    try:
-                        async with deadline:
-                            handle = loop.call_at(
-                                loop.time() + call.timeout, self._expire, deadline, watch
-                            )
-                            try:
-                                coro = call.function(self.ctx)
-                                watch.track(coro)
-                                result = await coro
-                            finally:
-                                handle.cancel()
-                                watch.task = None
-                    except BaseException as exc:
-                        error = self._timed_out(exc, deadline, watch, call)
-                        if error is not exc:
-                            raise error  # noqa: B904 - the cause is set by _timed_out
-                        raise
+                    result = await self._timed(call)
                 else:
                     result = await self._call(k, call)
         except asyncio.CancelledError as exc:
@@ -579,7 +563,7 @@ class Run:
                 try:
                     if guards:
                         if call.phase is Phase.POST_EXECUTE and call.timeout is not None:
-                            return await self._guarded(call)
+                            return await self._timed(call, _GUARDS)
                         return await self._through_guards(call)
                     return await self._attempt(call)
                 except Exception as exc:
@@ -609,73 +593,49 @@ class Run:
             )
         return awaitable
 
-    async def _guarded(self, call: CallSpec) -> Any:
-        # post_execute: cleanup is shielded, so the timeout bounds the guards too.
-        assert call.timeout is not None
-        loop = self.loop
-        deadline = asyncio.timeout(None)
-        watch = _Watch(asyncio.current_task())
-        try:
-            async with deadline:
-                handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
-                try:
-                    awaitable = self._through_guards(call)
-                    watch.track(awaitable)
-                    return await awaitable
-                finally:
-                    handle.cancel()
-                    watch.task = None
-        except BaseException as exc:
-            error = self._timed_out(exc, deadline, watch, call)
-            if error is not exc:
-                raise error  # noqa: B904 - the cause is set by _timed_out
-            raise
+    async def _attempt(self, call: CallSpec) -> Any:
+        if call.timeout is None:
+            return await self._invoke(call, None)
+        return await self._timed(call, _INVOKE)
 
-    async def _timed(self, call: CallSpec) -> Any:
-        # The common case in one coroutine: ``await fn(ctx)`` under its own deadline.
+    async def _timed(self, call: CallSpec, how: int = _PLAIN, task: bool = False) -> Any:
+        """One call under its own deadline, which raises ``PhaseTimeout``.
+
+        ``how`` says what runs: ``fn(ctx)`` itself (a phase with nothing but a timeout),
+        the phase through ``_invoke`` (one attempt of ``_call``), or the guards around the
+        attempts (``post_execute``, whose cleanup is shielded, so the timeout bounds the
+        guards too). ``task``: this is a phase task's body, which must not let a
+        ``KeyboardInterrupt``/``SystemExit`` escape into the loop.
+        """
         assert call.timeout is not None
         loop = self.loop
-        deadline = asyncio.timeout(None)
+        deadline = Deadline(None, call.timed_out)
         watch = _Watch(asyncio.current_task())
         try:
             try:
                 async with deadline:
                     handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
                     try:
-                        coro = call.function(self.ctx)
-                        watch.track(coro)
-                        return await coro
+                        if how == _INVOKE:
+                            return await self._invoke(call, watch)
+                        if how == _PLAIN:
+                            awaitable = call.function(self.ctx)
+                        else:
+                            awaitable = self._through_guards(call)
+                        watch.track(awaitable)
+                        return await awaitable
                     finally:
                         handle.cancel()
                         watch.task = None
             except BaseException as exc:
-                error = self._timed_out(exc, deadline, watch, call)
-                if error is not exc:
-                    raise error  # noqa: B904 - the cause is set by _timed_out
-                raise
+                if isinstance(exc, GeneratorExit) or watch not in self.abandoned:
+                    raise  # (GeneratorExit: an outer call is being closed: let it close)
+                raise self._abandoned(watch, call) from None
         except _FATAL as exc:
+            if not task:
+                raise
             # Raised by the phase, or by the task name's __repr__ in the PhaseTimeout.
             raise _Fatal(exc) from None
-
-    async def _attempt(self, call: CallSpec) -> Any:
-        if call.timeout is None:
-            return await self._invoke(call, None)
-        loop = self.loop
-        deadline = asyncio.timeout(None)
-        watch = _Watch(asyncio.current_task())
-        try:
-            async with deadline:
-                handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
-                try:
-                    return await self._invoke(call, watch)
-                finally:
-                    handle.cancel()
-                    watch.task = None
-        except BaseException as exc:
-            error = self._timed_out(exc, deadline, watch, call)
-            if error is not exc:
-                raise error  # noqa: B904 - the cause is set by _timed_out
-            raise
 
     async def _invoke(self, call: CallSpec, watch: _Watch | None) -> Any:
         if call.task_group:
@@ -697,34 +657,23 @@ class Run:
             result = await result
         return result
 
-    def _timed_out(
-        self, exc: BaseException, deadline: asyncio.Timeout, watch: _Watch, call: CallSpec
-    ) -> BaseException:
-        """What a timed call raises: ``exc`` itself, or a ``PhaseTimeout`` for its deadline.
+    def _abandoned(self, watch: _Watch, call: CallSpec) -> PhaseTimeout:
+        """The error of a timed call abandoned at its deadline.
 
-        A ``PhaseTimeout`` of an expired deadline has the deadline's ``TimeoutError`` as its
-        cause; one of an abandoned call has none (what the closed call raised is noise).
+        It has no cause: what the closed call raised is noise.
         """
         assert call.timeout is not None
-        if isinstance(exc, GeneratorExit):
-            return exc  # an outer call is being closed: let it close
-        if watch in self.abandoned:
-            self.abandoned.discard(watch)
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # the cancel that woke this task after its call was closed
-            abandoned = PhaseTimeout(
-                task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
-            )
-            abandoned.__suppress_context__ = True
-            return abandoned
-        if isinstance(exc, TimeoutError) and deadline.expired():
-            error = PhaseTimeout(task=call.name, phase=call.phase, timeout=call.timeout)
-            error.__cause__ = exc
-            return error
-        return exc
+        self.abandoned.discard(watch)
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the cancel that woke this task after its call was closed
+        abandoned = PhaseTimeout(
+            task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
+        )
+        abandoned.__suppress_context__ = True
+        return abandoned
 
-    def _expire(self, deadline: asyncio.Timeout, watch: _Watch) -> None:
+    def _expire(self, deadline: Deadline, watch: _Watch) -> None:
         """A timed call reached its deadline: cancel it, then watch that it ends."""
         if watch.task is None:
             return

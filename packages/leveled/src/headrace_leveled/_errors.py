@@ -1,25 +1,18 @@
-"""Errors of the processor: the run's error group, graph errors, phase timeouts."""
+"""Errors of the processor: graph errors, phase timeouts, retryable errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, final, overload
+from collections.abc import Sequence
+from typing import Any, final
 
 from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
 from headrace_core.lowlevel import safe_repr
-from headrace_leveled._types import Phase, TaskFailure
-
-if TYPE_CHECKING:
-    from headrace_leveled._report import RunReport
-
-_E = TypeVar("_E", bound=Exception)
-_B = TypeVar("_B", bound=BaseException)
+from headrace_leveled._types import Phase
 
 __all__ = [
     "CycleError",
     "GraphError",
     "PhaseTimeout",
-    "ProcessorError",
     "RetryableError",
     "argument_error",
     "flatten_exceptions",
@@ -51,79 +44,6 @@ def flatten_exceptions(exc: BaseException) -> list[BaseException]:
         else:
             leaves.append(current)
     return leaves
-
-
-@final
-class ProcessorError(ExceptionGroup[Exception], HeadraceError):
-    """A run failed: one leaf per original exception, flat, attributed to task and phase.
-
-    Leaves are the exception objects the phases raised (never wrapped), primary failures
-    (``pre_execute`` and ``execute``) before ``post_execute`` failures; each leaf carries a
-    note naming its task and phase, and ``except* KeyError`` works as usual.
-
-    Attributes:
-        failures: one :class:`TaskFailure` per leaf, in the same order.
-        report: the :class:`RunReport` of the failed run.
-    """
-
-    failures: tuple[TaskFailure[Any], ...]
-    report: RunReport[Any, Any]
-
-    def __new__(
-        cls,
-        message: str,
-        exceptions: Sequence[Exception],
-        failures: Iterable[TaskFailure[Any]] = (),
-        report: RunReport[Any, Any] | None = None,
-    ) -> Self:
-        self = super().__new__(cls, message, exceptions)
-        self.failures = tuple(failures)
-        if report is None:
-            from headrace_leveled._report import RunReport
-
-            report = RunReport.detached(self.failures)
-        self.report = report
-        return self
-
-    def __init__(
-        self,
-        message: str,
-        exceptions: Sequence[Exception],
-        failures: Iterable[TaskFailure[Any]] = (),
-        report: RunReport[Any, Any] | None = None,
-    ) -> None:
-        super().__init__(message, exceptions)
-
-    @overload
-    def derive(self, excs: Sequence[_E], /) -> ExceptionGroup[_E]: ...
-
-    @overload
-    def derive(self, excs: Sequence[_B], /) -> BaseExceptionGroup[_B]: ...
-
-    def derive(self, excs: Sequence[BaseException], /) -> BaseExceptionGroup[Any]:
-        """Build the group ``split()``/``except*`` return for a subset of the leaves.
-
-        Args:
-            excs: the leaves to keep.
-
-        Returns:
-            A ``ProcessorError`` with the same message and report, and the failures of
-            the kept leaves.
-        """
-        keep = {id(e) for e in excs}
-        failures = [f for f in self.failures if id(f.error) in keep]
-        errors = [e for e in excs if isinstance(e, Exception)]
-        if len(errors) != len(excs):
-            return BaseExceptionGroup(self.message, excs)
-        return ProcessorError(self.message, errors, failures, self.report)
-
-    def leaf_exceptions(self) -> list[BaseException]:
-        """Return the leaf exceptions (sdax's name; the leaves are already flat)."""
-        return flatten_exceptions(self)
-
-    def flatten_exceptions(self) -> list[BaseException]:
-        """Return the leaf exceptions (same as :meth:`leaf_exceptions`)."""
-        return flatten_exceptions(self)
 
 
 @final

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from headrace_core.backoff import Backoff, exponential
 from headrace_core.lowlevel import safe_repr
-from headrace_leveled._errors import CycleError, GraphError, argument_error
+from headrace_leveled._errors import CycleError, GraphError, PhaseTimeout, argument_error
 from headrace_leveled._function import DEFAULT_RETRY_ON, TaskFunction
 from headrace_leveled._task import Task
 from headrace_leveled._types import Phase, TaskFailure
@@ -46,6 +46,11 @@ class CallSpec:
     guards: tuple[Callable[..., Any], ...]
     task_group: bool
     timed_only: bool = False
+
+    def timed_out(self) -> PhaseTimeout:
+        """The error of a call that ran past ``timeout``."""
+        assert self.timeout is not None
+        return PhaseTimeout(task=self.name, phase=self.phase, timeout=self.timeout)
 
 
 @dataclass(frozen=True, slots=True)

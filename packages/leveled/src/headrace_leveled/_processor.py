@@ -10,10 +10,10 @@ from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, final
 
 from headrace_core.lowlevel import check_int, check_optional_number, safe_repr
 from headrace_leveled._engine import EXEC, POST, PRE, Run, drive
-from headrace_leveled._errors import ProcessorError, argument_error
+from headrace_leveled._errors import argument_error
 from headrace_leveled._function import TaskFunction
 from headrace_leveled._plan import PHASES, Entry, Plan, compile_plan
-from headrace_leveled._report import RunReport
+from headrace_leveled._report import ProcessorError, RunReport
 from headrace_leveled._task import Task
 from headrace_leveled._types import Phase, TaskFailure
 

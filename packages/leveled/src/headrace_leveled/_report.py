@@ -1,21 +1,25 @@
-"""What a run reports: per task its state and, per phase, timings, attempts and outcome."""
+"""What a run reports (per task and phase), and the error group a failed run raises."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, final, overload
 
+from headrace_core import HeadraceError
+from headrace_leveled._errors import flatten_exceptions
 from headrace_leveled._plan import PHASES
 from headrace_leveled._types import Phase, TaskFailure, TaskState
 
 if TYPE_CHECKING:
     from headrace_leveled._engine import Run
 
-__all__ = ["PhaseReport", "RunReport", "TaskReport"]
+__all__ = ["PhaseReport", "ProcessorError", "RunReport", "TaskReport"]
 
 K = TypeVar("K", bound=Hashable)
 C = TypeVar("C")
+_E = TypeVar("_E", bound=Exception)
+_B = TypeVar("_B", bound=BaseException)
 
 _STATES = (None, None, TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
 
@@ -226,3 +230,74 @@ class RunReport(Generic[C, K]):
             states[t.state.value] = states.get(t.state.value, 0) + 1
         summary = ", ".join(f"{v} {k}" for k, v in states.items())
         return f"<RunReport {len(self.tasks)} tasks ({summary}) in {self.duration:g}s>"
+
+
+@final
+class ProcessorError(ExceptionGroup[Exception], HeadraceError):
+    """A run failed: one leaf per original exception, flat, attributed to task and phase.
+
+    Leaves are the exception objects the phases raised (never wrapped), primary failures
+    (``pre_execute`` and ``execute``) before ``post_execute`` failures; each leaf carries a
+    note naming its task and phase, and ``except* KeyError`` works as usual.
+
+    Attributes:
+        failures: one :class:`TaskFailure` per leaf, in the same order.
+        report: the :class:`RunReport` of the failed run.
+    """
+
+    failures: tuple[TaskFailure[Any], ...]
+    report: RunReport[Any, Any]
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[Exception],
+        failures: Iterable[TaskFailure[Any]] = (),
+        report: RunReport[Any, Any] | None = None,
+    ) -> Self:
+        self = super().__new__(cls, message, exceptions)
+        self.failures = tuple(failures)
+        if report is None:
+            report = RunReport.detached(self.failures)
+        self.report = report
+        return self
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[Exception],
+        failures: Iterable[TaskFailure[Any]] = (),
+        report: RunReport[Any, Any] | None = None,
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    @overload
+    def derive(self, excs: Sequence[_E], /) -> ExceptionGroup[_E]: ...
+
+    @overload
+    def derive(self, excs: Sequence[_B], /) -> BaseExceptionGroup[_B]: ...
+
+    def derive(self, excs: Sequence[BaseException], /) -> BaseExceptionGroup[Any]:
+        """Build the group ``split()``/``except*`` return for a subset of the leaves.
+
+        Args:
+            excs: the leaves to keep.
+
+        Returns:
+            A ``ProcessorError`` with the same message and report, and the failures of
+            the kept leaves.
+        """
+        keep = {id(e) for e in excs}
+        failures = [f for f in self.failures if id(f.error) in keep]
+        errors = [e for e in excs if isinstance(e, Exception)]
+        if len(errors) != len(excs):
+            return BaseExceptionGroup(self.message, excs)
+        return ProcessorError(self.message, errors, failures, self.report)
+
+    def leaf_exceptions(self) -> list[BaseException]:
+        """Return the leaf exceptions (sdax's name; the leaves are already flat)."""
+        return flatten_exceptions(self)
+
+    def flatten_exceptions(self) -> list[BaseException]:
+        """Return the leaf exceptions (same as :meth:`leaf_exceptions`)."""
+        return flatten_exceptions(self)
