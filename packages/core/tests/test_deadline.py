@@ -143,3 +143,47 @@ async def test_nested_deadlines_each_raise_their_own_error() -> None:
 
         with pytest.raises(OwnTimeout):
             await bounded(1.0, inner_longer())
+
+
+async def value_after(delay: float, value: int) -> int:
+    await asyncio.sleep(delay)
+    return value
+
+
+async def test_run_returns_the_value_in_time() -> None:
+    with VirtualClock():
+        assert await Deadline(5.0, own).run(value_after(1, 7)) == 7
+
+
+async def test_run_raises_the_own_error_on_expiry() -> None:
+    with VirtualClock() as clock:
+        start = clock.now()
+        with pytest.raises(OwnTimeout) as info:
+            await Deadline(1.0, own).run(value_after(10, 7))
+        assert clock.now() - start == pytest.approx(1.0)
+    assert type(info.value.__cause__) is TimeoutError
+
+
+async def test_run_treats_a_swallowed_cancellation_as_expiry() -> None:
+    with VirtualClock(), pytest.raises(OwnTimeout):
+        await Deadline(1.0, own).run(swallowing())
+
+
+async def test_run_passes_the_body_timeout_error_unchanged() -> None:
+    mine = TimeoutError("the body's own")
+
+    async def raising() -> None:
+        raise mine
+
+    with VirtualClock(), pytest.raises(TimeoutError) as info:
+        await Deadline(5.0, own).run(raising())
+    assert info.value is mine
+
+
+async def test_run_lets_an_outer_cancellation_through() -> None:
+    with VirtualClock():
+        task = asyncio.create_task(Deadline(10.0, own).run(value_after(100, 1)))
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

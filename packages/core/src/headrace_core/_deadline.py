@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import final
+from typing import TypeVar, final
+
+T = TypeVar("T")
 
 
 @final
@@ -14,8 +16,9 @@ class Deadline:
 
     Every headrace component that bounds a wait (a guard's ``Timeout``, a leveled phase, a
     flow stage, ``drain(timeout=)``) raises a ``GuardTimeout`` subclass of its own, not the
-    bare ``TimeoutError``. This is that pattern, written once: inside ``async with``, the
-    body runs under asyncio's own ``Timeout`` (no extra task); when the deadline expires,
+    bare ``TimeoutError``. This is that pattern, written once: inside ``async with`` (or
+    :meth:`run`, the same for one awaitable with one coroutine frame less, for hot paths),
+    the body runs under asyncio's own ``Timeout`` (no extra task); when the deadline expires,
     ``error()`` is raised with the ``TimeoutError`` as its cause. It is raised too when the
     body swallowed the cancellation and finished late, or turned it into a ``TimeoutError``
     of its own: the deadline was missed either way. A ``TimeoutError`` the body raised
@@ -30,6 +33,8 @@ class Deadline:
 
         async with Deadline(2.0, lambda: StageTimeout(timeout=2.0, name="parse")):
             await parse(item)
+
+        value = await Deadline(2.0, make_error).run(parse(item))
     """
 
     __slots__ = ("_error", "_scope")
@@ -56,6 +61,31 @@ class Deadline:
     def expired(self) -> bool:
         """Whether the deadline passed while the body ran."""
         return self._scope.expired()
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` under the deadline; the same as ``async with``, for one awaitable.
+
+        Args:
+            awaitable: what to await (created by the caller, awaited only here).
+
+        Returns:
+            What ``awaitable`` returned.
+
+        Raises:
+            BaseException: ``error()`` when the deadline expired; else what ``awaitable``
+                raised.
+        """
+        scope = self._scope
+        try:
+            async with scope:
+                result = await awaitable
+        except TimeoutError as exc:
+            if scope.expired():
+                raise self._error() from exc
+            raise
+        if scope.expired():
+            raise self._error()  # it swallowed the cancellation and finished late
+        return result
 
     async def __aenter__(self) -> Deadline:
         await self._scope.__aenter__()

@@ -13,6 +13,7 @@ from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, final
 from headrace_core import BackoffError, ConfigurationError
 from headrace_core.lowlevel import (
     Clock,
+    Deadline,
     callable_name,
     check_callable,
     check_name,
@@ -232,6 +233,9 @@ class NotAsyncError(TypeError):
     """
 
 
+_RUN_CODE = Deadline.run.__code__
+
+
 def raise_if_not_async(fn: object, exc: TypeError) -> None:
     """Turn the ``TypeError`` of awaiting what a sync ``fn`` returned into a clear one.
 
@@ -246,6 +250,8 @@ def raise_if_not_async(fn: object, exc: TypeError) -> None:
     if isinstance(exc, NotAsyncError):
         raise exc  # from a guard inside this one: a misuse all the way out
     tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None and tb.tb_next.tb_frame.f_code is _RUN_CODE:
+        tb = tb.tb_next  # awaited under a Deadline (Timeout): that frame did the await
     if tb is None or tb.tb_next is not None or type(exc) is not TypeError:
         return
     if is_async_callable(fn):

@@ -611,26 +611,25 @@ class Run:
         loop = self.loop
         deadline = Deadline(None, call.timed_out)
         watch = _Watch(asyncio.current_task())
+        # Armed before the deadline is entered (run() enters it before it can fire).
+        handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
         try:
             try:
-                async with deadline:
-                    handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
-                    try:
-                        if how == _INVOKE:
-                            return await self._invoke(call, watch)
-                        if how == _PLAIN:
-                            awaitable = call.function(self.ctx)
-                        else:
-                            awaitable = self._through_guards(call)
-                        watch.track(awaitable)
-                        return await awaitable
-                    finally:
-                        handle.cancel()
-                        watch.task = None
+                if how == _INVOKE:
+                    awaitable = self._invoke(call, watch)
+                else:
+                    awaitable = (
+                        call.function(self.ctx) if how == _PLAIN else self._through_guards(call)
+                    )
+                    watch.track(awaitable)
+                return await deadline.run(awaitable)
             except BaseException as exc:
                 if isinstance(exc, GeneratorExit) or watch not in self.abandoned:
                     raise  # (GeneratorExit: an outer call is being closed: let it close)
                 raise self._abandoned(watch, call) from None
+            finally:
+                handle.cancel()
+                watch.task = None
         except _FATAL as exc:
             if not task:
                 raise
