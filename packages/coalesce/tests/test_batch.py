@@ -243,8 +243,12 @@ async def test_collect_twice_is_runtime_error() -> None:
 
 
 async def test_collect_outside_batch_is_runtime_error() -> None:
-    with pytest.raises(RuntimeError, match="collect"):
+    with pytest.raises(RuntimeError, match="collect") as info:
         await collect(1)
+    assert "@batch function" in str(info.value)
+    assert "bad yield" not in str(info.value)  # not the event loop's words
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
 
 
 async def test_collect_in_another_task_is_runtime_error() -> None:
@@ -252,8 +256,9 @@ async def test_collect_in_another_task_is_runtime_error() -> None:
     async def get(k: int) -> list[int]:
         return await asyncio.create_task(_collect_in_task(k))
 
-    with pytest.raises(RuntimeError, match="collect"):
+    with pytest.raises(RuntimeError, match="collect") as info:
         await get(1)
+    assert "in the call's own task" in str(info.value)
 
 
 async def _collect_in_task(k: int) -> list[int]:

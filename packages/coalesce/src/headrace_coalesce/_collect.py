@@ -32,6 +32,11 @@ class _Marker:
 
 
 COLLECT: Final = _Marker()
+#: The error of a ``collect()`` that no ``@batch`` wrapper drives.
+MISPLACED: Final = (
+    "collect() must be awaited directly in the body of a @batch function, once per call, "
+    "in the call's own task (it was awaited outside one, or in a task of its own)"
+)
 
 if TYPE_CHECKING:
 
@@ -77,10 +82,15 @@ else:
                 another task than the call's own (the event loop refuses the yielded box).
         """
         # The wrapper that drives the body takes this box; for the leader it stores the
-        # items in box[1] before resuming. No try block here: closing a parked follower
-        # then costs no exception in this frame.
+        # items in box[1] before resuming. Outside a @batch body the task gets the box
+        # instead and throws "Task got bad yield" back here: say what went wrong.
         box = [COLLECT, item]
-        yield box
+        try:
+            yield box
+        except RuntimeError as exc:
+            if "bad yield" in str(exc):
+                raise RuntimeError(MISPLACED) from None
+            raise
         return box[1]
 
 

@@ -103,10 +103,15 @@ class TourUI:
 
     @contextmanager
     def live_table(self, title: str, columns: Sequence[str]) -> Iterator[LiveTable]:
-        """A table redrawn in place by ``update(rows)`` (plain mode prints it at the end)."""
+        """A table redrawn in place by ``update(rows)``.
+
+        Plain mode, and rich output that is not a terminal (a pipe, a CI log), print the
+        table once at the end: a redrawn table would leave every frame in the log, and the
+        next line would start on the table's bottom border.
+        """
         ui = self
         last: list[Sequence[Sequence[object]]] = [[]]
-        if self._console is not None:
+        if self._console is not None and self._console.is_terminal:
             from rich.live import Live
             from rich.table import Table
 
@@ -137,8 +142,8 @@ class TourUI:
 
     @contextmanager
     def progress(self, total: float, description: str) -> Iterator[Progress]:
-        """A progress bar; plain mode prints a line at each tenth."""
-        if self._console is not None:
+        """A progress bar (plain mode, or a console that is no terminal: a line per tenth)."""
+        if self._console is not None and self._console.is_terminal:
             from rich.progress import Progress as RichProgress
 
             with RichProgress(console=self._console, transient=False) as bar:

@@ -78,11 +78,11 @@ async def run(ui: TourUI) -> None:
             await ui.pause(0.04)
         summary = await pipeline.drain()
         await task
-        table.update(_rows(summary))
     ui.say(
         f"enrich grew to [bold]{peak}[/bold] workers for the burst and shrank back to "
-        f"[bold]{settled}[/bold] on the sampling tick once idle; drain() then stored "
-        f"{summary.completed} of {summary.accepted} orders, {summary.discarded} lost."
+        f"[bold]{settled}[/bold] on the sampling tick once idle (the last frame above); "
+        f"drain() then stored {summary.completed} of {summary.accepted} orders, "
+        f"{summary.discarded} lost, and the run ended with every worker stopped."
     )
     await ui.pause(1.0)
 

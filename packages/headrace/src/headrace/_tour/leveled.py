@@ -93,7 +93,10 @@ async def run(ui: TourUI) -> None:
         "Level 0 opens the [bold]db[/bold] and the [bold]cache[/bold], level 1 runs "
         "[bold]auth[/bold] and [bold]flags[/bold], level 2 loads the [bold]profile[/bold]."
     )
-    ui.say("Pres go up the levels, executes run once every pre succeeded, posts come down.")
+    ui.say(
+        "Each task's pre_execute runs level by level going up; execute runs once every "
+        "pre_execute succeeded; post_execute (the cleanup) runs level by level coming down."
+    )
     processor = _build()
     await ui.pause(0.8)
 
