@@ -11,17 +11,11 @@ import importlib
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.sync_family import ROOT, read_family
+
 TARGET = ROOT / "packages" / "headrace" / "src" / "headrace" / "__init__.py"
-# Order of the family: core first, then each package after its dependencies.
-FAMILY = [
-    "headrace_core",
-    "headrace_guards",
-    "headrace_coalesce",
-    "headrace_leveled",
-    "headrace_flow",
-    "headrace_throttle",
-]
 
 HEADER = '''"""headrace: the family of small, fast, fully typed asyncio concurrency libraries.
 
@@ -36,13 +30,13 @@ This file is written by ``scripts/sync_umbrella.py``; do not edit it by hand.
 
 
 def landed() -> list[str]:
-    """The family members whose folder exists in this checkout, importable from it."""
+    """Every package but the umbrella, dependencies first, importable from this checkout."""
     present = []
-    for module_name in FAMILY:
-        folder = ROOT / "packages" / module_name.removeprefix("headrace_") / "src"
-        if (folder / module_name).is_dir():
+    for package in read_family(ROOT):
+        folder = ROOT / "packages" / package.name / "src"
+        if package.module != "headrace" and (folder / package.module).is_dir():
             sys.path.insert(0, str(folder))
-            present.append(module_name)
+            present.append(package.module)
     return present
 
 
@@ -78,6 +72,9 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv not in ([], ["--check"]):
+        print(__doc__, file=sys.stderr)
+        return 0 if argv in (["-h"], ["--help"]) else 2
     text = render()
     if "--check" in argv:
         if TARGET.read_text(encoding="utf-8") != text:

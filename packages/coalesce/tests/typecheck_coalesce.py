@@ -61,15 +61,15 @@ async def callers(repo: Repo) -> None:
     assert_type(await repo.get(3), str)
     unbound: BatchFunction[[Repo, int], str] = Repo.get
     assert_type(await unbound(repo, 3), str)
-    wrong: BatchFunction[[str], str] = repo.get  # type: ignore[assignment]
+    wrong: BatchFunction[[str], str] = repo.get  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     del wrong
     # collect() returns list[T]
     assert_type(await collect("x"), list[str])
     # ParamSpec keeps argument checking
-    await score("1")  # type: ignore[arg-type]
-    await score(1, 2)  # type: ignore[call-arg]
-    await name(1, upper="yes")  # type: ignore[arg-type]
-    await repo.get("x")  # type: ignore[arg-type]
+    await score("1")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    await score(1, 2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    await name(1, upper="yes")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    await repo.get("x")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     assert_type(score.stats(), CoalesceStats)
     assert_type(score.snapshot(), CoalesceStats)
     remove = score.add_listener(lambda event: print(event.kind))
@@ -96,7 +96,7 @@ async def loaders() -> None:
     assert_type(loader.stats(), CoalesceStats)
     by_map = Loader(load_map, key=lambda k: k.lower())
     assert_type(await by_map.load("a"), int)
-    await loader.load("1")  # type: ignore[arg-type]
+    await loader.load("1")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     events: list[CoalesceEvent] = []
     loader.add_listener(events.append)
 

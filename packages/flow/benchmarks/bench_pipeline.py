@@ -4,26 +4,35 @@ Groups: ``trivial-wN`` push ITEMS items through three ``x + 1`` stages with N wo
 per stage; ``sleep-w64`` pushes SLEEP_ITEMS items through three stages whose middle one
 sleeps 1 ms, with 64 workers per stage; ``ordered-w16`` compares ``ordered=True`` with
 unordered at 16 workers. Item counts are scaled down from the issue's 100k / 10k so that
-the slow peers finish within minutes (see ITEMS, SLEEP_ITEMS).
+the slow peers finish within minutes (see ITEMS, SLEEP_ITEMS). ``--quick`` (a smoke run)
+pushes a twentieth of them through every row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from headrace_flow import FixedScaling, flow, stage
-from shared.bench import Bench
+from shared.bench import Bench, Result
 
 BENCH = Bench("flow: three-stage pipelines")
 
 ITEMS = 20_000
 SLEEP_ITEMS = 5_000
+QUICK_DIVISOR = 20
+_divisor = [1]  # QUICK_DIVISOR while a --quick run is under way
 _DONE = object()
+
+
+def _items(full: int) -> int:
+    """Items per pipeline run: ``full``, or a QUICK_DIVISOR-th of it in a --quick run."""
+    return max(1, full // _divisor[0])
 
 
 async def inc(x: int) -> int:
@@ -118,7 +127,7 @@ def _import_pypeln() -> Any:
     # newer environments ship no pkg_resources, so give it a stand-in
     if "pkg_resources" not in sys.modules:
         try:
-            import pkg_resources  # type: ignore[import-untyped]  # noqa: F401
+            import pkg_resources  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: F401
         except ImportError:
             import types
 
@@ -148,16 +157,18 @@ def _register(group: str, items: int, workers: int, middle: Any) -> None:
 
     @BENCH.case(group, "headrace-flow", kind="headrace", ops=items)
     async def _headrace(n: int) -> None:
+        k = _items(items)
         for _ in range(n):
-            await f.run(range(items))
+            await f.run(range(k))
 
     @BENCH.case(group, "flowrhythm", kind="peer", ops=items, requires=("flowrhythm",))
     async def _flowrhythm(n: int) -> None:
         chain = flowrhythm_flow(workers, middle)
+        k = _items(items)
         for _ in range(n):
 
             async def src() -> Any:
-                for i in range(items):
+                for i in range(k):
                     yield i
 
             await chain.run(src)
@@ -165,17 +176,17 @@ def _register(group: str, items: int, workers: int, middle: Any) -> None:
     @BENCH.case(group, "aiostream", kind="peer", ops=items, requires=("aiostream",))
     async def _aiostream(n: int) -> None:
         for _ in range(n):
-            await aiostream_run(items, workers, middle)
+            await aiostream_run(_items(items), workers, middle)
 
     @BENCH.case(group, "pypeln", kind="peer", ops=items, requires=("pypeln",))
     async def _pypeln(n: int) -> None:
         for _ in range(n):
-            await pypeln_run(items, workers, middle)
+            await pypeln_run(_items(items), workers, middle)
 
     @BENCH.case(group, "asyncio.Queue pool", kind="floor", ops=items)
     async def _floor(n: int) -> None:
         for _ in range(n):
-            await floor_pool(items, workers, middle)
+            await floor_pool(_items(items), workers, middle)
 
 
 for _workers in (1, 4, 16):
@@ -189,16 +200,32 @@ _ordered = headrace_flow(16, inc, ordered=True)
 @BENCH.case("ordered-w16", "headrace-flow unordered", kind="floor", ops=ITEMS)
 async def _plain16(n: int) -> None:
     for _ in range(n):
-        await _unordered.run(range(ITEMS))
+        await _unordered.run(range(_items(ITEMS)))
 
 
 @BENCH.case("ordered-w16", "headrace-flow ordered=True", kind="headrace", ops=ITEMS)
 async def _ordered16(n: int) -> None:
     for _ in range(n):
-        await _ordered.run(range(ITEMS))
+        await _ordered.run(range(_items(ITEMS)))
 
 
 _ = FixedScaling
+
+# --quick: every row, with fewer items per run (and per-item times over those items).
+_full_ops = [(case, case.ops) for case in BENCH.cases]
+_run_async = BENCH.run_async
+
+
+async def _run_scaled(
+    *, quick: bool = False, only: str | None = None, log: Callable[[str], None] = print
+) -> Result:
+    _divisor[0] = QUICK_DIVISOR if quick else 1
+    for case, ops in _full_ops:
+        case.ops = _items(ops)
+    return await _run_async(quick=quick, only=only, log=log)
+
+
+BENCH.run_async = _run_scaled  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     BENCH.main()
