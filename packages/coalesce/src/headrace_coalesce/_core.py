@@ -303,6 +303,7 @@ class Core:
             else:
                 entries = batch.entries
                 keys = batch.ids if batch.ids is not None else batch.items
+                mapping: Any = result  # a Mapping when not a sequence (lookup() checks)
                 own = None
                 for p, fut in enumerate(futs):
                     if p != pos and (fut is None or fut.done()):
@@ -311,7 +312,7 @@ class Core:
                     if sequence:
                         value = result[entry if remap is None else remap[entry]]
                     else:
-                        value = lookup(result, keys[entry])
+                        value = lookup(mapping, keys[entry])
                     if p == pos:
                         own = value
                     elif isinstance(value, BaseException):

@@ -110,7 +110,7 @@ class Instrumentation:
         self.prefix = prefix
         self.attributes: dict[str, str] = {"headrace.component": name} if name else {}
         self.instruments: list[Any] = []
-        self._remove_listener: Callable[[], None] | None = None
+        self._remove_listener: Callable[[], object] | None = None
         self._closed = False
 
     @property
@@ -212,5 +212,7 @@ def instrument(
                         attributes[f"headrace.{key}"] = repr(value)
             span.add_event(f"{prefix}.{kind}", attributes)
 
-        live._remove_listener = add_listener(on_event)
+        remover = add_listener(on_event)
+        # A remover that is not callable cannot be called at close: keep none.
+        live._remove_listener = remover if callable(remover) else None
     return live

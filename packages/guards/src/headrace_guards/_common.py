@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, final
+from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, cast, final
 
 from headrace_core import BackoffError, ConfigurationError
 from headrace_core.lowlevel import (
@@ -92,7 +92,7 @@ def compile_spec(argument: str, spec: object) -> Callable[[BaseException], bool]
         if not types:
             return _never
     elif callable(spec):
-        predicate: Callable[[BaseException], bool] = spec
+        predicate = cast("Callable[[BaseException], bool]", spec)
 
         def call_predicate(exc: BaseException) -> bool:
             return isinstance(exc, Exception) and bool(predicate(exc))
@@ -148,10 +148,10 @@ class GuardBase:
     def _source(self) -> str:
         return self.name or type(self).__name__
 
-    async def call(
+    def call(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:  # pragma: no cover - every guard overrides it
-        """Run ``fn(*args, **kwargs)`` under the guard."""
+    ) -> Coroutine[Any, Any, T]:  # pragma: no cover - every guard overrides it
+        """Run ``fn(*args, **kwargs)`` under the guard (an ``async def`` in every guard)."""
         raise NotImplementedError
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:

@@ -123,7 +123,7 @@ class Pipeline(GuardBase):
         Returns:
             A callable that removes it from every guard.
         """
-        removers: list[Callable[[], None]] = []
+        removers: list[Callable[[], object]] = []
 
         def remove() -> None:
             for remover in removers:

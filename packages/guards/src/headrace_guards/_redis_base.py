@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from headrace_core import ConfigurationError, HeadraceError
 from headrace_core.lowlevel import check_number, check_optional_number, safe_repr
@@ -261,7 +261,7 @@ class StoreBase:
         if callable(disconnect):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.timeout):
-                    await checked(disconnect(inuse_connections=False))
+                    await checked(cast("Awaitable[Any]", disconnect(inuse_connections=False)))
 
     # -- replies that were lost --------------------------------------------------------
     def _take_lost(self, kind: str, name: str) -> list[str]:

@@ -5,7 +5,7 @@
 """
 
 try:
-    import redis  # noqa: F401 - only to say which extra to install when it is missing
+    import redis  # noqa: F401  # pyright: ignore[reportUnusedImport] - names the extra when missing
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ModuleNotFoundError(
         "headrace_guards.redis needs redis-py: pip install 'headrace-guards[redis]'",
