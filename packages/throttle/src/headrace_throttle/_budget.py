@@ -5,18 +5,35 @@ to a running total. Charges leave from the left once ``start + window`` has pass
 every charge is appended once and removed once: the cost of a call does not depend on
 how many charges the window holds. A charge is changed in place when the call reports
 its real token count.
+
+:class:`LocalBudgets` is a throttle's set of in-memory budgets: the gate admission
+asks (does a call fit every window now, and if not, when), the charges of an admitted
+call, their reconciliation when it ends and their refund when it never ran. It and the
+windows are the only code that touches a window's charges and totals.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, final
 
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number
+from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number, within
 from headrace_core.store import BudgetStore
+from headrace_throttle._errors import TokenBudgetExceeded
+from headrace_throttle._types import Slot
 
-__all__ = ["RequestBudget", "TokenBudget"]
+__all__ = [
+    "Budget",
+    "LocalBudgets",
+    "RequestBudget",
+    "TokenBudget",
+    "charge_amount",
+    "check_tokens",
+    "token_cap",
+]
 
 # A charge is a list ``[start, amount, in_window]``: cheaper to build than an object.
 # ``in_window`` turns False when the charge leaves the window; until then a reconcile
@@ -120,7 +137,7 @@ class _Window:
         self._used += amount
         return entry
 
-    def _adjust(self, entry: Charge, amount: int, now: float) -> None:
+    def _adjust(self, entry: Charge, amount: int) -> None:
         # A charge that has left the window is gone: leave it (and the total) alone.
         if not entry[2]:
             return
@@ -171,9 +188,6 @@ class RequestBudget(_Window):
         """Requests allowed per window."""
         return self.capacity
 
-    def _amount(self, tokens: int) -> int:
-        return 1
-
 
 @final
 class TokenBudget(_Window):
@@ -215,8 +229,139 @@ class TokenBudget(_Window):
         """Tokens allowed per window."""
         return self.capacity
 
-    def _amount(self, tokens: int) -> int:
-        return tokens
-
 
 Budget = RequestBudget | TokenBudget
+
+
+def charge_amount(budget: Budget, tokens: int) -> int:
+    """What a call of ``tokens`` costs in ``budget``: 1 request, or its tokens."""
+    return tokens if isinstance(budget, TokenBudget) else 1
+
+
+def token_cap(budgets: Iterable[Budget]) -> float:
+    """The most tokens one call may ask for: the smallest token budget (``inf`` if none)."""
+    return min((b.capacity for b in budgets if isinstance(b, TokenBudget)), default=math.inf)
+
+
+def check_tokens(tokens: object, budgets: Iterable[Budget]) -> None:
+    """Refuse a ``tokens=`` argument that is not an int ``>= 0`` or that no window can hold.
+
+    Raises:
+        ValueError: when ``tokens`` is not an int ``>= 0``.
+        TokenBudgetExceeded: when it exceeds a token budget's capacity (the smallest one
+            is named).
+    """
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"tokens={tokens!r}: must be an int >= 0")
+    smallest = min(
+        (b for b in budgets if isinstance(b, TokenBudget)),
+        key=lambda b: b.capacity,
+        default=None,
+    )
+    if smallest is not None and tokens > smallest.capacity:
+        raise TokenBudgetExceeded(requested=tokens, capacity=smallest.capacity, name=smallest.name)
+
+
+@final
+class LocalBudgets:
+    """The in-memory budgets of one throttle, all enforced at admission.
+
+    A request budget charges 1 per call, a token budget the call's ``tokens`` estimate.
+    The charges of an admitted call live on its slot (one per budget, in order) until it
+    ends: :meth:`reconcile` then replaces each token estimate by what the call recorded,
+    and :meth:`refund` gives every charge back for a call that never ran.
+
+    Args:
+        budgets: the budgets (none with a ``store``).
+    """
+
+    __slots__ = ("_kinds", "_tokens", "budgets", "token_budget")
+
+    def __init__(self, budgets: tuple[Budget, ...]) -> None:
+        self.budgets = budgets
+        self._kinds = tuple((b, isinstance(b, TokenBudget)) for b in budgets)
+        self._tokens = tuple(i for i, b in enumerate(budgets) if isinstance(b, TokenBudget))
+        #: The first token budget, whose window the throttle's snapshot shows.
+        self.token_budget = next((b for b in budgets if isinstance(b, TokenBudget)), None)
+
+    def try_charge(self, slot: Slot, now: float) -> bool:
+        """Charge ``slot``'s call in every budget if all of them allow it now.
+
+        Returns:
+            True when charged; False (nothing charged) when one budget is full.
+        """
+        tokens = slot.tokens
+        kinds = self._kinds
+        horizon = now + TIME_TOLERANCE  # ``within(start + window, now)``, inlined
+        for budget, is_tokens in kinds:
+            entries = budget._entries
+            if entries and entries[0][0] + budget.window_seconds <= horizon:
+                budget._expire(now)
+            if budget._used + (tokens if is_tokens else 1) > budget.capacity:
+                return False
+        charges: list[Charge] = []
+        for budget, is_tokens in kinds:
+            entry: Charge = [now, tokens if is_tokens else 1, True]
+            budget._entries.append(entry)
+            budget._used += entry[1]
+            charges.append(entry)
+        slot._charges = charges
+        return True
+
+    def wake_time(self, tokens: int, now: float) -> float:
+        """0.0 when a call of ``tokens`` fits every budget now, else the earliest time it may.
+
+        Times computed from loop times meet their bounds through ``within``, so a call
+        that arrives exactly one window later passes at every clock magnitude.
+        """
+        wake = 0.0
+        for budget, is_tokens in self._kinds:
+            amount = tokens if is_tokens else 1
+            entries = budget._entries
+            if entries and within(entries[0][0] + budget.window_seconds, now):
+                budget._expire(now)
+            if budget._used + amount > budget.capacity:
+                when = budget._wake_time(amount, now)
+                if when > wake:
+                    wake = when
+        return wake
+
+    def charge(self, slot: Slot, now: float) -> None:
+        """Charge ``slot``'s call in every budget (after :meth:`wake_time` said it fits)."""
+        tokens = slot.tokens
+        slot._charges = [
+            budget._charge(tokens if is_tokens else 1, now) for budget, is_tokens in self._kinds
+        ]
+
+    def reconcile(self, slot: Slot, *, cancelled: bool = False) -> None:
+        """Replace the call's token estimates by the tokens it recorded (if it recorded any).
+
+        Args:
+            slot: the finished call's slot.
+            cancelled: the call was cancelled while it ran: it stays charged at least its
+                estimate (the server may have counted it).
+        """
+        charges = slot._charges
+        recorded = slot._recorded
+        if charges is None or recorded is None:
+            return  # nothing recorded: the estimate stays charged
+        amount = max(recorded, slot.tokens) if cancelled else recorded
+        budgets = self.budgets
+        for i in self._tokens:
+            budgets[i]._adjust(charges[i], amount)
+
+    def refund(self, slot: Slot) -> None:
+        """Give back every charge of a call that was admitted but never ran."""
+        charges = slot._charges
+        if charges is None:
+            return
+        slot._charges = None
+        for budget, entry in zip(self.budgets, charges, strict=True):
+            budget._adjust(entry, 0)
+
+    def token_usage(self, now: float) -> tuple[int | None, int | None]:
+        """``(used, remaining)`` of the first token budget at ``now``, or ``(None, None)``."""
+        budget = self.token_budget
+        if budget is None:
+            return None, None
+        return budget.used(now), budget.remaining(now)

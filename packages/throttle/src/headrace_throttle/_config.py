@@ -1,18 +1,25 @@
 """``ThrottleConfig``: every throttle argument in one frozen, validated dataclass.
 
-Also the readers of plain dicts (``from_dict``) and of environment variables
-(``from_env``); both reject names they do not know, so a typo fails loudly.
+It is the one statement of the throttle's defaults and of their validation: ``Throttle``'s
+signature takes its defaults from it, the AIMD arguments take theirs from :class:`AIMD`
+(and are validated by building one), and the readers of plain dicts (``from_dict``) and
+of environment variables (``from_env``) derive the names they accept, and how to parse
+each value, from the dataclass fields and the nested classes' signatures. Both readers
+reject names they do not know, so a typo fails loudly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import random
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, Literal, final
 
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_callable, check_int, check_number
@@ -23,13 +30,17 @@ from headrace_throttle._limit import AIMD, Gradient, Limit
 from headrace_throttle._types import ThrottleEvent, ThrottleSnapshot
 from headrace_throttle._vegas import Vegas
 
-__all__ = ["ThrottleConfig"]
+__all__ = ["ThrottleConfig", "default_limit"]
 
 MIGRATION = "see the headrace-throttle migration page (docs/throttle/migration.md)"
 _REMOVED = {
     "safe_ceiling_decay_multiplier": "has no equivalent: the admission-epoch rule replaces "
     "gentlify's safe ceiling",
 }
+
+# AIMD states its own defaults; the throttle's AIMD arguments take theirs from it.
+_AIMD = AIMD()
+_AIMD_ARGUMENTS = tuple(inspect.signature(AIMD).parameters)
 
 
 @final
@@ -51,11 +62,11 @@ class ThrottleConfig:
     max_concurrency: int = 5
     initial_concurrency: int | None = None
     min_concurrency: int = 1
-    failure_threshold: int = 3
-    failure_window: float = 60.0
-    decrease_factor: float = 0.5
-    cooling_period: float = 60.0
-    increase_by: int = 1
+    failure_threshold: int = _AIMD.failure_threshold
+    failure_window: float = _AIMD.failure_window
+    decrease_factor: float = _AIMD.decrease_factor
+    cooling_period: float = _AIMD.cooling_period
+    increase_by: int = _AIMD.increase_by
     min_dispatch_interval: float = 0.0
     max_dispatch_interval: float = 30.0
     jitter_fraction: float = 0.0
@@ -89,11 +100,7 @@ class ThrottleConfig:
                 raise ConfigurationError.argument_error(
                     "initial_concurrency", initial, f"must be <= max_concurrency ({high})"
                 )
-        check_int("failure_threshold", self.failure_threshold, ge=1)
-        check_number("failure_window", self.failure_window, gt=0)
-        check_number("decrease_factor", self.decrease_factor, gt=0, lt=1)
-        check_number("cooling_period", self.cooling_period, gt=0)
-        check_int("increase_by", self.increase_by, ge=1)
+        default_limit(self)  # AIMD validates its own arguments, naming the bad one
         lo_interval = check_number("min_dispatch_interval", self.min_dispatch_interval, ge=0)
         check_number("max_dispatch_interval", self.max_dispatch_interval, ge=lo_interval)
         check_number("jitter_fraction", self.jitter_fraction, ge=0, le=1)
@@ -114,8 +121,10 @@ class ThrottleConfig:
             raise ConfigurationError.argument_error(
                 "token_budget", self.token_budget, "must be a TokenBudget or None"
             )
-        for argument in ("is_failure", "retry_after", "on_event", "on_progress"):
-            check_callable(argument, getattr(self, argument))
+        check_callable("is_failure", self.is_failure)
+        check_callable("retry_after", self.retry_after)
+        check_callable("on_event", self.on_event)
+        check_callable("on_progress", self.on_progress)
         check_callable("failure_predicate", self.failure_predicate)
         check_callable("on_state_change", self.on_state_change)
         if self.retry is not None and not isinstance(self.retry, Retry | RetryConfig):
@@ -135,20 +144,21 @@ class ThrottleConfig:
         if self.total_tasks is not None:
             check_int("total_tasks", self.total_tasks, ge=0)
         check_number("progress_step", self.progress_step, gt=0, le=100)
-        if self.limit is not None and not callable(getattr(self.limit, "on_sample", None)):
+        limit: object = self.limit  # (as given: the annotation is not a check)
+        if limit is not None and not (isinstance(limit, Limit) and callable(limit.on_sample)):
             raise ConfigurationError.argument_error(
                 "limit", self.limit, "must be AIMD, Gradient, a Limit (on_sample) or None"
             )
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigurationError.argument_error("name", self.name, "must be a str or None")
-        for new, old in (
-            ("total", "total_tasks"),
-            ("is_failure", "failure_predicate"),
-            ("on_event", "on_state_change"),
+        for new, value, old, alias in (
+            ("total", self.total, "total_tasks", self.total_tasks),
+            ("is_failure", self.is_failure, "failure_predicate", self.failure_predicate),
+            ("on_event", self.on_event, "on_state_change", self.on_state_change),
         ):
-            if getattr(self, new) is not None and getattr(self, old) is not None:
+            if value is not None and alias is not None:
                 raise ConfigurationError.argument_error(
-                    old, getattr(self, old), f"is an alias of {new}=; pass only one of them"
+                    old, alias, f"is an alias of {new}=; pass only one of them"
                 )
 
     # -- resolved values ---------------------------------------------------------------
@@ -207,35 +217,27 @@ class ThrottleConfig:
             raise ConfigurationError.argument_error("data", data, "must be a mapping")
         kwargs = dict(data)
         for key, value in kwargs.items():
-            # gentlify converted numbers given as strings; so do we (for known scalars).
-            suffix = key.upper()
-            if isinstance(value, str) and suffix in _ENV and key != "name":
-                kwargs[key] = _parse(key, value, _ENV[suffix][1])
+            # gentlify converted numbers given as strings; so do we (for the scalar fields).
+            parse = _SCALARS.get(key)
+            if isinstance(value, str) and parse is not None:
+                kwargs[key] = _parse(key, value, parse)
         if isinstance(kwargs.get("token_budget"), Mapping):
             kwargs["token_budget"] = _budget(kwargs["token_budget"], "token_budget")
         if "budgets" in kwargs and isinstance(kwargs["budgets"], Sequence):
             kwargs["budgets"] = [
                 _budget(b, "budgets") if isinstance(b, Mapping) else b for b in kwargs["budgets"]
             ]
-        if isinstance(kwargs.get("retry"), Mapping):
-            kwargs["retry"] = _nested(RetryConfig, kwargs["retry"], "retry")
-        if isinstance(kwargs.get("circuit_breaker"), Mapping):
-            kwargs["circuit_breaker"] = _nested(
-                CircuitBreakerConfig, kwargs["circuit_breaker"], "circuit_breaker"
-            )
+        for group, config in _CONFIGS.items():
+            if isinstance(kwargs.get(group), Mapping):
+                kwargs[group] = _nested(config, kwargs[group], group)
         if isinstance(kwargs.get("limit"), Mapping):
             spec = dict(kwargs["limit"])
             kind = spec.pop("kind", "aimd")
-            limits: dict[str, type[AIMD | Gradient | Vegas]] = {
-                "aimd": AIMD,
-                "gradient": Gradient,
-                "vegas": Vegas,
-            }
-            if kind not in limits:
+            if kind not in _LIMITS:
                 raise ConfigurationError.argument_error(
                     "limit.kind", kind, "must be 'aimd', 'gradient' or 'vegas'"
                 )
-            kwargs["limit"] = _nested(limits[kind], spec, "limit")
+            kwargs["limit"] = _nested(_LIMITS[kind], spec, "limit")
         return cls.from_kwargs(kwargs)
 
     # -- environment -----------------------------------------------------------------
@@ -288,13 +290,19 @@ class ThrottleConfig:
             kwargs["token_budget"] = _budget(nested.pop("token_budget"), "token_budget")
         if "request_budget" in nested:
             kwargs["budgets"] = [_budget(nested.pop("request_budget"), "budgets")]
-        if "retry" in nested:
-            kwargs["retry"] = _nested(RetryConfig, nested.pop("retry"), "retry")
-        if "circuit_breaker" in nested:
-            kwargs["circuit_breaker"] = _nested(
-                CircuitBreakerConfig, nested.pop("circuit_breaker"), "circuit_breaker"
-            )
+        for group, config in _CONFIGS.items():
+            if group in nested:
+                kwargs[group] = _nested(config, nested.pop(group), group)
         return cls.from_kwargs(kwargs)
+
+
+def default_limit(config: ThrottleConfig) -> AIMD:
+    """The :class:`AIMD` that ``config``'s AIMD arguments describe (used when ``limit`` is None).
+
+    Raises:
+        ConfigurationError: naming the AIMD argument that is out of range.
+    """
+    return AIMD(**{name: getattr(config, name) for name in _AIMD_ARGUMENTS})
 
 
 def _budget(spec: Mapping[str, Any], argument: str) -> TokenBudget | RequestBudget:
@@ -310,7 +318,8 @@ def _budget(spec: Mapping[str, Any], argument: str) -> TokenBudget | RequestBudg
 
 
 def _nested(cls: Callable[..., Any], spec: Mapping[str, Any], argument: str) -> Any:
-    allowed = _FIELDS.get(cls, ())
+    # The keys a nested dict may hold are the arguments of the class it builds.
+    allowed = inspect.signature(cls).parameters
     for key in spec:
         if key not in allowed:
             raise ConfigurationError.argument_error(
@@ -319,31 +328,14 @@ def _nested(cls: Callable[..., Any], spec: Mapping[str, Any], argument: str) -> 
     return cls(**spec)
 
 
-_FIELDS: dict[Any, tuple[str, ...]] = {
-    TokenBudget: ("max_tokens", "window_seconds", "name"),
-    RequestBudget: ("max_requests", "window_seconds", "name"),
-    RetryConfig: ("max_attempts", "backoff", "base_delay", "max_delay", "retryable"),
-    CircuitBreakerConfig: ("consecutive_failures", "open_duration", "half_open_max_calls"),
-    AIMD: (
-        "failure_threshold",
-        "failure_window",
-        "decrease_factor",
-        "cooling_period",
-        "increase_by",
-    ),
-    Gradient: (
-        "min_limit",
-        "max_limit",
-        "tolerance",
-        "smoothing",
-        "long_window",
-        "probe_interval",
-        "window",
-    ),
-    Vegas: ("min_limit", "max_limit", "alpha", "beta", "smoothing", "probe_interval"),
+_LIMITS: dict[str, type[AIMD | Gradient | Vegas]] = {
+    "aimd": AIMD,
+    "gradient": Gradient,
+    "vegas": Vegas,
 }
 
 
+# -- parsing text (environment variables, and numbers given as strings in a dict) ----------
 def _to_int(raw: str) -> int:
     return int(raw.strip())
 
@@ -359,34 +351,66 @@ def _to_str(raw: str) -> str:
     return raw
 
 
-_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "MAX_CONCURRENCY": ("max_concurrency", _to_int),
-    "INITIAL_CONCURRENCY": ("initial_concurrency", _to_int),
-    "MIN_CONCURRENCY": ("min_concurrency", _to_int),
-    "FAILURE_THRESHOLD": ("failure_threshold", _to_int),
-    "FAILURE_WINDOW": ("failure_window", _to_float),
-    "DECREASE_FACTOR": ("decrease_factor", _to_float),
-    "COOLING_PERIOD": ("cooling_period", _to_float),
-    "INCREASE_BY": ("increase_by", _to_int),
-    "MIN_DISPATCH_INTERVAL": ("min_dispatch_interval", _to_float),
-    "MAX_DISPATCH_INTERVAL": ("max_dispatch_interval", _to_float),
-    "JITTER_FRACTION": ("jitter_fraction", _to_float),
-    "TOTAL": ("total", _to_int),
-    "TOTAL_TASKS": ("total_tasks", _to_int),
-    "PROGRESS_STEP": ("progress_step", _to_float),
-    "NAME": ("name", _to_str),
-    "TOKEN_BUDGET_MAX": ("token_budget.max_tokens", _to_int),
-    "TOKEN_BUDGET_WINDOW": ("token_budget.window_seconds", _to_float),
-    "REQUEST_BUDGET_MAX": ("request_budget.max_requests", _to_int),
-    "REQUEST_BUDGET_WINDOW": ("request_budget.window_seconds", _to_float),
-    "RETRY_MAX_ATTEMPTS": ("retry.max_attempts", _to_int),
-    "RETRY_BACKOFF": ("retry.backoff", _to_str),
-    "RETRY_BASE_DELAY": ("retry.base_delay", _to_float),
-    "RETRY_MAX_DELAY": ("retry.max_delay", _to_float),
-    "CIRCUIT_BREAKER_CONSECUTIVE_FAILURES": ("circuit_breaker.consecutive_failures", _to_int),
-    "CIRCUIT_BREAKER_OPEN_DURATION": ("circuit_breaker.open_duration", _to_float),
-    "CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS": ("circuit_breaker.half_open_max_calls", _to_int),
+def _parser(hint: object) -> Callable[[str], Any] | None:
+    """How to read an argument annotated ``hint`` from text, or None if it is not a scalar.
+
+    ``int``, ``float`` and ``str`` (a ``Literal`` of strings counts as ``str``), optionally
+    ``| None``; anything else (callables, objects, sequences) is not read from text.
+    """
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(kinds) != 1:
+            return None
+        hint = kinds[0]
+    if hint is int:
+        return _to_int
+    if hint is float:
+        return _to_float
+    if hint is str:
+        return _to_str
+    if typing.get_origin(hint) is Literal and all(
+        isinstance(value, str) for value in typing.get_args(hint)
+    ):
+        return _to_str
+    return None
+
+
+def _scalars(hints: Mapping[str, object]) -> dict[str, Callable[[str], Any]]:
+    """The scalar arguments among ``hints`` (name -> annotation), with their parsers."""
+    parsers = {name: _parser(hint) for name, hint in hints.items()}
+    return {name: parse for name, parse in parsers.items() if parse is not None}
+
+
+def _environment() -> dict[str, tuple[str, Callable[[str], Any]]]:
+    """Map each variable suffix to ``(target, parser)``; a target ``group.name`` is nested.
+
+    Every scalar field of :class:`ThrottleConfig` (``MAX_CONCURRENCY``, ``NAME``, ...);
+    every scalar field of the retry and breaker configs (``RETRY_MAX_ATTEMPTS``,
+    ``CIRCUIT_BREAKER_OPEN_DURATION``, ...); and for each budget its capacity and window
+    as ``TOKEN_BUDGET_MAX``, ``TOKEN_BUDGET_WINDOW``, ``REQUEST_BUDGET_MAX``, ...
+    """
+    table = {name.upper(): (name, parse) for name, parse in _SCALARS.items()}
+    for group, config in _CONFIGS.items():
+        for name, parse in _scalars(typing.get_type_hints(config)).items():
+            table[f"{group}_{name}".upper()] = (f"{group}.{name}", parse)
+    for group, budget in _BUDGETS.items():
+        parsers = _scalars(typing.get_type_hints(budget.__init__))
+        capacity, window = list(inspect.signature(budget).parameters)[:2]
+        for suffix, name in (("MAX", capacity), ("WINDOW", window)):
+            table[f"{group.upper()}_{suffix}"] = (f"{group}.{name}", parsers[name])
+    return table
+
+
+_SCALARS = _scalars(typing.get_type_hints(ThrottleConfig))
+_CONFIGS: dict[str, type[RetryConfig | CircuitBreakerConfig]] = {
+    "retry": RetryConfig,
+    "circuit_breaker": CircuitBreakerConfig,
 }
+_BUDGETS: dict[str, type[TokenBudget | RequestBudget]] = {
+    "token_budget": TokenBudget,
+    "request_budget": RequestBudget,
+}
+_ENV = _environment()
 
 
 def _parse(variable: str, raw: str, parse: Callable[[str], Any]) -> Any:

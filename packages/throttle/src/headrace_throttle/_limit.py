@@ -19,7 +19,7 @@ from typing import Protocol, final, runtime_checkable
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_int, check_number, loop_time, within
 
-__all__ = ["AIMD", "Gradient", "Limit"]
+__all__ = ["AIMD", "Gradient", "Limit", "bind_limit", "set_limit"]
 
 
 @runtime_checkable
@@ -67,6 +67,30 @@ class _Bounded:
 
     def _set(self, value: int) -> None:
         self.limit = float(min(self._max, max(self._min, value)))
+
+
+def bind_limit(limit: Limit, initial: int, low: int, high: int) -> int:
+    """Adopt ``limit`` for a throttle with these bounds; return the throttle's starting limit.
+
+    headrace's limits (AIMD, Gradient, Vegas) keep their value and bounds, and belong to
+    one throttle; a user's :class:`Limit` only answers samples, so ``initial`` stands.
+
+    Raises:
+        ConfigurationError: when one of headrace's limits is already bound to a throttle.
+    """
+    if isinstance(limit, _Bounded):
+        limit._bind(initial, low, high, None)
+        return int(limit.limit)
+    return initial
+
+
+def set_limit(limit: Limit, value: int) -> None:
+    """Move ``limit`` to ``value`` (a manual change, or a server hint's decrease).
+
+    A user's :class:`Limit` keeps its own state: it learns the change from later samples.
+    """
+    if isinstance(limit, _Bounded):
+        limit._set(value)
 
 
 @final

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from headrace_core import HeadraceError
 from headrace_core.lowlevel import finish_tasks, safe_repr
-from headrace_throttle._budget import RequestBudget, TokenBudget
+from headrace_throttle._budget import RequestBudget, TokenBudget, charge_amount
 
 if TYPE_CHECKING:
     from headrace_throttle._types import Slot
@@ -125,7 +125,7 @@ class SharedBudgets:
                 assert store is not None
                 name = budget.name
                 assert name is not None
-                amount = budget._amount(slot.tokens)
+                amount = charge_amount(budget, slot.tokens)
                 cap, window = budget.capacity, budget.window_seconds
                 while True:
                     reply = await store.reserve(name, amount, cap, window)

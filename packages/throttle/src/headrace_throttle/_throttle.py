@@ -1,4 +1,19 @@
-"""``Throttle``: adaptive concurrency, pacing, budgets, hints, retry, breaker and progress."""
+"""``Throttle``: the public facade over admission, budgets, feedback and progress.
+
+A throttle owns small collaborators and composes guards' retry and breaker through them:
+
+- ``Admission`` (``_admission.py``): the FIFO queue, the concurrency gate, pacing and
+  pauses, with the in-memory budgets as one more gate;
+- ``LocalBudgets`` and ``SharedBudgets`` (``_budget.py``, ``_shared.py``): reserve,
+  reconcile and refund;
+- ``Feedback`` (``_feedback.py``): outcomes and server hints into limit changes;
+- ``Progress`` (``_progress.py``): counters, ETA and ``on_progress``;
+- ``Calls`` (``_calls.py``): a call's full way in and out (and ``acquire()``).
+
+Every call is admitted by ``Admission.admit`` and gives its slot back with
+``Admission.release``; :meth:`Throttle.execute` inlines the uncontended branch of both,
+the one fast path (measured by ``benchmarks/bench_throttle.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +22,38 @@ import functools
 import math
 import random
 from asyncio import get_running_loop
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final, overload
 
-from headrace_core import CircuitOpenError, CircuitState, GuardTimeout
-from headrace_core.lowlevel import check_int, check_optional_number, is_async_callable
-from headrace_core.stats import Listeners
-from headrace_guards import CircuitBreaker, Retry
-from headrace_throttle._acquire import _Acquire
-from headrace_throttle._budget import RequestBudget, TokenBudget
+from headrace_core import CircuitState, GuardTimeout
+from headrace_core.lowlevel import (
+    Deadline,
+    check_optional_number,
+    is_async_callable,
+    safe_repr,
+)
+from headrace_guards import CircuitBreaker, GuardEvent, Retry
+from headrace_throttle._admission import Admission, Pacing
+from headrace_throttle._budget import LocalBudgets, RequestBudget, TokenBudget
+from headrace_throttle._calls import Acquire, Calls
 from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig
-from headrace_throttle._config import ThrottleConfig
-from headrace_throttle._errors import ThrottleClosed, TokenBudgetExceeded
-from headrace_throttle._limit import AIMD, Gradient, Limit
-from headrace_throttle._outcomes import NOT_A_HINT, _describe, _Outcomes
+from headrace_throttle._config import ThrottleConfig, default_limit
+from headrace_throttle._errors import ThrottleClosed
+from headrace_throttle._feedback import Feedback
+from headrace_throttle._limit import AIMD, Gradient, Limit, bind_limit
+from headrace_throttle._progress import Progress
 from headrace_throttle._shared import SharedBudgets
-from headrace_throttle._types import Slot, ThrottleEvent, ThrottleSnapshot
+from headrace_throttle._types import Events, Slot, ThrottleEvent, ThrottleSnapshot, ThrottleState
 from headrace_throttle._vegas import Vegas
 
 __all__ = ["Throttle"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# The source of Throttle's default arguments: one config with every default.
+_DEFAULT = ThrottleConfig()
 
 
 def _any_exception(exc: BaseException) -> bool:
@@ -39,7 +63,7 @@ def _any_exception(exc: BaseException) -> bool:
 
 
 @final
-class Throttle(_Outcomes):
+class Throttle:
     """An adaptive throttle for calls to a service that may push back.
 
     Concurrency follows AIMD (or any :class:`Limit`): congestion lowers it once per
@@ -88,40 +112,57 @@ class Throttle(_Outcomes):
         ConfigurationError: naming the argument and the value, when one is invalid.
     """
 
-    __slots__ = ("_config", "_entry_checks", "_retry", "_token_cap")
+    __slots__ = (
+        "_admission",
+        "_breaker",
+        "_budgets",
+        "_calls",
+        "_checked",
+        "_config",
+        "_events",
+        "_feedback",
+        "_progress",
+        "_retry",
+        "_runner",
+        "_shared",
+        "name",
+    )
 
     def __init__(
         self,
-        max_concurrency: int = 5,
+        max_concurrency: int = _DEFAULT.max_concurrency,
         *,
-        initial_concurrency: int | None = None,
-        min_concurrency: int = 1,
-        failure_threshold: int = 3,
-        failure_window: float = 60.0,
-        decrease_factor: float = 0.5,
-        cooling_period: float = 60.0,
-        increase_by: int = 1,
-        min_dispatch_interval: float = 0.0,
-        max_dispatch_interval: float = 30.0,
-        jitter_fraction: float = 0.0,
-        rng: random.Random | None = None,
-        budgets: Sequence[TokenBudget | RequestBudget] = (),
-        token_budget: TokenBudget | None = None,
-        is_failure: Callable[[BaseException], bool] | None = None,
-        retry_after: Callable[[BaseException], float | str | None] | None = None,
-        retry: Retry | RetryConfig | None = None,
-        circuit_breaker: CircuitBreaker | CircuitBreakerConfig | None = None,
-        total: int | None = None,
-        on_event: Callable[[ThrottleEvent], object] | None = None,
-        on_progress: Callable[[ThrottleSnapshot], object] | None = None,
-        progress_step: float = 10.0,
-        limit: AIMD | Gradient | Vegas | Limit | None = None,
-        name: str | None = None,
-        total_tasks: int | None = None,
-        failure_predicate: Callable[[BaseException], bool] | None = None,
-        on_state_change: Callable[[ThrottleEvent], object] | None = None,
+        initial_concurrency: int | None = _DEFAULT.initial_concurrency,
+        min_concurrency: int = _DEFAULT.min_concurrency,
+        failure_threshold: int = _DEFAULT.failure_threshold,
+        failure_window: float = _DEFAULT.failure_window,
+        decrease_factor: float = _DEFAULT.decrease_factor,
+        cooling_period: float = _DEFAULT.cooling_period,
+        increase_by: int = _DEFAULT.increase_by,
+        min_dispatch_interval: float = _DEFAULT.min_dispatch_interval,
+        max_dispatch_interval: float = _DEFAULT.max_dispatch_interval,
+        jitter_fraction: float = _DEFAULT.jitter_fraction,
+        rng: random.Random | None = _DEFAULT.rng,
+        budgets: Sequence[TokenBudget | RequestBudget] = _DEFAULT.budgets,
+        token_budget: TokenBudget | None = _DEFAULT.token_budget,
+        is_failure: Callable[[BaseException], bool] | None = _DEFAULT.is_failure,
+        retry_after: Callable[[BaseException], float | str | None] | None = _DEFAULT.retry_after,
+        retry: Retry | RetryConfig | None = _DEFAULT.retry,
+        circuit_breaker: CircuitBreaker | CircuitBreakerConfig | None = _DEFAULT.circuit_breaker,
+        total: int | None = _DEFAULT.total,
+        on_event: Callable[[ThrottleEvent], object] | None = _DEFAULT.on_event,
+        on_progress: Callable[[ThrottleSnapshot], object] | None = _DEFAULT.on_progress,
+        progress_step: float = _DEFAULT.progress_step,
+        limit: AIMD | Gradient | Vegas | Limit | None = _DEFAULT.limit,
+        name: str | None = _DEFAULT.name,
+        total_tasks: int | None = _DEFAULT.total_tasks,
+        failure_predicate: Callable[[BaseException], bool] | None = _DEFAULT.failure_predicate,
+        on_state_change: Callable[[ThrottleEvent], object] | None = _DEFAULT.on_state_change,
         **unsupported: Any,
     ) -> None:
+        # The parameters spell out ThrottleConfig's fields for type checkers and
+        # ``inspect.signature``; their values, defaults and validation are the config's
+        # (a test checks that the two lists agree).
         arguments = dict(locals())
         for key in ("self", "unsupported", "__class__"):
             arguments.pop(key, None)
@@ -178,76 +219,70 @@ class Throttle(_Outcomes):
 
     def _setup(self, config: ThrottleConfig) -> None:
         self._config = config
-        high, low = config.max_concurrency, config.min_concurrency
-        initial = config.initial_concurrency if config.initial_concurrency is not None else high
-        limiter: Limit
-        if config.limit is None:
-            limiter = AIMD(
-                failure_threshold=config.failure_threshold,
-                failure_window=config.failure_window,
-                decrease_factor=config.decrease_factor,
-                cooling_period=config.cooling_period,
-                increase_by=config.increase_by,
-            )
-        else:
-            limiter = config.limit
-        binder = getattr(limiter, "_bind", None)
-        if binder is not None:
-            binder(initial, low, high, None)
-            initial = int(getattr(limiter, "limit", initial))
-        budgets = list(config.budgets)
-        if config.token_budget is not None:
-            budgets.append(config.token_budget)
-        local = tuple(b for b in budgets if b.store is None)
-        shared = tuple(b for b in budgets if b.store is not None)
-        self._shared = SharedBudgets(shared) if shared else None
-        caps = [b.capacity for b in budgets if isinstance(b, TokenBudget)]
-        self._token_cap: float = min(caps) if caps else math.inf
-        self._init_engine(
-            name=config.name,
-            limit_value=initial,
-            low=low,
-            high=high,
-            limiter=limiter,
-            min_interval=float(config.min_dispatch_interval),
-            max_interval=float(config.max_dispatch_interval),
-            jitter=float(config.jitter_fraction),
-            rng=config.rng,
-            budgets=local,
-        )
-        if any(isinstance(b, TokenBudget) and b.store is None for b in budgets):
-            self._token_budget = next(b for b in local if isinstance(b, TokenBudget))
-        self._is_failure = config.is_failure or config.failure_predicate or _any_exception
-        self._retry_after = config.retry_after
-        self._bad_hints = 0
-        retry = config.retry
-        self._retry = retry.build(name=config.name) if isinstance(retry, RetryConfig) else retry
-        breaker = config.circuit_breaker
-        if isinstance(breaker, CircuitBreakerConfig):
-            counts = self._counts_quietly
-            breaker = breaker.build(name=config.name, ignore=lambda exc: not counts(exc))
-        self._breaker = breaker
-        self._entry_checks = breaker is not None or self._shared is not None
-        self._total = config.resolved_total
-        self._on_progress: Listeners[ThrottleSnapshot] = Listeners(
-            "headrace.throttle", "on_progress"
-        )
-        if config.on_progress is not None:
-            self._on_progress.add(config.on_progress)
-        self._progress = self._total is not None and config.on_progress is not None
-        self._progress_step = float(config.progress_step)
-        self._refresh()
-        self._milestone = 0
-        self._closed = False
-        self._drained = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.name = name = config.name
+        self._events = events = Events(name)
         listener = config.on_event or config.on_state_change
         if listener is not None:
-            self._listeners.add(listener)
+            events.listeners.add(listener)
+        high, low = config.max_concurrency, config.min_concurrency
+        initial = config.initial_concurrency if config.initial_concurrency is not None else high
+        limiter: Limit = config.limit if config.limit is not None else default_limit(config)
+        initial = bind_limit(limiter, initial, low, high)
+        budgets = tuple(config.budgets)
+        if config.token_budget is not None:
+            budgets = (*budgets, config.token_budget)
+        local = tuple(b for b in budgets if b.store is None)
+        shared = tuple(b for b in budgets if b.store is not None)
+        self._budgets = LocalBudgets(local) if local else None
+        self._shared = SharedBudgets(shared) if shared else None
+        self._progress = Progress(config.resolved_total, config.progress_step, config.on_progress)
+        min_interval = float(config.min_dispatch_interval)
+        self._admission = admission = Admission(
+            limit=initial,
+            timed=not isinstance(limiter, AIMD),
+            pacing=Pacing(min_interval, float(config.jitter_fraction), config.rng, events.owner),
+            budgets=self._budgets,
+            events=events,
+            owner=f"Throttle({name!r})" if name else "Throttle",
+        )
+        self._feedback = feedback = Feedback(
+            admission,
+            events,
+            limit=limiter,
+            low=low,
+            high=high,
+            min_interval=min_interval,
+            max_interval=float(config.max_dispatch_interval),
+            is_failure=config.is_failure or config.failure_predicate or _any_exception,
+            retry_after=config.retry_after,
+            accounting=self._budgets is not None or self._progress.reporting,
+        )
+        retry = config.retry
+        self._retry = retry.build(name=name) if isinstance(retry, RetryConfig) else retry
         if self._retry is not None:
             self._retry.add_listener(self._forward_retry)
-        guarded = self._retry is not None or self._breaker is not None or self._shared
-        self._runner = self._run_guarded if guarded else None
+        breaker = config.circuit_breaker
+        if isinstance(breaker, CircuitBreakerConfig):
+            counts = feedback.counts_quietly
+            breaker = breaker.build(name=name, ignore=lambda exc: not counts(exc))
+        self._breaker = breaker
+        self._calls = calls = Calls(
+            admission=admission,
+            budgets=budgets,
+            local=self._budgets,
+            shared=self._shared,
+            feedback=feedback,
+            progress=self._progress,
+            breaker=breaker,
+            retry=self._retry,
+            snapshot=self.snapshot,
+            name=name,
+        )
+        # Whether a call must be checked before admission: closed (set by close()), the
+        # breaker, the shared budgets.
+        self._checked = breaker is not None or self._shared is not None
+        guarded = self._retry is not None or breaker is not None or self._shared is not None
+        self._runner = calls.run if guarded else None
 
     # -- the main call ---------------------------------------------------------------
     async def execute(self, fn: Callable[[Slot], Awaitable[T]], *, tokens: int = 0) -> T:
@@ -268,210 +303,55 @@ class Throttle(_Outcomes):
             CircuitOpenError: the composed breaker is open.
             Exception: the call's own error, unchanged.
         """
-        if tokens and (type(tokens) is not int or tokens < 0 or tokens > self._token_cap):
-            self._check_tokens(tokens)
-        if self._closed:
-            raise ThrottleClosed(name=self.name)
-        if self._entry_checks:
+        if tokens and (type(tokens) is not int or tokens < 0 or tokens > self._calls.token_cap):
+            self._calls.check_tokens(tokens)
+        admission = self._admission
+        if self._checked:
+            if admission.closed:
+                raise ThrottleClosed(name=self.name)
             if self._shared is not None:
-                return await self._execute_shared(fn, tokens)
-            self._check_breaker()
+                return await self._calls.execute(fn, tokens)
+            if self._breaker is not None:
+                self._calls.check_breaker()
         slot = Slot(tokens)
         loop = get_running_loop()
-        if loop is not self._loop:
-            self._bind_loop(loop)
-        if self._waiting or self._in_flight >= self._limit:
-            # Queue (inlined: this is the saturated path, one coroutine frame less).
-            future: asyncio.Future[None] = loop.create_future()
-            self._queue.append((future, slot))
-            self._waiting += 1
-            try:
-                await future
-            except BaseException:
-                self._abandon(future, slot)
-                raise
-        elif self._simple:
-            # The fast path: no lock, no future, no task, no clock unless it is needed.
-            self._in_flight += 1
-            slot._epoch = self._epoch
-            if self._stamp:
-                now = loop.time()
-                slot._start = now
-                if self._first_admit is None:
-                    self._first(now)
-        elif self._try_admit(slot, loop.time()):
-            await self._enqueue(slot, loop)
+        if loop is not admission.loop:
+            self._calls.bind(loop)
+        if admission.simple and not admission.waiting and admission.in_flight < admission.limit:
+            # The one inlined fast path, its way in: Admission.admit()'s uncontended
+            # branch (no lock, no future, no task, no clock unless it is needed).
+            admission.in_flight += 1
+            slot._epoch = admission.epoch
+            if admission.stamp:
+                admission.mark_start(slot, loop.time())
+        else:
+            turn = admission.admit(slot)
+            if turn is not None:
+                try:
+                    await turn
+                except BaseException:
+                    admission.abandon(turn, slot)
+                    raise
         try:
             if self._runner is None:
                 result = await fn(slot)
             else:
                 result = await self._runner(fn, slot)
         except BaseException as exc:
-            self._finish_error(slot, exc, self._runner is not None)
+            self._calls.finish_error(slot, exc, hinted=self._runner is not None)
             raise
-        self._in_flight -= 1
-        self._completed += 1
-        if self._slow_finish:
-            self._finish_rest(slot)
-        elif self._queue:
-            queue = self._queue
-            if self._simple and self._in_flight < self._limit:
-                # Hand the freed slot to the head waiter (inlined _hand_off: saturated path).
-                while queue:
-                    future, waiter = queue.popleft()
-                    if future.done():
-                        continue
-                    self._waiting -= 1
-                    self._in_flight += 1
-                    waiter._epoch = self._epoch
-                    if self._stamp:
-                        waiter._start = loop.time()
-                    future.set_result(None)
-                    break
-            else:
-                self._dispatch()
-        elif self._closed:  # (mypy keeps the narrowing from the check above the await)
-            self._released()  # type: ignore[unreachable]
+        # ... and its way out: Calls.finish_ok() (Admission.release(), the counter, and
+        # dispatch() only when someone waits).
+        admission.in_flight -= 1
+        self._progress.completed += 1
+        if not self._feedback.quiet:
+            self._calls.account_success(slot)
+        elif admission.queue or admission.closed:
+            admission.dispatch()
         return result
-
-    def _check_tokens(self, tokens: int) -> None:
-        value: object = tokens
-        if isinstance(value, bool) or not isinstance(value, int) or tokens < 0:
-            raise ValueError(f"tokens={tokens!r}: must be an int >= 0")
-        cap = self._token_cap
-        if tokens > cap:
-            budget = min(
-                (
-                    b
-                    for b in (*self._budgets, *(self._shared.budgets if self._shared else ()))
-                    if isinstance(b, TokenBudget)
-                ),
-                key=lambda b: b.capacity,
-            )
-            raise TokenBudgetExceeded(requested=tokens, capacity=int(cap), name=budget.name)
-
-    def _check_breaker(self) -> None:
-        breaker = self._breaker
-        assert breaker is not None
-        if breaker.state is CircuitState.OPEN:
-            raise CircuitOpenError(
-                retry_after=breaker.snapshot().retry_after,
-                name=breaker.name,
-                state=CircuitState.OPEN,
-            )
-
-    async def _run_guarded(self, fn: Callable[[Slot], Awaitable[T]], slot: Slot) -> T:
-        breaker = self._breaker
-        attempts = [-1]
-        # With shared budgets, note whether the breaker let the function run: the grants
-        # of a call it refused are given back.
-        marked = breaker is not None and self._shared is not None
-
-        async def once() -> T:
-            attempts[0] += 1
-            slot.attempt = attempts[0]
-            try:
-                if breaker is not None:
-                    if marked:
-                        return await breaker.call(_marked, fn, slot)
-                    return await breaker.call(fn, slot)
-                return await fn(slot)
-            except Exception as exc:
-                hint = self._hint(exc)
-                if hint != NOT_A_HINT:
-                    self._apply_hint(hint, slot._epoch, exc)
-                raise
-
-        if self._retry is not None:
-            return await self._retry.call(once)
-        return await once()
-
-    # -- the full way in and out (acquire(), and calls with shared budgets) -------------
-    async def _execute_shared(self, fn: Callable[[Slot], Awaitable[T]], tokens: int) -> T:
-        slot = Slot(tokens)
-        await self._enter(slot)
-        try:
-            result = await self._run_guarded(fn, slot)
-        except BaseException as exc:
-            await self._leave(slot, exc, hinted=True, ran=slot._ran)
-            raise
-        await self._leave(slot, None, hinted=True)
-        return result
-
-    async def _enter(self, slot: Slot) -> None:
-        """Admit a call: breaker, shared budgets (no local slot held), then the local queue.
-
-        Every way in that is not :meth:`execute`'s fast path comes through here. On any
-        exception (a cancellation included) the call holds nothing: its shared grants are
-        given back and its local slot, if it was admitted, released.
-        """
-        slot._grants = None
-        slot._ran = self._breaker is None
-        if slot.tokens:
-            self._check_tokens(slot.tokens)
-        if self._closed:
-            raise ThrottleClosed(name=self.name)
-        if self._breaker is not None:
-            self._check_breaker()
-        loop = get_running_loop()
-        if loop is not self._loop:
-            self._bind_loop(loop)
-        shared = self._shared
-        if shared is not None:
-            granted = await shared.reserve(slot)
-            slot._grants = granted
-            if self.closed:  # closed while the call waited for a shared budget
-                slot._grants = None
-                error = ThrottleClosed(name=self.name)
-                await shared.give_back(granted, error)
-                raise error
-        try:
-            if self._waiting or self._in_flight >= self._limit:
-                await self._enqueue(slot, loop)
-            elif self._simple:
-                self._admit(slot, loop.time())
-            elif self._try_admit(slot, loop.time()):
-                await self._enqueue(slot, loop)
-        except BaseException as exc:
-            grants = slot._grants
-            if grants:
-                slot._grants = None
-                assert shared is not None
-                await shared.give_back(grants, exc)
-            raise
-
-    async def _leave(
-        self, slot: Slot, exc: BaseException | None, *, hinted: bool, ran: bool = True
-    ) -> None:
-        """Finish an admitted call, then reconcile its shared grants.
-
-        ``ran``: whether the function (or the block) was called; the grants of a call
-        the breaker refused are given back, like those of a call that never got a slot.
-        """
-        grants = slot._grants
-        try:
-            if exc is None:
-                self._finish_ok(slot)
-            else:
-                self._finish_error(slot, exc, hinted)
-        except BaseException as error:  # an interrupt from a listener, the limit, ...
-            if grants:
-                assert self._shared is not None
-                if ran:
-                    await self._shared.settle(slot, grants, exc, background=True)
-                else:
-                    await self._shared.give_back(grants, error)
-            raise
-        if grants:
-            assert self._shared is not None
-            if ran:
-                await self._shared.settle(slot, grants, exc)
-            else:
-                assert exc is not None
-                await self._shared.give_back(grants, exc)
 
     # -- more ways in ------------------------------------------------------------------
-    def acquire(self, tokens: int = 0) -> _Acquire:
+    def acquire(self, tokens: int = 0) -> Acquire:
         """Hold a slot for the body of ``async with`` (it runs once: no retry).
 
         Args:
@@ -485,7 +365,7 @@ class Throttle(_Outcomes):
             TokenBudgetExceeded: at entry, when ``tokens`` exceeds a token budget.
             CircuitOpenError: at entry, when the composed breaker is open.
         """
-        return _Acquire(self, tokens)
+        return Acquire(self._calls, self._breaker, tokens)
 
     @overload
     def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
@@ -514,7 +394,8 @@ class Throttle(_Outcomes):
         def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
             if not is_async_callable(func):
                 raise TypeError(
-                    f"Throttle.wrap() decorates async functions only, got {_describe(func)}"
+                    "Throttle.wrap() decorates async functions only, got "
+                    f"{type(func).__name__} {safe_repr(func, 80)}"
                 )
 
             @functools.wraps(func)
@@ -547,9 +428,9 @@ class Throttle(_Outcomes):
             loop = get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is not None and loop is not self._loop:
-            self._bind_loop(loop)
-        self._pause(float(seconds), "hold")
+        if loop is not None and loop is not self._admission.loop:
+            self._calls.bind(loop)
+        self._admission.pause(float(seconds), "hold")
 
     def record_failure(self, exc: BaseException | None = None) -> None:
         """Count a failure of a call made outside the throttle (for the current epoch).
@@ -558,23 +439,11 @@ class Throttle(_Outcomes):
             exc: the error; a :class:`ServerBusy` (or one the ``retry_after`` extractor
                 recognises) acts as a server hint.
         """
-        error = exc if exc is not None else Exception("recorded failure")
-        self._failed += 1
-        hint = self._hint(error)
-        if hint != NOT_A_HINT:
-            self._apply_hint(hint, self._epoch, error)
-        elif not isinstance(error, CircuitOpenError) and self._counts(error):
-            self._sample(None, dropped=True)
-        if self._progress:
-            self._tick()
+        self._calls.record_failure(exc if exc is not None else Exception("recorded failure"))
 
     def record_success(self) -> None:
         """Count a success of a call made outside the throttle (it may raise the limit)."""
-        self._completed += 1
-        if self._sample_ok:
-            self._sample(None, dropped=False)
-        if self._progress:
-            self._tick()
+        self._calls.record_success()
 
     def set_concurrency(self, n: int) -> None:
         """Set the concurrency limit now (running calls are not cancelled).
@@ -585,33 +454,7 @@ class Throttle(_Outcomes):
         Raises:
             ConfigurationError: when ``n`` is outside the bounds.
         """
-        check_int("n", n, ge=self._min, le=self._max)
-        old = self._limit
-        setter = getattr(self._limiter, "_set", None)
-        if setter is not None:
-            setter(n)
-        if self._aimd is not None:
-            self._aimd.last_change = self._now()
-        if n != old:
-            self._change_manual(old, n)
-
-    def _change_manual(self, old: int, new: int) -> None:
-        self._limit = new
-        self._refresh()
-        if new > old and self._queue:
-            self._dispatch()
-        kind = "decreased" if new < old else "increased"
-        interval = (self._interval, self._interval)
-        self._emit(
-            kind,
-            {
-                "concurrency": (old, new),
-                "dispatch_interval": interval,
-                "interval": interval,
-                "reason": "manual",
-                "epoch": self._epoch,
-            },
-        )
+        self._feedback.set_concurrency(n)
 
     def add_listener(self, callback: Callable[[ThrottleEvent], object]) -> Callable[[], None]:
         """Register a listener for :class:`ThrottleEvent` (sync, or async: scheduled as a task).
@@ -624,7 +467,12 @@ class Throttle(_Outcomes):
         Returns:
             A callable that removes the listener.
         """
-        return self._listeners.add(callback)
+        return self._events.listeners.add(callback)
+
+    def _forward_retry(self, event: GuardEvent) -> None:
+        if event.kind == "retry":
+            data = {"attempt": event.attempt, "delay": event.delay, "error": event.error}
+            self._events.emit("retry", data, event.at)
 
     # -- shutting down -----------------------------------------------------------------
     def close(self) -> None:
@@ -632,27 +480,18 @@ class Throttle(_Outcomes):
 
         Calls already running finish normally. Idempotent.
         """
-        if self._closed:
+        admission = self._admission
+        if admission.closed:
             return
-        self._closed = True
-        error_name = self.name
-        for future, _ in self._queue:
-            if not future.done():
-                future.set_exception(ThrottleClosed(name=error_name))
-        self._queue.clear()
-        self._waiting = 0
+        self._checked = True  # execute() now checks closed first
+        name = self.name
+        admission.close(lambda: ThrottleClosed(name=name))
         if self._shared is not None:
-            self._shared.close(lambda: ThrottleClosed(name=error_name))
-        for timer in (self._timer, self._resume_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._resume_timer = None
-        self._timer_when = math.inf
+            self._shared.close(lambda: ThrottleClosed(name=name))
         try:
-            self._emit("closed", {"in_flight": self._in_flight})
+            self._events.emit("closed", {"in_flight": admission.in_flight}, admission.now())
         finally:
-            if not self._in_flight:
-                self._set_drained()
+            admission.dispatch()  # nothing in flight: drained now
 
     async def drain(self, timeout: float | None = None) -> None:
         """Close, then wait until every running call has finished (and async listeners).
@@ -674,28 +513,20 @@ class Throttle(_Outcomes):
         if limit == math.inf:
             limit = None
         self.close()
-        loop = asyncio.get_running_loop()
+        loop = get_running_loop()
         deadline = None if limit is None else loop.time() + limit
-        if self._in_flight:
-            if loop is not self._loop:
-                self._bind_loop(loop)
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._drain_waiters.append(waiter)
-            scope = asyncio.timeout_at(deadline)
-            try:
-                async with scope:
-                    await waiter
-            except TimeoutError:
-                if scope.expired():
-                    raise GuardTimeout(timeout=float(limit or 0.0), name=self.name) from None
-                raise
-            finally:
-                if waiter in self._drain_waiters:
-                    self._drain_waiters.remove(waiter)
+        admission = self._admission
+        if admission.in_flight:
+            if loop is not admission.loop:
+                self._calls.bind(loop)
+            name = self.name
+            seconds = float(limit or 0.0)
+            async with Deadline.at(deadline, lambda: GuardTimeout(timeout=seconds, name=name)):
+                await admission.wait_drained()
         if self._shared is not None:
             await self._shared.aclose(_left(loop, deadline))
-        await self._listeners.aclose(_left(loop, deadline))
-        await self._on_progress.aclose(_left(loop, deadline))
+        await self._events.listeners.aclose(_left(loop, deadline))
+        await self._progress.listeners.aclose(_left(loop, deadline))
         if self._shared is not None:
             self._shared.raise_interrupt()
 
@@ -715,10 +546,55 @@ class Throttle(_Outcomes):
         await self.drain()
 
     # -- reading ---------------------------------------------------------------------
+    def snapshot(self) -> ThrottleSnapshot:
+        """Return a frozen view of the throttle's state, counters and progress (no await).
+
+        Returns:
+            A :class:`ThrottleSnapshot`.
+        """
+        admission = self._admission
+        now = admission.now()
+        paused = admission.paused_until(now)
+        high = self._config.max_concurrency
+        if admission.closed:
+            state = ThrottleState.DRAINING if admission.in_flight else ThrottleState.CLOSED
+        elif self._breaker is not None and self._breaker.state is CircuitState.OPEN:
+            state = ThrottleState.CIRCUIT_OPEN
+        elif paused is not None:
+            state = ThrottleState.PAUSED
+        elif admission.limit < high:
+            state = ThrottleState.COOLING
+        else:
+            state = ThrottleState.RUNNING
+        budgets = self._budgets
+        used, remaining = budgets.token_usage(now) if budgets is not None else (None, None)
+        progress = self._progress
+        rate, percentage, eta = progress.figures(now, admission.first_admit)
+        shared_waiting = self._shared.waiting if self._shared is not None else 0
+        return ThrottleSnapshot(
+            concurrency=admission.limit,
+            max_concurrency=high,
+            in_flight=admission.in_flight,
+            waiting=admission.waiting + shared_waiting,
+            dispatch_interval=admission.interval,
+            state=state,
+            tokens_used=used,
+            tokens_remaining=remaining,
+            completed=progress.completed,
+            failed=progress.failed,
+            total=progress.total,
+            percentage=percentage,
+            rate=rate,
+            eta_seconds=eta,
+            paused_until=paused,
+            epoch=admission.epoch,
+            name=self.name,
+        )
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._closed
+        return self._admission.closed
 
     @property
     def config(self) -> ThrottleConfig:
@@ -728,7 +604,7 @@ class Throttle(_Outcomes):
     @property
     def limit(self) -> Limit:
         """The limit algorithm in use (an :class:`AIMD` unless ``limit=`` said otherwise)."""
-        return self._limiter
+        return self._feedback.limit
 
     @property
     def retry(self) -> Retry | None:
@@ -740,18 +616,18 @@ class Throttle(_Outcomes):
         """The composed :class:`headrace_guards.CircuitBreaker`, if any."""
         return self._breaker
 
+    @property
+    def _queue(self) -> Sized:
+        # The admission queue, for tests that check it is left empty.
+        return self._admission.queue
+
     def __repr__(self) -> str:
         who = f"{self.name!r}, " if self.name else ""
+        admission = self._admission
         return (
-            f"Throttle({who}concurrency={self._limit}/{self._max}, "
-            f"in_flight={self._in_flight}, waiting={self._waiting})"
+            f"Throttle({who}concurrency={admission.limit}/{self._config.max_concurrency}, "
+            f"in_flight={admission.in_flight}, waiting={admission.waiting})"
         )
-
-
-async def _marked(fn: Callable[[Slot], Awaitable[T]], slot: Slot) -> T:
-    """Call ``fn(slot)``, noting on the slot that it was called."""
-    slot._ran = True
-    return await fn(slot)
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:

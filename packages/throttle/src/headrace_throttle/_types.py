@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
-__all__ = ["Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState"]
+from headrace_core.stats import Listeners
+
+__all__ = ["Events", "Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState"]
 
 _LEGACY_KINDS = {
     "decreased": "decelerated",
@@ -95,6 +97,28 @@ class ThrottleEvent:
 
 
 @final
+class Events:
+    """A throttle's listeners, and the one way its parts tell them what happened.
+
+    Args:
+        name: the throttle's name, carried by every event.
+    """
+
+    __slots__ = ("listeners", "name", "owner")
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        #: The throttle, as log messages name it.
+        self.owner = f"throttle {name!r}" if name else "throttle"
+        self.listeners: Listeners[ThrottleEvent] = Listeners("headrace.throttle", self.owner)
+
+    def emit(self, kind: str, data: dict[str, Any], at: float) -> None:
+        """Tell every listener (isolated: a failing one is logged, see core's ``Listeners``)."""
+        if self.listeners:
+            self.listeners.emit(ThrottleEvent(kind, at, data, self.name))
+
+
+@final
 @dataclass(frozen=True, slots=True)
 class ThrottleSnapshot:
     """A frozen view of a throttle, taken without awaiting.
@@ -173,12 +197,15 @@ class Slot:
         self.attempt = 0
         self.tokens = tokens
         self._recorded: int | None = None
-        self._charges: list[Any] | None = None
-        # ``_epoch`` and ``_start`` are set when the throttle admits the call; ``_grants``
-        # (shared-budget grants) and ``_ran`` (whether the function was called: a breaker
-        # may refuse it) by the full admission (``acquire()``, shared budgets).
+        # Set as the call goes (not here: the fast path builds one slot per call).
+        # ``_epoch`` and ``_start`` when the throttle admits the call; ``_charges`` when
+        # in-memory budgets charge it (only they read it, and only on calls they
+        # charged); ``_grants`` (shared-budget grants) and ``_ran`` (whether the function
+        # was called: a breaker may refuse it) by the full admission (``acquire()``,
+        # shared budgets).
         self._epoch: int
         self._start: float
+        self._charges: list[Any] | None
         self._grants: list[Any] | None
         self._ran: bool
 
