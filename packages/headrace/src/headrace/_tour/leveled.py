@@ -113,9 +113,9 @@ async def run(ui: TourUI) -> None:
     ui.say(
         "Now the [bold]flags[/bold] service refuses connections: 3 attempts (2 retries), "
         "then the run stops going up. [bold]auth[/bold] is cancelled, "
-        "[bold]profile[/bold] is never reached,"
+        "[bold]profile[/bold] is never reached, and every task that was entered is cleaned "
+        "up, in reverse."
     )
-    ui.say("and every task that was entered is cleaned up, in reverse.")
     await ui.pause(0.8)
     bad = Request(user=7, flags_up=False)
     try:

@@ -74,8 +74,10 @@ async def run(ui: TourUI) -> None:
     """Three processes, one limit: the rate they reach together is the shared rate."""
     url = os.environ.get("HEADRACE_REDIS_URL")
     if not url:
-        ui.say("Set [bold]HEADRACE_REDIS_URL[/bold]=redis://host:port/0 to run this scene:")
-        ui.say("three processes share one RateLimiter through headrace_guards.redis.RedisStore.")
+        ui.say(
+            "Set [bold]HEADRACE_REDIS_URL[/bold]=redis://host:port/0 to run this scene: three "
+            "processes share one RateLimiter through headrace_guards.redis.RedisStore."
+        )
         return
     ui.say(f"Three processes share one limiter of {RATE:g} calls/s on {url}, for {SECONDS:g} s.")
     await ui.pause(0.5)
