@@ -20,8 +20,8 @@ from headrace_core import Rejected as Rejected
 from headrace_guards import backoff as backoff
 from headrace_guards._bulkhead import Bulkhead as Bulkhead
 from headrace_guards._bulkhead import BulkheadSnapshot as BulkheadSnapshot
+from headrace_guards._circuit import BreakerSnapshot as BreakerSnapshot
 from headrace_guards._circuit import CircuitBreaker as CircuitBreaker
-from headrace_guards._circuit_store import BreakerSnapshot as BreakerSnapshot
 from headrace_guards._common import GuardEvent as GuardEvent
 from headrace_guards._fallback import Fallback as Fallback
 from headrace_guards._fallback import FallbackSnapshot as FallbackSnapshot

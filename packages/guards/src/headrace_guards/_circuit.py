@@ -1,16 +1,23 @@
-"""The circuit breaker: trip policies, slow calls, generations and half-open permits."""
+"""The circuit breaker: its public face, its snapshot and its closed-state fast path.
+
+The state itself is a backend the breaker owns (``_circuit_state.py``): the in-process
+state machine, or a shared ``BreakerStore`` (``_circuit_store.py``). The closed-state
+fast path reads the in-process state's fields directly; every other path calls the
+backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import CircuitOpenError, CircuitState, ConfigurationError
-from headrace_core.backoff import Backoff, next_delay
+from headrace_core import CircuitState, ConfigurationError
+from headrace_core.backoff import Backoff
 from headrace_core.lowlevel import (
     Clock,
     check_callable,
@@ -18,40 +25,71 @@ from headrace_core.lowlevel import (
     check_number,
     check_optional_number,
     is_async_callable,
-    within,
 )
 from headrace_core.store import BreakerStore
-from headrace_guards._circuit_store import (
-    _FAILURE,
-    _NEUTRAL,
-    _SUCCESS,
-    BreakerSnapshot,
-    call_store,
-    store_admit,
-    store_config,
-    store_end,
-)
+from headrace_guards._circuit_state import BreakerState, MemoryState, Settings, now_or_none
+from headrace_guards._circuit_store import StoreState
 from headrace_guards._common import (
     Background,
     ExcSpec,
     GuardBase,
-    GuardEvent,
-    NotAsyncError,
     check_clock,
     check_store,
     compile_spec,
-    delays_of,
     now_of,
     raise_if_not_async,
 )
-from headrace_guards._policies import Consecutive, CountWindow, Policy, TimeWindow, make_window
+from headrace_guards._policies import Consecutive, CountWindow, Policy, TimeWindow
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
 HALF_OPEN = CircuitState.HALF_OPEN
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """The state and counters of a :class:`CircuitBreaker`.
+
+    Attributes:
+        name: the breaker's name.
+        state: the current state (after any due lazy transition).
+        generation: incremented by every transition.
+        failure_count: the current consecutive streak, or the failures in the window.
+        successes: calls that counted as successes.
+        failures: calls that counted as failures.
+        ignored: calls whose error matched ``ignore``.
+        slow: calls at least ``slow_call_duration`` long.
+        rejected: calls refused without running.
+        window_calls: calls in the window (0 under :class:`Consecutive`).
+        failure_rate: failures / calls in the window.
+        slow_rate: slow calls / calls in the window.
+        retry_after: seconds until a probe is admitted (``inf`` when forced open, 0 otherwise).
+        last_reason: the reason of the last transition.
+        forced_open: whether ``force_open()`` holds the breaker open.
+        disabled: whether ``disable()`` lets every call pass.
+        half_open_in_flight: probes running now.
+    """
+
+    name: str | None
+    state: CircuitState
+    generation: int
+    failure_count: int
+    successes: int
+    failures: int
+    ignored: int
+    slow: int
+    rejected: int
+    window_calls: int
+    failure_rate: float
+    slow_rate: float
+    retry_after: float
+    last_reason: str | None
+    forced_open: bool
+    disabled: bool
+    half_open_in_flight: int
 
 
 @final
@@ -93,39 +131,13 @@ class CircuitBreaker(GuardBase):
     """
 
     __slots__ = (
+        "_backend",
         "_background",
         "_clock",
-        "_disabled",
         "_entered",
-        "_failures",
-        "_fast",
-        "_fast_ok",
-        "_forced",
-        "_gen",
-        "_ho_in_flight",
-        "_ho_max",
-        "_ho_ok",
-        "_ho_since",
-        "_ho_timeout",
-        "_ignore",
-        "_ignored",
-        "_last_reason",
-        "_open_backoff",
-        "_open_delays",
-        "_open_until",
-        "_opened_at",
-        "_record",
-        "_rejected",
+        "_local",
         "_result_check",
-        "_slow",
-        "_slow_after",
-        "_slow_rate",
-        "_state",
         "_store",
-        "_streak",
-        "_successes",
-        "_threshold",
-        "_window",
         "policy",
         "recovery_timeout",
     )
@@ -163,50 +175,71 @@ class CircuitBreaker(GuardBase):
                 "must be left at its default when policy= is given",
             )
         self.policy: Policy = policy
-        self._threshold = policy.threshold if isinstance(policy, Consecutive) else 0
-        self._window = make_window(policy)
         self.recovery_timeout = check_number("recovery_timeout", recovery_timeout, gt=0)
-        self._ho_max = check_int("half_open_max_calls", half_open_max_calls, ge=1)
-        self._ho_timeout = check_optional_number("half_open_timeout", half_open_timeout, gt=0)
-        self._record = compile_spec("record", record)
-        self._ignore = compile_spec("ignore", ignore)
+        ho_max = check_int("half_open_max_calls", half_open_max_calls, ge=1)
+        ho_timeout = check_optional_number("half_open_timeout", half_open_timeout, gt=0)
+        record_spec = compile_spec("record", record)
+        ignore_spec = compile_spec("ignore", ignore)
         check_callable("failure_on_result", failure_on_result)
         self._result_check = failure_on_result
-        self._slow_after = check_optional_number("slow_call_duration", slow_call_duration, gt=0)
-        self._slow_rate = check_number("slow_call_rate", slow_call_rate, gt=0, le=1)
+        slow_after = check_optional_number("slow_call_duration", slow_call_duration, gt=0)
+        slow_rate = check_number("slow_call_rate", slow_call_rate, gt=0, le=1)
         if open_backoff is not None and not callable(getattr(open_backoff, "delays", None)):
             raise ConfigurationError.argument_error(
                 "open_backoff", open_backoff, "must be a backoff schedule with delays()"
             )
-        self._open_backoff = open_backoff
-        self._open_delays: Iterator[float] | None = None
         self._store: BreakerStore | None = check_store(
             store, self.name, ("admit", "record", "force", "reset")
         )
         self._background = Background(self._describe())
         self._clock = check_clock(clock)
-        self._state = CLOSED
-        self._gen = 0
-        self._fast_ok = self._window is None and self._slow_after is None and store is None
-        self._fast = self._fast_ok
-        self._forced = False
-        self._disabled = False
-        self._open_until = 0.0
-        self._opened_at = 0.0
-        self._ho_since = 0.0
-        self._ho_in_flight = 0
-        self._ho_ok = 0
-        self._streak = 0
-        self._successes = 0
-        self._failures = 0
-        self._ignored = 0
-        self._slow = 0
-        self._rejected = 0
-        self._last_reason: str | None = None
+        settings = Settings(
+            name=self.name,
+            source=self._source,
+            listeners=self._listeners,
+            clock=self._clock,
+            policy=policy,
+            recovery_timeout=self.recovery_timeout,
+            half_open_max_calls=ho_max,
+            half_open_timeout=ho_timeout,
+            slow_call_duration=slow_after,
+            slow_call_rate=slow_rate,
+            open_backoff=open_backoff,
+            record=record_spec,
+            ignore=ignore_spec,
+            failure_on_result=failure_on_result,
+        )
+        # _local is _backend when the state is in this process: the fast path and
+        # async with use it without a protocol call (and without an await).
+        self._local: MemoryState | None = None
+        self._backend: BreakerState
+        if self._store is None:
+            self._backend = self._local = MemoryState(settings)
+        else:
+            self._backend = StoreState(settings, self._store, self._background)
         self._entered: dict[asyncio.Task[Any], list[tuple[int, CircuitState, bool, float]]] = {}
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self._state.name})"
+
+    # Read-only views of the backend's state for introspection: no clock read, no lazy
+    # transition, no event (``state`` and ``snapshot()`` are the public reads).
+    @property
+    def _state(self) -> CircuitState:
+        return self._backend.state
+
+    @property
+    def _open_until(self) -> float:
+        return self._backend.open_until
+
+    @property
+    def _ho_in_flight(self) -> int:
+        return self._backend.half_open_in_flight
+
+    @property
+    def _ho_ok(self) -> int:
+        local = self._local
+        return 0 if local is None else local.half_open_ok  # a store counts its own probes
 
     # -- the call --------------------------------------------------------------------
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -224,33 +257,32 @@ class CircuitBreaker(GuardBase):
             CircuitOpenError: when the breaker is open, or its half-open probes are taken.
             Exception: the callee's own error, unchanged (after it was recorded).
         """
-        if self._fast:
+        local = self._local
+        if local is not None and local.fast:
             # CLOSED, consecutive policy, no slow-call timing: no clock read, no lock.
-            gen = self._gen
+            gen = local.gen
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
                 if isinstance(exc, TypeError):
                     raise_if_not_async(fn, exc)
-                self._closed_error(gen, exc)
+                local.closed_error(gen, exc)
                 raise
             check = self._result_check
             if check is not None:
                 try:
                     failed = bool(check(result))
                 except BaseException:
-                    self._closed_failure(gen)
+                    local.closed_failure(gen)
                     raise
                 if failed:
-                    self._closed_failure(gen)
+                    local.closed_failure(gen)
                     return result
-            self._successes += 1
-            if self._streak and gen == self._gen:
-                self._streak = 0
+            local.successes += 1
+            if local.streak and gen == local.gen:
+                local.streak = 0
             return result
-        if self._store is not None:
-            return await call_store(self, fn, args, kwargs)  # type: ignore[no-any-return]
-        return await self._call_slow(fn, args, kwargs)  # type: ignore[no-any-return]
+        return await self._backend.call(fn, args, kwargs)  # type: ignore[no-any-return]
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an ``async def`` so every call runs through the breaker.
@@ -268,277 +300,29 @@ class CircuitBreaker(GuardBase):
         """
         if not is_async_callable(fn):
             raise TypeError(f"CircuitBreaker decorates async functions only, got {fn!r}")
+        local = self._local
+        if local is None or self._result_check is not None:
+            return super().__call__(fn)  # no fast path to inline: every call is call()
         call = self.call
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            if not self._fast or self._result_check is not None:
+            if not local.fast:
                 return await call(fn, *args, **kwargs)
-            gen = self._gen
+            gen = local.gen
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
                 if isinstance(exc, TypeError):
                     raise_if_not_async(fn, exc)
-                self._closed_error(gen, exc)
+                local.closed_error(gen, exc)
                 raise
-            self._successes += 1
-            if self._streak and gen == self._gen:
-                self._streak = 0
+            local.successes += 1
+            if local.streak and gen == local.gen:
+                local.streak = 0
             return result
 
         return guarded
-
-    def _closed_error(self, gen: int, exc: Exception) -> None:
-        try:
-            if self._ignore(exc):
-                self._ignored += 1
-                return
-            failed = self._record(exc)
-        except BaseException:
-            self._closed_failure(gen, exc)  # a raising predicate: a failure
-            raise
-        if failed:
-            self._closed_failure(gen, exc)
-        else:
-            self._successes += 1
-            if self._streak and gen == self._gen:
-                self._streak = 0
-
-    def _closed_failure(self, gen: int, cause: BaseException | None = None) -> None:
-        self._failures += 1
-        if gen == self._gen:
-            self._streak += 1
-            if self._streak >= self._threshold:
-                self._transition(OPEN, "failures", now_of(self._clock), cause=cause)
-
-    async def _call_slow(
-        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        start = now_of(self._clock)
-        gen, state, permit = self._admit(start)
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            self._end_error(gen, state, permit, start, fn, exc)
-            raise
-        self._end_result(gen, state, permit, start, result)
-        return result
-
-    def _classify(self, exc: BaseException) -> int:
-        if not isinstance(exc, Exception):
-            return _NEUTRAL
-        if self._ignore(exc):
-            self._ignored += 1
-            return _NEUTRAL
-        return _FAILURE if self._record(exc) else _SUCCESS
-
-    def _end_error(
-        self,
-        gen: int,
-        state: CircuitState,
-        permit: bool,
-        start: float,
-        fn: object,
-        exc: BaseException,
-    ) -> None:
-        """Settle a call that raised ``exc``; every path returns a held permit."""
-        try:
-            if fn is not None and isinstance(exc, TypeError):
-                raise_if_not_async(fn, exc)
-            outcome = self._classify(exc)
-        except NotAsyncError:
-            self._settle(gen, state, permit, _NEUTRAL, start, start)
-            raise
-        except BaseException:
-            self._end(gen, state, permit, start, _FAILURE, exc)  # a raising predicate
-            raise
-        self._end(gen, state, permit, start, outcome, exc)
-
-    def _end_result(
-        self, gen: int, state: CircuitState, permit: bool, start: float, result: Any
-    ) -> None:
-        """Settle a call that returned ``result``; every path returns a held permit."""
-        check = self._result_check
-        try:
-            outcome = _FAILURE if check is not None and check(result) else _SUCCESS
-        except BaseException as exc:
-            self._end(gen, state, permit, start, _FAILURE, exc)  # a raising predicate
-            raise
-        self._end(gen, state, permit, start, outcome, None)
-
-    def _end(
-        self,
-        gen: int,
-        state: CircuitState,
-        permit: bool,
-        start: float,
-        outcome: int,
-        cause: BaseException | None,
-    ) -> None:
-        try:
-            end = now_of(self._clock)
-        except BaseException:
-            self._settle(gen, state, permit, outcome, start, start, cause)
-            raise
-        self._settle(gen, state, permit, outcome, start, end, cause)
-
-    # -- admission and recording -----------------------------------------------------
-    def _refresh(self, now: float) -> CircuitState:
-        state = self._state
-        if state is OPEN:
-            if not self._forced and within(self._open_until, now):
-                self._transition(HALF_OPEN, "recovery_timeout", now)
-        elif state is HALF_OPEN:
-            timeout = self._ho_timeout
-            if timeout is not None and within(self._ho_since + timeout, now):
-                self._transition(OPEN, "half_open_timeout", now)
-        return self._state
-
-    def _admit(self, now: float) -> tuple[int, CircuitState, bool]:
-        state = self._refresh(now)
-        if self._disabled or state is CLOSED:
-            return self._gen, state, False
-        if state is OPEN:
-            retry_after = math.inf if self._forced else self._open_until - now
-            raise self._reject(now, retry_after, OPEN)
-        if self._ho_in_flight + self._ho_ok < self._ho_max:
-            self._ho_in_flight += 1
-            return self._gen, HALF_OPEN, True
-        raise self._reject(now, 0.0, HALF_OPEN)
-
-    def _reject(self, now: float, retry_after: float, state: CircuitState) -> CircuitOpenError:
-        self._rejected += 1
-        error = CircuitOpenError(retry_after=retry_after, name=self.name, state=state)
-        if self._listeners:
-            self._listeners.emit(
-                GuardEvent(
-                    source=self._source,
-                    kind="rejected",
-                    at=now,
-                    old_state=state,
-                    new_state=state,
-                    error=error,
-                )
-            )
-        return error
-
-    def _settle(
-        self,
-        gen: int,
-        state: CircuitState,
-        permit: bool,
-        outcome: int,
-        start: float,
-        end: float,
-        cause: BaseException | None = None,
-    ) -> None:
-        current = gen == self._gen
-        if permit and current:
-            self._ho_in_flight -= 1
-        if outcome == _NEUTRAL:
-            return
-        failure = outcome == _FAILURE
-        slow_after = self._slow_after
-        slow = slow_after is not None and within(slow_after, end - start)
-        if failure:
-            self._failures += 1
-        else:
-            self._successes += 1
-        if slow:
-            self._slow += 1
-        if not current or self._disabled:
-            return
-        if state is HALF_OPEN:
-            if failure:
-                self._transition(OPEN, "half_open_failure", end, cause=cause)
-            elif slow:
-                self._transition(OPEN, "slow", end, cause=cause)
-            else:
-                self._ho_ok += 1
-                if self._ho_ok >= self._ho_max:
-                    self._transition(CLOSED, "probes_succeeded", end)
-            return
-        window = self._window
-        if window is None:
-            if failure or slow:
-                self._streak += 1
-                if self._streak >= self._threshold:
-                    self._transition(OPEN, "failures" if failure else "slow", end)
-            else:
-                self._streak = 0
-            return
-        window.add(failure, slow, end)
-        reason = window.verdict(self._slow_rate)
-        if reason is not None:
-            self._transition(OPEN, reason, end)
-
-    def _open_duration(self, cause: BaseException | None) -> float:
-        """The next delay of ``open_backoff``; raises (after a restart) when it fails."""
-        backoff = self._open_backoff
-        assert backoff is not None
-        owner = "CircuitBreaker(open_backoff=...)"
-        try:
-            if self._open_delays is None:
-                self._open_delays = delays_of(backoff.delays(), owner, cause)
-            return next_delay(self._open_delays, owner=owner, cause=cause)
-        except BaseException:
-            self._open_delays = None  # the next re-open starts the schedule again
-            raise
-
-    def _transition(
-        self,
-        new: CircuitState,
-        reason: str,
-        now: float,
-        *,
-        forced: bool = False,
-        cause: BaseException | None = None,
-    ) -> None:
-        duration = self.recovery_timeout
-        failed: BaseException | None = None
-        if (
-            new is OPEN
-            and self._state is HALF_OPEN
-            and self._open_backoff is not None
-            and self._store is None  # a shared breaker's OPEN period is the store's
-        ):
-            try:
-                duration = self._open_duration(cause)
-            except BaseException as exc:  # open for recovery_timeout, then raise it
-                failed = exc
-        old = self._state
-        self._state = new
-        self._gen += 1
-        self._last_reason = reason
-        if new is OPEN:
-            self._opened_at = now
-            self._open_until = math.inf if forced else now + duration
-            self._forced = forced
-        elif new is HALF_OPEN:
-            self._ho_since = now
-            self._ho_in_flight = 0
-            self._ho_ok = 0
-        else:
-            self._streak = 0
-            if self._window is not None:
-                self._window.clear()
-            self._open_delays = None
-            self._forced = False
-        self._fast = new is CLOSED and self._fast_ok and not self._disabled
-        if old is not new and self._listeners:
-            self._listeners.emit(
-                GuardEvent(
-                    source=self._source,
-                    kind="state_change",
-                    at=now,
-                    old_state=old,
-                    new_state=new,
-                    reason=reason,
-                )
-            )
-        if failed is not None:
-            raise failed
 
     # -- async with ------------------------------------------------------------------
     async def __aenter__(self) -> CircuitBreaker:
@@ -546,11 +330,11 @@ class CircuitBreaker(GuardBase):
         if task is None:
             raise RuntimeError("CircuitBreaker must be used inside a task")
         start = now_of(self._clock)
-        if self._store is not None:
-            gen, state = await store_admit(self, start, store_config(self))
-            permit = False
+        local = self._local
+        if local is not None:
+            gen, state, permit = local.admit(start)
         else:
-            gen, state, permit = self._admit(start)
+            gen, state, permit = await self._backend.enter(start)
         self._entered.setdefault(task, []).append((gen, state, permit, start))
         return self
 
@@ -567,32 +351,25 @@ class CircuitBreaker(GuardBase):
         gen, state, permit, start = stack.pop()
         if not stack:
             del self._entered[task]  # type: ignore[arg-type]
-        if self._store is not None:
-            await store_end(self, gen, state, start, store_config(self), exc, None)
-        elif exc is None:
-            self._end(gen, state, permit, start, _SUCCESS, None)
+        local = self._local
+        if local is not None:
+            local.leave(gen, state, permit, start, exc)
         else:
-            self._end_error(gen, state, permit, start, None, exc)
+            await self._backend.exit(gen, state, permit, start, exc)
 
     # -- reading and manual control ---------------------------------------------------
-    def _now_or_none(self) -> float | None:
-        try:
-            return now_of(self._clock)
-        except RuntimeError:
-            return None
-
     @property
     def state(self) -> CircuitState:
         """The current state, after any lazy transition that is due now."""
-        now = self._now_or_none()
-        if now is not None and self._store is None:
-            return self._refresh(now)
-        return self._state
+        now = now_or_none(self._clock)
+        if now is None:
+            return self._backend.state
+        return self._backend.refresh(now)
 
     @property
     def generation(self) -> int:
         """Incremented by every transition."""
-        return self._gen
+        return self._backend.gen
 
     def snapshot(self) -> BreakerSnapshot:
         """Return the state and counters (O(1), no await).
@@ -600,42 +377,35 @@ class CircuitBreaker(GuardBase):
         Returns:
             A frozen :class:`BreakerSnapshot`.
         """
-        now = self._now_or_none()
+        now = now_or_none(self._clock)
         state = self.state
-        window = self._window
-        if window is not None:
-            if now is not None:
-                window.expire(now)
-            calls = window.calls
-            failure_count = window.failures
-            failure_rate, slow_rate = window.rates()
-        else:
-            calls, failure_count, failure_rate, slow_rate = 0, self._streak, 0.0, 0.0
+        backend = self._backend
+        calls, failure_count, failure_rate, slow_rate = backend.figures(now)
         if state is OPEN:
-            if self._forced:
+            if backend.forced:
                 retry_after = math.inf
             else:
-                retry_after = max(0.0, self._open_until - now) if now is not None else 0.0
+                retry_after = max(0.0, backend.open_until - now) if now is not None else 0.0
         else:
             retry_after = 0.0
         return BreakerSnapshot(
             name=self.name,
             state=state,
-            generation=self._gen,
+            generation=backend.gen,
             failure_count=failure_count,
-            successes=self._successes,
-            failures=self._failures,
-            ignored=self._ignored,
-            slow=self._slow,
-            rejected=self._rejected,
+            successes=backend.successes,
+            failures=backend.failures,
+            ignored=backend.ignored,
+            slow=backend.slow,
+            rejected=backend.rejected,
             window_calls=calls,
             failure_rate=failure_rate,
             slow_rate=slow_rate,
             retry_after=retry_after,
-            last_reason=self._last_reason,
-            forced_open=self._forced,
-            disabled=self._disabled,
-            half_open_in_flight=self._ho_in_flight if state is HALF_OPEN else 0,
+            last_reason=backend.last_reason,
+            forced_open=backend.forced,
+            disabled=backend.disabled,
+            half_open_in_flight=backend.half_open_in_flight if state is HALF_OPEN else 0,
         )
 
     def get_stats(self) -> BreakerSnapshot:
@@ -646,35 +416,21 @@ class CircuitBreaker(GuardBase):
         """
         return self.snapshot()
 
-    def _manual_now(self) -> float:
-        now = self._now_or_none()
-        return 0.0 if now is None else now
-
     async def reset(self) -> None:
         """Close the breaker, clear its counters and windows, and clear forced-open."""
-        if self._store is not None:  # the shared state first: if it fails, nothing changed
-            assert self.name is not None
-            await self._store.reset(self.name)
-        self._forced = False
-        self._successes = self._failures = self._ignored = self._slow = self._rejected = 0
-        self._transition(CLOSED, "reset", self._manual_now())
+        await self._backend.reset()
 
     async def force_open(self) -> None:
         """Hold the breaker OPEN until :meth:`reset` (rejections carry ``retry_after=inf``)."""
-        if self._store is not None:
-            assert self.name is not None
-            await self._store.force(self.name, OPEN, **store_config(self))
-        self._transition(OPEN, "forced", self._manual_now(), forced=True)
+        await self._backend.force_open()
 
     async def disable(self) -> None:
         """Let every call pass: counters are kept, the breaker never transitions."""
-        self._disabled = True
-        self._transition(CLOSED, "disabled", self._manual_now())
+        self._backend.disable()
 
     async def enable(self) -> None:
         """Undo :meth:`disable`: the breaker records outcomes and transitions again."""
-        self._disabled = False
-        self._fast = self._state is CLOSED and self._fast_ok
+        self._backend.enable()
 
     async def aclose(self) -> None:
         """Wait for pending async listeners and store records sent in the background.

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from headrace_core import CircuitOpenError, CircuitState, ConfigurationError
 from headrace_core.lowlevel import check_int, check_number
 from headrace_guards._bulkhead import Bulkhead, BulkheadSnapshot
-from headrace_guards._circuit import CircuitBreaker
-from headrace_guards._circuit_store import BreakerSnapshot
+from headrace_guards._circuit import BreakerSnapshot, CircuitBreaker
 from headrace_guards._common import GuardEvent
 from headrace_guards._timeout import Timeout, TimeoutSnapshot
 
