@@ -5,7 +5,7 @@ from collections.abc import Awaitable
 import pytest
 
 from headrace_core import GuardTimeout
-from headrace_core.lowlevel import Deadline
+from headrace_core.lowlevel import Deadline, bounded
 from headrace_core.testing import VirtualClock
 
 
@@ -61,25 +61,25 @@ async def turning_into(error: BaseException) -> None:
         raise error from None
 
 
-async def bounded(delay: float | None, body: Awaitable[None]) -> None:
+async def under_deadline(delay: float | None, body: Awaitable[None]) -> None:
     async with Deadline(delay, own):
         await body
 
 
 async def test_swallowed_cancellation_still_raises_the_own_error() -> None:
     with VirtualClock(), pytest.raises(OwnTimeout):
-        await bounded(1.0, swallowing())
+        await under_deadline(1.0, swallowing())
 
 
 async def test_body_turning_the_cancellation_into_a_timeout_error_raises_the_own_error() -> None:
     with VirtualClock(), pytest.raises(OwnTimeout) as info:
-        await bounded(1.0, turning_into(TimeoutError("late")))
+        await under_deadline(1.0, turning_into(TimeoutError("late")))
     assert str(info.value.__cause__) == "late"
 
 
 async def test_other_errors_after_expiry_pass_unchanged() -> None:
     with VirtualClock(), pytest.raises(KeyError):
-        await bounded(1.0, turning_into(KeyError("cleanup failed")))
+        await under_deadline(1.0, turning_into(KeyError("cleanup failed")))
 
 
 async def test_outer_cancellation_wins_and_is_not_turned_into_a_timeout() -> None:
@@ -142,7 +142,7 @@ async def test_nested_deadlines_each_raise_their_own_error() -> None:
                 await asyncio.sleep(5)
 
         with pytest.raises(OwnTimeout):
-            await bounded(1.0, inner_longer())
+            await under_deadline(1.0, inner_longer())
 
 
 async def value_after(delay: float, value: int) -> int:
@@ -187,3 +187,24 @@ async def test_run_lets_an_outer_cancellation_through() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_bounded_uses_the_callers_scope_rescheduled_later() -> None:
+    loop = asyncio.get_running_loop()
+    with VirtualClock() as clock:
+        start = clock.now()
+        scope = asyncio.Timeout(None)
+        loop.call_later(2, scope.reschedule, loop.time() + 2)  # a watcher sets the deadline
+        with pytest.raises(OwnTimeout) as info:
+            await bounded(scope, value_after(100, 1), own)
+        assert clock.now() - start == pytest.approx(2.0)
+        assert scope.expired()
+    assert type(info.value.__cause__) is TimeoutError
+
+
+async def test_bounded_returns_in_time_and_never_builds_the_error() -> None:
+    def never() -> BaseException:
+        raise AssertionError("built without expiry")
+
+    with VirtualClock():
+        assert await bounded(asyncio.timeout(5), value_after(1, 3), never) == 3

@@ -17,12 +17,13 @@ class Deadline:
     Every headrace component that bounds a wait (a guard's ``Timeout``, a leveled phase, a
     flow stage, ``drain(timeout=)``) raises a ``GuardTimeout`` subclass of its own, not the
     bare ``TimeoutError``. This is that pattern, written once: inside ``async with`` (or
-    :meth:`run`, the same for one awaitable with one coroutine frame less, for hot paths),
-    the body runs under asyncio's own ``Timeout`` (no extra task); when the deadline expires,
-    ``error()`` is raised with the ``TimeoutError`` as its cause. It is raised too when the
-    body swallowed the cancellation and finished late, or turned it into a ``TimeoutError``
-    of its own: the deadline was missed either way. A ``TimeoutError`` the body raised
-    before the deadline passes through unchanged, and so does a cancellation from outside.
+    :meth:`run` for one awaitable; :func:`bounded` is the same without this object, for hot
+    paths), the body runs under asyncio's own ``Timeout`` (no extra task); when the deadline
+    expires, ``error()`` is raised with the ``TimeoutError`` as its cause. It is raised too
+    when the body swallowed the cancellation and finished late, or turned it into a
+    ``TimeoutError`` of its own: the deadline was missed either way. A ``TimeoutError``
+    the body raised before the deadline passes through unchanged, and so does a
+    cancellation from outside.
 
     Args:
         delay: seconds from entering, or ``None`` for no deadline (set one later with
@@ -63,29 +64,8 @@ class Deadline:
         return self._scope.expired()
 
     async def run(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` under the deadline; the same as ``async with``, for one awaitable.
-
-        Args:
-            awaitable: what to await (created by the caller, awaited only here).
-
-        Returns:
-            What ``awaitable`` returned.
-
-        Raises:
-            BaseException: ``error()`` when the deadline expired; else what ``awaitable``
-                raised.
-        """
-        scope = self._scope
-        try:
-            async with scope:
-                result = await awaitable
-        except TimeoutError as exc:
-            if scope.expired():
-                raise self._error() from exc
-            raise
-        if scope.expired():
-            raise self._error()  # it swallowed the cancellation and finished late
-        return result
+        """Await ``awaitable`` under the deadline: :func:`bounded` with this deadline's scope."""
+        return await bounded(self._scope, awaitable, self._error)
 
     async def __aenter__(self) -> Deadline:
         await self._scope.__aenter__()
@@ -102,6 +82,51 @@ class Deadline:
             await scope.__aexit__(exc_type, exc, tb)
         except TimeoutError as expired:
             raise self._error() from expired
-        if scope.expired() and (exc_type is None or issubclass(exc_type, TimeoutError)):
+        if exc_type is None or issubclass(exc_type, TimeoutError):
             # The body swallowed the cancellation, or turned it into its own TimeoutError.
-            raise self._error() from exc
+            raise_if_expired(scope, self._error, exc)
+
+
+async def bounded(
+    scope: asyncio.Timeout, awaitable: Awaitable[T], error: Callable[[], BaseException]
+) -> T:
+    """Await ``awaitable`` under ``scope``; the scope's expiry raises ``error()``.
+
+    What :class:`Deadline` does, for a hot path that keeps its own ``asyncio.Timeout`` (for
+    example one rescheduled by a shared watcher of same-length deadlines): no object of
+    its own, one coroutine frame. ``error()`` is chained from the ``TimeoutError``, and is
+    raised too when ``awaitable`` swallowed the cancellation and finished late. A
+    ``TimeoutError`` of its own before the deadline, and a cancellation from outside,
+    pass through unchanged.
+
+    Args:
+        scope: an ``asyncio.Timeout`` not yet entered (``asyncio.Timeout(None)`` to set
+            the deadline later with ``scope.reschedule(when)``).
+        awaitable: what to await (created by the caller, awaited only here).
+        error: builds the error to raise on expiry; called once, only on expiry.
+
+    Returns:
+        What ``awaitable`` returned.
+    """
+    try:
+        async with scope:
+            result = await awaitable
+    except TimeoutError as exc:
+        raise_if_expired(scope, error, exc)
+        raise
+    raise_if_expired(scope, error)  # it swallowed the cancellation and finished late
+    return result
+
+
+def raise_if_expired(
+    scope: asyncio.Timeout, error: Callable[[], BaseException], cause: BaseException | None = None
+) -> None:
+    """Raise ``error()`` (chained from ``cause``) when ``scope`` expired; else return.
+
+    The decision of :class:`Deadline` and :func:`bounded`, for a path that writes its own
+    ``async with scope:`` (to save a coroutine frame): call it with the ``TimeoutError`` in
+    ``except TimeoutError`` (then re-raise), and once more without a cause after the block,
+    for a body that swallowed the cancellation and finished late.
+    """
+    if scope.expired():
+        raise error() from cause

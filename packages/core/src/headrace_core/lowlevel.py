@@ -14,13 +14,16 @@ waits with their bounds, and talk about user code safely:
   raising ``ConfigurationError`` that names the argument and the value; :data:`Clock`, the
   type of a ``clock=`` argument.
 - :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones.
-- :class:`Deadline`: ``asyncio.timeout`` whose expiry raises a component's own error.
+- :class:`Deadline`, :func:`bounded`, :func:`raise_if_expired`: ``asyncio.timeout``
+  whose expiry raises a component's own error.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised.
 """
 
 from headrace_core._deadline import Deadline as Deadline
+from headrace_core._deadline import bounded as bounded
+from headrace_core._deadline import raise_if_expired as raise_if_expired
 from headrace_core._errors import being_cancelled as being_cancelled
 from headrace_core._errors import callable_name as callable_name
 from headrace_core._errors import safe_repr as safe_repr
@@ -45,6 +48,7 @@ __all__ = [
     "LoopBinding",
     "PerLoop",
     "being_cancelled",
+    "bounded",
     "callable_name",
     "check_callable",
     "check_int",
@@ -54,6 +58,7 @@ __all__ = [
     "finish_tasks",
     "is_async_callable",
     "loop_time",
+    "raise_if_expired",
     "safe_repr",
     "within",
 ]
@@ -63,6 +68,7 @@ for _obj in (
     LoopBinding,
     PerLoop,
     being_cancelled,
+    bounded,
     callable_name,
     check_callable,
     check_int,
@@ -72,6 +78,7 @@ for _obj in (
     finish_tasks,
     is_async_callable,
     loop_time,
+    raise_if_expired,
     safe_repr,
     within,
 ):

@@ -13,7 +13,6 @@ from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, cast, final
 from headrace_core import BackoffError, ConfigurationError
 from headrace_core.lowlevel import (
     Clock,
-    Deadline,
     callable_name,
     check_callable,
     check_name,
@@ -233,9 +232,6 @@ class NotAsyncError(TypeError):
     """
 
 
-_RUN_CODE = Deadline.run.__code__
-
-
 def raise_if_not_async(fn: object, exc: TypeError) -> None:
     """Turn the ``TypeError`` of awaiting what a sync ``fn`` returned into a clear one.
 
@@ -250,8 +246,6 @@ def raise_if_not_async(fn: object, exc: TypeError) -> None:
     if isinstance(exc, NotAsyncError):
         raise exc  # from a guard inside this one: a misuse all the way out
     tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None and tb.tb_next.tb_frame.f_code is _RUN_CODE:
-        tb = tb.tb_next  # awaited under a Deadline (Timeout): that frame did the await
     if tb is None or tb.tb_next is not None or type(exc) is not TypeError:
         return
     if is_async_callable(fn):
@@ -283,7 +277,7 @@ class Background:
         self, what: str, make: Callable[[], Awaitable[Any]], bound: float
     ) -> asyncio.Task[BaseException | None]:
         """Start ``make()`` in a bounded task (``what`` names it in log messages)."""
-        task = asyncio.get_running_loop().create_task(_bounded(make, bound))
+        task = asyncio.get_running_loop().create_task(_within_bound(make, bound))
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._done, what))
         return task
@@ -339,7 +333,7 @@ def raise_error(error: BaseException) -> NoReturn:
     raise error
 
 
-async def _bounded(make: Callable[[], Awaitable[Any]], bound: float) -> BaseException | None:
+async def _within_bound(make: Callable[[], Awaitable[Any]], bound: float) -> BaseException | None:
     try:
         async with asyncio.timeout(bound):
             await make()

@@ -12,7 +12,13 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
 from headrace_core import GuardTimeout
-from headrace_core.lowlevel import Clock, Deadline, LoopBinding, check_callable, check_number
+from headrace_core.lowlevel import (
+    Clock,
+    LoopBinding,
+    check_callable,
+    check_number,
+    raise_if_expired,
+)
 from headrace_guards._common import GuardBase, GuardEvent, check_clock, now_of, raise_if_not_async
 
 P = ParamSpec("P")
@@ -24,8 +30,8 @@ class _Deadlines:
 
     Every call of a guard lasts the same ``seconds``, so deadlines arrive in increasing
     order and a deque holds them. One ``loop.call_at`` timer is armed for the oldest
-    live deadline; a call that expires gets ``reschedule(deadline)`` on its core
-    ``Deadline`` (entered with none), so asyncio's own ``Timeout`` does the cancelling and the
+    live deadline; a call that expires gets ``cm.reschedule(deadline)``, so its own
+    ``asyncio.Timeout`` (entered with no deadline) does the cancelling and the
     ``uncancel()`` bookkeeping exactly as ``asyncio.timeout()`` does. A call that
     finishes in time costs no timer handle of its own.
     """
@@ -38,9 +44,9 @@ class _Deadlines:
         self.entries: deque[list[Any]] = deque()
         self.handle: asyncio.TimerHandle | None = None
 
-    def add(self, timer: Deadline) -> list[Any]:
+    def add(self, cm: asyncio.Timeout) -> list[Any]:
         deadline = self.loop.time() + self.seconds
-        entry = [deadline, timer]
+        entry = [deadline, cm]
         self.entries.append(entry)
         if self.handle is None:
             self.handle = self.loop.call_at(deadline, self.fire)
@@ -57,15 +63,15 @@ class _Deadlines:
         now = self.loop.time()
         entries = self.entries
         while entries:
-            deadline, timer = entries[0]
-            if timer is not None:
+            deadline, cm = entries[0]
+            if cm is not None:
                 if deadline > now:
                     self.handle = self.loop.call_at(deadline, self.fire)
                     return
                 # In the past: its own timeout fires next. A context already left has
                 # nothing to cancel.
                 with contextlib.suppress(RuntimeError):
-                    timer.reschedule(deadline)
+                    cm.reschedule(deadline)
             entries.popleft()
 
 
@@ -135,7 +141,7 @@ class Timeout(GuardBase):
         self._init_base(name)
         self._calls = 0
         self._timeouts = 0
-        self._entered: dict[asyncio.Task[Any], list[tuple[Deadline, list[Any]]]] = {}
+        self._entered: dict[asyncio.Task[Any], list[tuple[asyncio.Timeout, list[Any]]]] = {}
         self._deadlines: _Deadlines | None = None
         self._binding = LoopBinding(self._describe())
 
@@ -163,19 +169,20 @@ class Timeout(GuardBase):
         deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._bind()
-        deadline = Deadline(None, self._own_timeout)
+        cm = asyncio.Timeout(None)
         # _Deadlines.add and .done, inlined: this is the per-call fast path.
-        entry: list[Any] = [loop.time() + self.seconds, deadline]
+        entry: list[Any] = [loop.time() + self.seconds, cm]
         entries = deadlines.entries
         entries.append(entry)
         if deadlines.handle is None:
             deadlines.handle = loop.call_at(entry[0], deadlines.fire)
         try:
-            return await deadline.run(fn(*args, **kwargs))
-        except GuardTimeout:
-            if self._on_timeout is None or not deadline.expired():
+            async with cm:
+                result = await fn(*args, **kwargs)
+        except TimeoutError as exc:
+            if not cm.expired():
                 raise
-            return await self._fallback(args, kwargs)  # type: ignore[no-any-return]
+            return await self._timed_out(exc, args, kwargs)  # type: ignore[no-any-return]
         except TypeError as exc:
             raise_if_not_async(fn, exc)
             raise
@@ -183,6 +190,10 @@ class Timeout(GuardBase):
             entry[1] = None
             while entries and entries[0][1] is None:
                 entries.popleft()
+        if cm.expired():
+            # The callee swallowed the cancellation and returned late.
+            return await self._timed_out(None, args, kwargs)  # type: ignore[no-any-return]
+        return result
 
     def _bind(self) -> _Deadlines:
         """Watch deadlines on the running loop (the guard moved to a new loop)."""
@@ -190,10 +201,14 @@ class Timeout(GuardBase):
         deadlines = self._deadlines = _Deadlines(loop, self.seconds)
         return deadlines
 
-    async def _fallback(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The deadline expired and ``on_timeout`` is set: its value is the call's."""
-        assert self._on_timeout is not None
-        value = self._on_timeout(*args, **kwargs)
+    async def _timed_out(
+        self, cause: BaseException | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        error = self._own_timeout()
+        handler = self._on_timeout
+        if handler is None:
+            raise error from cause
+        value = handler(*args, **kwargs)
         if inspect.isawaitable(value):
             value = await value
         return value
@@ -217,10 +232,10 @@ class Timeout(GuardBase):
         deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._bind()
-        deadline = Deadline(None, self._own_timeout)
-        await deadline.__aenter__()
+        cm = asyncio.Timeout(None)
+        await cm.__aenter__()
         self._calls += 1
-        self._entered.setdefault(task, []).append((deadline, deadlines.add(deadline)))
+        self._entered.setdefault(task, []).append((cm, deadlines.add(cm)))
         return self
 
     async def __aexit__(
@@ -233,15 +248,21 @@ class Timeout(GuardBase):
         stack = self._entered.get(task) if task is not None else None
         if not stack:
             raise RuntimeError("Timeout.__aexit__ without a matching __aenter__ in this task")
-        deadline, entry = stack.pop()
+        cm, entry = stack.pop()
         if not stack:
             del self._entered[task]  # type: ignore[arg-type]
         deadlines = self._deadlines
         try:
-            await deadline.__aexit__(exc_type, exc, tb)
+            await cm.__aexit__(exc_type, exc, tb)
+        except TimeoutError as raised:
+            raise_if_expired(cm, self._own_timeout, raised)
+            raise
         finally:
             if deadlines is not None:
                 deadlines.done(entry)
+        if cm.expired() and (exc_type is None or issubclass(exc_type, TimeoutError)):
+            # The body swallowed the cancellation (or turned it into its own TimeoutError).
+            raise self._own_timeout() from exc
 
     def _own_timeout(self) -> GuardTimeout:
         self._timeouts += 1

@@ -27,7 +27,7 @@ from typing import Any
 
 from headrace_core import HeadraceError
 from headrace_core.backoff import next_delay
-from headrace_core.lowlevel import Deadline, safe_repr
+from headrace_core.lowlevel import raise_if_expired, safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._plan import PHASES, CallSpec, Plan
@@ -409,7 +409,22 @@ class Run:
                 call = self.spec[node]
                 assert call is not None
                 if call.timed_only:
-                    result = await self._timed(call)
+                    # _timed() written out: one coroutine less per inline call.
+                    assert call.timeout is not None
+                    deadline = asyncio.Timeout(None)
+                    watch = _Watch(self.driver)
+                    handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
+                    try:
+                        async with deadline:
+                            coro = call.function(self.ctx)
+                            watch.track(coro)
+                            result = await coro
+                    except BaseException as exc:
+                        self._timed_out(exc, deadline, watch, call)
+                        raise
+                    finally:
+                        handle.cancel()
+                        watch.task = None
                 else:
                     result = await self._call(k, call)
         except asyncio.CancelledError as exc:
@@ -609,24 +624,23 @@ class Run:
         """
         assert call.timeout is not None
         loop = self.loop
-        deadline = Deadline(None, call.timed_out)
+        deadline = asyncio.Timeout(None)
         watch = _Watch(asyncio.current_task())
-        # Armed before the deadline is entered (run() enters it before it can fire).
         handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
         try:
             try:
-                if how == _INVOKE:
-                    awaitable = self._invoke(call, watch)
-                else:
-                    awaitable = (
-                        call.function(self.ctx) if how == _PLAIN else self._through_guards(call)
-                    )
+                async with deadline:
+                    if how == _INVOKE:
+                        return await self._invoke(call, watch)
+                    if how == _PLAIN:
+                        awaitable = call.function(self.ctx)
+                    else:
+                        awaitable = self._through_guards(call)
                     watch.track(awaitable)
-                return await deadline.run(awaitable)
+                    return await awaitable
             except BaseException as exc:
-                if isinstance(exc, GeneratorExit) or watch not in self.abandoned:
-                    raise  # (GeneratorExit: an outer call is being closed: let it close)
-                raise self._abandoned(watch, call) from None
+                self._timed_out(exc, deadline, watch, call)
+                raise
             finally:
                 handle.cancel()
                 watch.task = None
@@ -656,23 +670,31 @@ class Run:
             result = await result
         return result
 
-    def _abandoned(self, watch: _Watch, call: CallSpec) -> PhaseTimeout:
-        """The error of a timed call abandoned at its deadline.
+    def _timed_out(
+        self, exc: BaseException, deadline: asyncio.Timeout, watch: _Watch, call: CallSpec
+    ) -> None:
+        """Raise what a timed call that raised ``exc`` raises instead, if anything.
 
-        It has no cause: what the closed call raised is noise.
+        A call abandoned at its deadline raises ``PhaseTimeout(abandoned=True)`` with no
+        cause (what the closed call raised is noise); one whose deadline expired raises
+        ``PhaseTimeout`` chained from the ``TimeoutError`` (core's rule); otherwise the
+        caller re-raises ``exc``.
         """
-        assert call.timeout is not None
-        self.abandoned.discard(watch)
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()  # the cancel that woke this task after its call was closed
-        abandoned = PhaseTimeout(
-            task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
-        )
-        abandoned.__suppress_context__ = True
-        return abandoned
+        if isinstance(exc, GeneratorExit):
+            return  # an outer call is being closed: let it close
+        if watch in self.abandoned:
+            assert call.timeout is not None
+            self.abandoned.discard(watch)
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the cancel that woke this task after its call was closed
+            raise PhaseTimeout(
+                task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
+            ) from None
+        if isinstance(exc, TimeoutError):
+            raise_if_expired(deadline, call.timed_out, exc)
 
-    def _expire(self, deadline: Deadline, watch: _Watch) -> None:
+    def _expire(self, deadline: asyncio.Timeout, watch: _Watch) -> None:
         """A timed call reached its deadline: cancel it, then watch that it ends."""
         if watch.task is None:
             return
