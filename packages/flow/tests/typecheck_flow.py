@@ -51,19 +51,19 @@ async def pooled() -> AsyncIterator[Callable[[int], Awaitable[str]]]:
 
 
 def chains() -> None:
-    assert_type(flow(parse), Flow[bytes, str])  # pyright: ignore[reportAssertTypeFailure]
-    assert_type(flow(parse, length), Flow[bytes, int])  # pyright: ignore[reportAssertTypeFailure]
-    assert_type(flow(parse, length, keep_even), Flow[bytes, int])  # pyright: ignore[reportAssertTypeFailure]
-    assert_type(flow(parse, length, keep_even, explode), Flow[bytes, float])  # pyright: ignore[reportAssertTypeFailure]
-    assert_type(flow(parse, length, keep_even, explode, store), Flow[bytes, None])  # pyright: ignore[reportAssertTypeFailure]
-    assert_type(flow(length, pooled), Flow[str, str])  # pyright: ignore[reportAssertTypeFailure]
+    assert_type(flow(parse), Flow[bytes, str])
+    assert_type(flow(parse, length), Flow[bytes, int])
+    assert_type(flow(parse, length, keep_even), Flow[bytes, int])
+    assert_type(flow(parse, length, keep_even, explode), Flow[bytes, float])
+    assert_type(flow(parse, length, keep_even, explode, store), Flow[bytes, None])
+    assert_type(flow(length, pooled), Flow[str, str])
     inner = flow(parse, length)
-    assert_type(flow(inner, keep_even), Flow[bytes, int])  # pyright: ignore[reportAssertTypeFailure]
+    assert_type(flow(inner, keep_even), Flow[bytes, int])
 
 
 def stages_and_strategies() -> None:
     s = stage(length, workers=4, ordered=True)
-    assert_type(s, Stage[Any, Any])
+    assert_type(s, Stage[str, int])
     assert_type(UtilizationScaling(min_workers=0).min_workers, int)
     assert_type(FixedScaling(2).workers, int)
 

@@ -3,42 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeAlias
 
 from headrace_core.backoff import next_delay
-from headrace_core.lowlevel import being_cancelled
+from headrace_core.lowlevel import Deadline, being_cancelled
 from headrace_flow._errors import StageTimeout
-from headrace_flow._stage_run import StageRun
+from headrace_flow._plan import CallOptions
+
+#: A stage's item function (the user's, or wrapped with its deadline and retries).
+ItemCall: TypeAlias = Callable[[object], Awaitable[object]]
 
 
-def make_call(st: StageRun, fn: Any) -> Any:
+def make_call(name: str, options: CallOptions, fn: ItemCall) -> ItemCall:
     """Wrap ``fn`` with the stage's timeout and retries (itself when it has neither)."""
-    options = st.options
     retries = options.retries
     timeout = options.timeout
     if not retries and timeout is None:
         return fn
     retry_on = options.retry_on
-    name = st.name
     schedule = options.schedule()
 
-    async def attempt(item: Any) -> Any:
+    def expired() -> StageTimeout:
+        return StageTimeout(timeout=timeout or 0.0, name=name)
+
+    async def attempt(item: object) -> object:
         if timeout is None:
             return await fn(item)
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                return await fn(item)
-        except TimeoutError as exc:
-            if scope.expired():
-                raise StageTimeout(timeout=timeout, name=name) from exc
-            raise
+        return await Deadline(timeout, expired).run(fn(item))
 
     if not retries:
         return attempt
 
-    async def call(item: Any) -> Any:
+    async def call(item: object) -> object:
         delays: Iterator[float] | None = None
         tries = 0
         while True:

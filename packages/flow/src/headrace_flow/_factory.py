@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeAlias, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_int
 from headrace_flow._flow import Flow
-from headrace_flow._markers import Drop, Last
+from headrace_flow._plan import Settings
 from headrace_flow._queues import QueueFactory, fifo_queue
 from headrace_flow._scaling import as_strategy
-from headrace_flow._stages import Stage, as_stage
+from headrace_flow._stages import StageLike, as_stage
 
-__all__ = ["StageLike", "flow"]
+__all__ = ["flow"]
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -25,13 +23,6 @@ F = TypeVar("F")
 G = TypeVar("G")
 H = TypeVar("H")
 I = TypeVar("I")  # noqa: E741
-
-StageLike: TypeAlias = (
-    "Stage[A, B] | Flow[A, B] | Callable[[A], Awaitable[B | Drop | Last[B]]] "
-    "| Callable[[A], AsyncIterator[B]] "
-    "| Callable[[], AbstractAsyncContextManager[Callable[[A], Awaitable[B | Drop | Last[B]]]]]"
-)
-"""What :func:`flow` accepts as a stage from ``A`` to ``B``."""
 
 
 @overload
@@ -44,6 +35,18 @@ def flow(
     default_queue: QueueFactory = fifo_queue,
     default_queue_size: int = 1,
 ) -> Flow[A, B]: ...
+
+
+@overload
+def flow(
+    s0: object,
+    /,
+    *,
+    on_error: Any = None,
+    default_scaling: Any = None,
+    default_queue: QueueFactory = fifo_queue,
+    default_queue_size: int = 1,
+) -> Flow[Any, Any]: ...  # (not a stage form: raises TypeError)
 
 
 @overload
@@ -160,12 +163,32 @@ def flow(
 
 @overload
 def flow(
-    *stages: Any,
+    s0: StageLike[Any, Any],
+    s1: StageLike[Any, Any],
+    s2: StageLike[Any, Any],
+    s3: StageLike[Any, Any],
+    s4: StageLike[Any, Any],
+    s5: StageLike[Any, Any],
+    s6: StageLike[Any, Any],
+    s7: StageLike[Any, Any],
+    s8: StageLike[Any, Any],
+    /,
+    *stages: StageLike[Any, Any],
     on_error: Any = None,
     default_scaling: Any = None,
     default_queue: QueueFactory = fifo_queue,
     default_queue_size: int = 1,
 ) -> Flow[Any, Any]: ...
+
+
+@overload
+def flow(
+    *,
+    on_error: Any = None,
+    default_scaling: Any = None,
+    default_queue: QueueFactory = fifo_queue,
+    default_queue_size: int = 1,
+) -> Flow[Any, Any]: ...  # (no stage: raises TypeError)
 
 
 def flow(
@@ -199,16 +222,18 @@ def flow(
     if not stages:
         raise TypeError("flow() needs at least one stage (or build one with Flow())")
     result: Flow[Any, Any] = Flow(on_error=on_error)
-    if default_scaling is not None:
-        result._defaults["scaling"] = as_strategy(default_scaling, "default_scaling")
+    scaling = None if default_scaling is None else as_strategy(default_scaling, "default_scaling")
+    queue: QueueFactory | None = None
     if default_queue is not fifo_queue:
         if not callable(default_queue):
             raise ConfigurationError.argument_error(
                 "default_queue", default_queue, "must be a queue factory"
             )
-        result._defaults["queue"] = default_queue
+        queue = default_queue
+    size = None
     if default_queue_size != 1:
-        result._defaults["queue_size"] = check_int("default_queue_size", default_queue_size, ge=0)
+        size = check_int("default_queue_size", default_queue_size, ge=0)
+    result._defaults = Settings(scaling=scaling, queue=queue, queue_size=size)
     result._parts = [as_stage(s) for s in stages]
     result._compiled()
     return result

@@ -6,23 +6,24 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar, cast
 
 from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
-from headrace_core.lowlevel import being_cancelled, check_optional_number, safe_repr
+from headrace_core.lowlevel import Deadline, being_cancelled, check_optional_number, safe_repr
 from headrace_core.stats import Listeners
-from headrace_flow._compile import Node, compile_parts, plan, settings
+from headrace_flow._channel import EOF, Finals
+from headrace_flow._compile import bake, compile_parts, resolve, settings
+from headrace_flow._dump import dump
 from headrace_flow._errors import FlowClosed
-from headrace_flow._handlers import adapt, handler_form, normalize_handler
+from headrace_flow._on_error import Form, adapt, handler_form, normalize_handler
+from headrace_flow._plan import NO_SETTINGS, Graph, Plan, Settings
 from headrace_flow._push import PushHandle
-from headrace_flow._queues import EOF as _EOF
-from headrace_flow._queues import Final as _Final
 from headrace_flow._queues import QueueFactory
-from headrace_flow._run import Run
+from headrace_flow._run import Event, Run
 from headrace_flow._scaling import as_strategy
 from headrace_flow._source import normalize_source
-from headrace_flow._stage_run import user_cancelled
-from headrace_flow._stages import as_stage, stage
+from headrace_flow._stages import Composite, Stage, as_stage, stage
+from headrace_flow._state import user_cancelled
 from headrace_flow._stats import FlowStats, StageStats
 
 __all__ = ["Flow"]
@@ -31,7 +32,7 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class Flow(Generic[In, Out]):
+class Flow(Composite[In, Out]):
     """A pipeline definition: source -> stages -> sink, reusable for sequential runs.
 
     Build one with :func:`flow` (``flow(parse, enrich, store)``) or step by step with the
@@ -51,45 +52,47 @@ class Flow(Generic[In, Out]):
         *,
         on_error: Any = None,
     ) -> None:
-        self._parts: list[Any] = []
-        self._consumer: Any = None
-        self._producer: Any = None
-        self._nodes: list[Node] | None = None
-        self._stage_config: dict[str, dict[str, Any]] = {}
-        self._defaults: dict[str, Any] = {}
+        self._parts: list[Stage[object, object]] = []
+        self._consumer: Stage[object, object] | None = None
+        self._producer: object = None  # the user's source, for start()
+        self._graph_cache: Graph | None = None
+        self._overrides: dict[str, Settings] = {}
+        self._defaults = NO_SETTINGS
         if default_scaling_strategy is not None:
-            self._defaults["scaling"] = as_strategy(
-                default_scaling_strategy, "default_scaling_strategy"
+            self._defaults = Settings(
+                scaling=as_strategy(default_scaling_strategy, "default_scaling_strategy")
             )
         self._handler = normalize_handler(on_error)
         self._run: Run | None = None
         self._last: FlowStats | None = None
-        self._listeners: Listeners[Any] = Listeners("headrace.flow", "flow")
+        self._listeners: Listeners[Event] = Listeners("headrace.flow", "flow")
         self._task: asyncio.Task[FlowStats | _Interrupt] | None = None
 
     # -- definition ----------------------------------------------------------------------
-    def _compiled(self) -> list[Node]:
-        if self._nodes is None:
+    def _compiled(self) -> Graph:
+        if self._graph_cache is None:
             parts = [*self._parts]
             if self._consumer is not None:
                 parts.append(self._consumer)
-            self._nodes = compile_parts(parts)
-        return self._nodes
+            self._graph_cache = compile_parts(parts)
+        return self._graph_cache
+
+    def _graph(self) -> Graph:
+        """Return its compiled stages, its own defaults and ``configure()`` baked in."""
+        return bake(self._compiled(), self._defaults, self._overrides)
+
+    def _plan(self) -> Plan:
+        return resolve(self._compiled(), self._defaults, self._overrides)
 
     def _changed(self) -> None:
         if self._run is not None:
             raise HeadraceError("a flow cannot be changed while it runs")
-        self._nodes = None
+        self._graph_cache = None
 
     @property
     def stage_names(self) -> list[str]:
         """The stages' names in pipeline order (router arms and sub-flow stages dotted)."""
         return [node.name for node in self._compiled()]
-
-    def _baked_for(self, name: str) -> dict[str, Any]:
-        baked = dict(self._defaults)
-        baked.update(self._stage_config.get(name, {}))
-        return baked
 
     def configure(
         self,
@@ -117,8 +120,8 @@ class Flow(Generic[In, Out]):
                 "name", name, f"no such stage; stages are {self.stage_names}"
             )
         self._changed()
-        config = self._stage_config.setdefault(name, {})
-        config.update(settings(scaling, queue, queue_size, ordered))
+        given = settings(scaling, queue, queue_size, ordered)
+        self._overrides[name] = given.over(self._overrides.get(name, NO_SETTINGS))
 
     def configure_default(
         self,
@@ -138,7 +141,7 @@ class Flow(Generic[In, Out]):
             ConfigurationError: for a bad setting.
         """
         self._changed()
-        self._defaults.update(settings(scaling, queue, queue_size, None))
+        self._defaults = settings(scaling, queue, queue_size, None).over(self._defaults)
 
     def set_error_handler(self, handler: Any) -> None:
         """Set (or with ``None`` remove) the error handler.
@@ -233,7 +236,7 @@ class Flow(Generic[In, Out]):
         self._task = asyncio.get_running_loop().create_task(self._background(run, self._producer))
         await asyncio.sleep(0)
 
-    async def _background(self, run: Run, source: Any) -> FlowStats | _Interrupt:
+    async def _background(self, run: Run, source: object) -> FlowStats | _Interrupt:
         # The run of start() has no caller until wait(): KeyboardInterrupt and SystemExit
         # must not escape its task into the event loop; wait() raises them.
         try:
@@ -263,9 +266,6 @@ class Flow(Generic[In, Out]):
         return result
 
     # -- running -------------------------------------------------------------------------
-    def _plan(self) -> list[dict[str, Any]]:
-        return plan(self._compiled(), self._defaults, self._stage_config)
-
     def _begin(self, *, output: bool) -> Run:
         if self._run is not None:
             raise HeadraceError("the flow is already running; a Flow runs once at a time")
@@ -277,7 +277,7 @@ class Flow(Generic[In, Out]):
         return run
 
     async def _setup(
-        self, run: Run, stack: contextlib.AsyncExitStack, source: Any, *, push: bool = False
+        self, run: Run, stack: contextlib.AsyncExitStack, source: object, *, push: bool = False
     ) -> None:
         # The user code run before the run's tasks exist (the handler's context manager, a
         # source factory, strategies' initial_workers()) runs in the caller's task.
@@ -293,7 +293,7 @@ class Flow(Generic[In, Out]):
         if self._handler is None:
             return
         form, handler = self._handler
-        if form == "cm":
+        if form is Form.CM:
             handler = await stack.enter_async_context(handler())
             if not callable(handler):
                 raise TypeError(
@@ -303,7 +303,7 @@ class Flow(Generic[In, Out]):
             form = handler_form(handler)
         run.handler = adapt(form, handler)
 
-    async def _execute(self, run: Run, source: Any, *, push: bool = False) -> FlowStats:
+    async def _execute(self, run: Run, source: object, *, push: bool = False) -> FlowStats:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 try:
@@ -374,19 +374,19 @@ class Flow(Generic[In, Out]):
                             item = out.take()
                         else:
                             item = await out.wait()
-                            if item is _EOF:
-                                source = run.source_task
-                                if source is not None and not run.ended:
+                            if item is EOF:
+                                source = run.source
+                                if source is not None and source.task and not run.ended:
                                     # a source cut by a Last may still be closing
-                                    await asyncio.wait([source])
+                                    await asyncio.wait([source.task])
                                 break
-                            if item.__class__ is _Final:
+                            if isinstance(item, Finals):
                                 for value in item.values:
-                                    run.completed += 1
-                                    yield value
+                                    run.tally.completed += 1
+                                    yield cast("Out", value)  # (typed by flow())
                                 continue
-                        run.completed += 1
-                        yield item
+                        run.tally.completed += 1
+                        yield cast("Out", item)
                 finally:
                     await run.teardown()
         finally:
@@ -463,17 +463,14 @@ class Flow(Generic[In, Out]):
         if limit is None:
             await run.finished.wait()
             return run.stats()
-        scope = asyncio.timeout(limit)
-        try:
-            async with scope:
-                await run.finished.wait()
-        except TimeoutError:
-            if scope.expired():
-                raise GuardTimeout(
-                    f"drain() did not finish within {limit:g}s; the run goes on draining",
-                    timeout=limit,
-                ) from None
-            raise
+
+        def expired() -> GuardTimeout:
+            return GuardTimeout(
+                f"drain() did not finish within {limit:g}s; the run goes on draining",
+                timeout=limit,
+            )
+
+        await Deadline(limit, expired).run(run.finished.wait())
         return run.stats()
 
     async def stop(self) -> None:
@@ -530,9 +527,7 @@ class Flow(Generic[In, Out]):
         Raises:
             ValueError: for an unknown mode or format.
         """
-        from headrace_flow._dump import dump
-
-        return dump(self, mode, format)
+        return dump(self._plan(), self.stats(), mode, format)
 
     def __repr__(self) -> str:
         return f"<Flow {' -> '.join(self.stage_names) or '(empty)'}>"

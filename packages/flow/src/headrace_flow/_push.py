@@ -6,7 +6,7 @@ from typing import Generic, TypeVar, final
 
 from headrace_flow._errors import FlowClosed
 from headrace_flow._run import Run
-from headrace_flow._stage_run import Aborted
+from headrace_flow._state import Aborted
 
 __all__ = ["PushHandle"]
 
@@ -42,14 +42,14 @@ class PushHandle(Generic[In]):
             raise FlowClosed("the flow run has ended")
         first = run.stages[0]
         ch = first.input
-        run.accepted += 1
+        run.tally.accepted += 1
         try:
             if not ch.try_put(item):
                 await ch.put(item)
         except BaseException:
-            run.accepted -= 1
+            run.tally.accepted -= 1
             raise
-        if first.dynamic:
+        if first.scaler.dynamic:
             try:
                 run.scale(first, tick=False, enqueue=True)
             except Aborted:  # the scaling strategy failed: the run ended with its error

@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from types import MappingProxyType
-from typing import Any
 
 from headrace_core.lowlevel import being_cancelled, safe_repr
 from headrace_core.stats import Listeners
-from headrace_flow import _source, _workers
+from headrace_flow._autoscale import Scaler
 from headrace_flow._calls import make_call
+from headrace_flow._channel import Channel
 from headrace_flow._errors import (
     Dropped,
+    DropReason,
+    ErrorEvent,
     FlowClosed,
     ScaleEvent,
     TransformerError,
 )
-from headrace_flow._queues import Channel, QueueFactory
-from headrace_flow._scaling import FixedScaling, UtilizationScaling, _LegacyAdapter, bounds
-from headrace_flow._stage_run import (
-    Aborted,
-    Handler,
-    StageRun,
-    note,
-    user_cancelled,
-)
-from headrace_flow._stages import BATCHED, CM, GEN, MAP, ROUTER
+from headrace_flow._plan import Kind, Plan
+from headrace_flow._queues import fifo_queue
+from headrace_flow._source import Items, Source
+from headrace_flow._state import Aborted, Handler, StageRun, Tally, note, user_cancelled
 from headrace_flow._stats import FlowStats
+from headrace_flow._worker import Worker
+
+#: What listeners receive.
+Event = ErrorEvent | ScaleEvent
 
 
 class Run:
@@ -36,139 +35,86 @@ class Run:
 
     def __init__(
         self,
-        plan: list[dict[str, Any]],
+        plan: Plan,
         *,
         handler: Handler | None,
-        listeners: Listeners[Any],
+        listeners: Listeners[Event],
         output: bool,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.plan = plan
         self.handler = handler
         self.listeners = listeners
-        self.accepted = 0
-        self.completed = 0
-        self.failed = 0
-        self.filtered = 0
-        self.discarded = 0
-        self.extra = 0  # fan-out adds, batching removes item units
+        self.tally = Tally()
         self.error: BaseException | None = None
         self.stopped = False
         self.ended = False
         self.draining = False
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.source_task: asyncio.Task[None] | None = None
-        self.source_pulling = False
-        self.source_cancel = False
-        self.source_cut = False
-        self.source_done = False
-        self.push_complete = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.source: Source | None = None
+        self.source_done = False  # the source (or push handle) will put no more items
         self.finished = asyncio.Event()
         self.done: asyncio.Future[None] = self.loop.create_future()
-        self.stages: list[StageRun] = []
-        self._build(plan, output)
+        self.output = Channel(self.loop, fifo_queue, 1) if output else None
+        self.stages = self._build(plan)
 
     # -- construction ------------------------------------------------------------------
-    def _build(self, plan: list[dict[str, Any]], output: bool) -> None:
+    def _build(self, plan: Plan) -> list[StageRun]:
         loop = self.loop
-        stages = self.stages
-        for i, spec in enumerate(plan):
-            st = StageRun(i, spec["name"], spec["kind"])
-            st.options = spec["options"]
-            strategy = spec["scaling"]
-            st.strategy = strategy
-            if st.kind == BATCHED:
-                strategy = st.strategy = FixedScaling(1)
-                st.batch_size = spec["size"]
-                st.max_wait = spec["max_wait"]
-            st.low, st.high = bounds(strategy)
-            st.dynamic = not isinstance(strategy, FixedScaling)
-            if isinstance(strategy, UtilizationScaling):
-                st.tick = strategy.tick_period
-                st.sampling_events = strategy.sampling_events
-            elif st.dynamic:
-                period = getattr(strategy, "sampling_period", None)
-                st.tick = float(period) if isinstance(period, int | float) and period > 0 else 1.0
-            st.ordered = bool(spec["ordered"])
-            target = spec["target"]
-            if st.kind == CM:
-                st.factory = target
-            elif st.kind == ROUTER:
-                st.call = make_call(st, target)
-            elif st.kind in (MAP, GEN):
-                st.call = make_call(st, target) if st.kind == MAP else target
-            st.input = Channel(loop, spec["queue"], spec["queue_size"], 0)
-            st.input.sequenced = st.ordered and st.kind in (MAP, CM)
-            stages.append(st)
-        producers = [0] * len(plan)
-        if plan:
-            producers[0] = 1
-        self.output: Channel | None = None
-        if output:
-            self.output = Channel(loop, _fifo(), 1, 0)
-        tails = 0
-        for st, spec in zip(stages, plan, strict=True):
-            if st.kind == ROUTER:
-                for label, j in spec["arms"].items():
-                    st.arm_targets[label] = stages[j]
-                    producers[j] += 1
-                if spec["default"] is not None:
-                    st.default_target = stages[spec["default"]]
-                    producers[spec["default"]] += 1
-                continue
-            nxt = spec["next"]
-            if nxt is not None:
-                st.out_stage = stages[nxt]
-                st.out = stages[nxt].input
-                producers[nxt] += 1
-            elif self.output is not None:
+        stages: list[StageRun] = []
+        for spec in plan.stages:
+            kind = spec.kind
+            call = None
+            if kind is Kind.MAP or kind is Kind.ROUTER:
+                call = make_call(spec.name, spec.calls, spec.target)
+            inbox = Channel(loop, spec.queue, spec.queue_size, numbered=spec.numbered)
+            stages.append(StageRun(spec, inbox, Scaler(spec.scaling), call))
+        for st in stages:
+            spec = st.plan
+            if spec.kind is Kind.ROUTER:
+                st.routes = {label: stages[j] for label, j in spec.arms.items()}
+                st.default = None if spec.default is None else stages[spec.default]
+            elif spec.next is not None:
+                st.out_stage = stages[spec.next]
+                st.out = st.out_stage.input
+            else:
                 st.out = self.output
-                tails += 1
-        for st, n in zip(stages, producers, strict=True):
-            st.input.producers = n
-            st.input.closed = n == 0
+        for st, producers in zip(stages, plan.producers(), strict=True):
+            st.input.set_producers(producers)
         if self.output is not None:
-            self.output.producers = tails
-            self.output.closed = tails == 0
-        # ancestors (for Last): every stage that can reach this one
-        parents: dict[int, list[int]] = {i: [] for i in range(len(stages))}
-        for st in stages:
-            for child in (st.out_stage, st.default_target, *st.arm_targets.values()):
-                if child is not None:
-                    parents[child.index].append(st.index)
-        for st in stages:
-            seen: set[int] = set()
-            todo = list(parents[st.index])
-            while todo:
-                j = todo.pop()
-                if j not in seen:
-                    seen.add(j)
-                    todo.extend(parents[j])
-            st.ancestors = [stages[j] for j in sorted(seen)]
+            self.output.set_producers(len(plan.tails()))
+        return stages
 
     # -- starting ------------------------------------------------------------------------
-    def start(self, source: Any, *, push: bool = False) -> None:
+    def start(self, items: Items, *, push: bool = False) -> None:
+        """Start every stage's workers, then (unless fed by hand) the source task.
+
+        Raises:
+            Exception: what a strategy's ``initial_workers()`` raised (in the caller's task).
+        """
         for st in self.stages:
-            initial = worker_delta(st.strategy.initial_workers(), st.strategy, "initial_workers")
-            st.target = min(max(initial, st.low), st.high)
-            for _ in range(st.target):
+            scaler = st.scaler
+            scaler.target = scaler.initial()
+            for _ in range(scaler.target):
                 self._spawn(st)
-            if st.dynamic:
-                st.tick_handle = self.loop.call_later(st.tick, self._on_tick, st)
+            if scaler.dynamic:
+                scaler.tick_handle = self.loop.call_later(scaler.tick, self._on_tick, st)
         if not self.stages:
             self._end()
             return
         if not push:
-            task = self.loop.create_task(_source.pull_source(self, source))
-            self.source_task = task
+            source = self.source = Source(self, self.stages[0])
+            task = source.start(items)
             self.tasks.add(task)
             task.add_done_callback(self._source_ended)
         self._check_all_finished()
 
     def _spawn(self, st: StageRun) -> None:
-        st.workers += 1
-        if st.workers > st.peak:
-            st.peak = st.workers
-        task = self.loop.create_task(_workers.worker(self, st))
+        live = st.live
+        live.workers += 1
+        if live.workers > live.peak:
+            live.peak = live.workers
+        task = self.loop.create_task(Worker(self, st).run())
         self.tasks.add(task)
         st.tasks.add(task)
         task.add_done_callback(functools.partial(self._worker_ended, st))
@@ -179,7 +125,7 @@ class Run:
             # cancelled before it ever ran (a stop, or a Last, right after it started):
             # its own exit never ran, count it out here
             st.tasks.discard(task)
-            self._worker_exit(st)
+            self.worker_exit(st)
 
     def _source_ended(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -191,9 +137,7 @@ class Run:
             return
         self.ended = True
         for st in self.stages:
-            if st.tick_handle is not None:
-                st.tick_handle.cancel()
-                st.tick_handle = None
+            st.scaler.stop_ticking()
         if self.output is not None:
             self.output.close()
         if self.stages:
@@ -244,9 +188,10 @@ class Run:
             except asyncio.CancelledError:
                 cancelled = True
         for st in self.stages:
-            st.busy = 0  # a worker that ended by an error or a cancel was busy
-        self.discarded = max(
-            0, self.accepted + self.extra - self.completed - self.failed - self.filtered
+            st.live.busy = 0  # a worker that ended by an error or a cancel was busy
+        tally = self.tally
+        tally.discarded = max(
+            0, tally.accepted + tally.extra - tally.completed - tally.failed - tally.filtered
         )
         self.finished.set()
         if cancelled:
@@ -258,21 +203,26 @@ class Run:
 
     # -- stats ---------------------------------------------------------------------------
     def stats(self) -> FlowStats:
+        """The run's stats now (final once it has finished)."""
         now = self.loop.time()
-        discarded = self.discarded
+        tally = self.tally
         return FlowStats(
             stages=MappingProxyType({st.name: st.snapshot(now) for st in self.stages}),
-            accepted=self.accepted,
-            completed=self.completed,
-            failed=self.failed,
-            filtered=self.filtered,
-            discarded=discarded,
+            accepted=tally.accepted,
+            completed=tally.completed,
+            failed=tally.failed,
+            filtered=tally.filtered,
+            discarded=tally.discarded,
             running=not self.finished.is_set(),
         )
 
     # -- events --------------------------------------------------------------------------
-    async def report(self, event: Any) -> None:
-        """Give ``event`` to listeners and the handler; abort when there is no handler."""
+    async def report(self, event: ErrorEvent) -> None:
+        """Give ``event`` to listeners and the handler; abort when there is no handler.
+
+        Raises:
+            Aborted: the event ended the run (no handler, or the handler raised).
+        """
         if self.listeners:
             try:
                 self.listeners.emit(event)
@@ -303,22 +253,25 @@ class Run:
             self.abort(exc)
             raise Aborted from None
 
-    async def failed_item(self, st: StageRun, item: Any, exc: BaseException) -> None:
-        st.errors += 1
-        st.last_error = self.loop.time()
-        self.failed += 1
-        await self.report(TransformerError(item, exc, st.name, self.loop.time()))
+    async def failed_item(self, st: StageRun, item: object, exc: BaseException) -> None:
+        """Count ``item`` as failed at ``st`` and report it."""
+        now = self.loop.time()
+        st.live.errors += 1
+        st.live.last_error = now
+        self.tally.failed += 1
+        await self.report(TransformerError(item, exc, st.name, now))
 
     # -- scaling -------------------------------------------------------------------------
     def _on_tick(self, st: StageRun) -> None:
-        st.tick_handle = None
+        scaler = st.scaler
+        scaler.tick_handle = None
         if self.ended or st.finished:
             return
         try:
             self.scale(st, tick=True, enqueue=False)
         except Aborted:  # the strategy failed: the run has ended with its error
             return
-        st.tick_handle = self.loop.call_later(st.tick, self._on_tick, st)
+        scaler.tick_handle = self.loop.call_later(scaler.tick, self._on_tick, st)
 
     def scale(self, st: StageRun, *, tick: bool, enqueue: bool) -> None:
         """Evaluate the strategy of a dynamic stage and apply its decision.
@@ -330,55 +283,42 @@ class Run:
         if self.ended or st.cut:
             return
         now = self.loop.time()
-        if st.workers == 0:
+        scaler = st.scaler
+        live = st.live
+        if live.workers == 0:
             # work waits and nobody takes it: one worker at once, whatever the strategy
             # or its cooldown says (so min_workers=0 works)
-            if st.input.size > 0 or st.input.finals:
-                self._resize(st, max(st.target, 1), now)
+            if st.input.pending():
+                self._resize(st, max(scaler.target, 1), now)
             return
-        if not tick and st.sampling_events is not None:
-            st.events += 1
-            if st.events < st.sampling_events:
-                return
-            st.events = 0
-        strategy = st.strategy
-        if isinstance(strategy, UtilizationScaling):
-            last = st.last_scale_up
-            down = st.last_scale_down
-            if last is None or (down is not None and down > last):
-                last = down
-            delta = strategy.evaluate(st.workers, st.busy, st.input.size, last, now)
-        else:
-            try:
-                if isinstance(strategy, _LegacyAdapter):
-                    if tick:
-                        return
-                    delta = strategy.legacy(st.snapshot(now), enqueue)
-                else:
-                    delta = strategy.decide(st.snapshot(now), now, tick)
-                if delta.__class__ is not int:
-                    delta = worker_delta(delta, strategy, "decide")
-            except BaseException as exc:  # the user's strategy: its error ends the run
-                note(exc, f"raised by the scaling strategy of flow stage {st.name!r}")
-                self.abort(exc)
-                raise Aborted from None
+        try:
+            delta = scaler.decide(
+                live.workers,
+                live.busy,
+                st.input.size,
+                st.snapshot,
+                now,
+                tick=tick,
+                enqueue=enqueue,
+            )
+        except BaseException as exc:  # the user's strategy: its error ends the run
+            note(exc, f"raised by the scaling strategy of flow stage {st.name!r}")
+            self.abort(exc)
+            raise Aborted from None
         if delta:
-            self._resize(st, st.target + delta, now)
+            self._resize(st, scaler.target + delta, now)
 
     def _resize(self, st: StageRun, wanted: int, now: float) -> None:
-        wanted = min(max(wanted, st.low), st.high)
-        before = st.target
-        st.target = wanted
-        if wanted > before:
-            st.last_scale_up = now
-        elif wanted < before:
-            st.last_scale_down = now
-            excess = st.workers - wanted
+        scaler = st.scaler
+        before = scaler.moved(wanted, now)
+        wanted = scaler.target
+        if wanted < before:
+            excess = st.live.workers - wanted
             while excess > 0 and st.input.retire_one():
                 excess -= 1
         # also when the target is unchanged: workers that left (retired just before the
         # target went up again) are replaced
-        while st.workers < wanted:
+        while st.live.workers < wanted:
             self._spawn(st)
         if wanted != before and self.listeners:
             try:
@@ -387,30 +327,32 @@ class Run:
                 self.abort(exc)
 
     # -- stage completion ----------------------------------------------------------------
-    def _worker_exit(self, st: StageRun) -> None:
-        st.workers -= 1
+    def worker_exit(self, st: StageRun) -> None:
+        """A worker of ``st`` has left: replace it, or finish the stage."""
+        st.live.workers -= 1
         waiter = st.final_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if not self.ended and not st.cut:
             ch = st.input
-            pending = ch.size or ch.finals
-            if st.workers < st.target and (pending or not ch.closed):
+            pending = ch.pending()
+            if st.live.workers < st.scaler.target and (pending or not ch.closed):
                 # it left for a retirement the target no longer wants (the target went
                 # up again meanwhile): replace it
                 self._spawn(st)
                 return
-            if not st.workers and pending:
+            if not st.live.workers and pending:
                 # the last worker left (scaled to zero) while work waits: one at once
-                self._resize(st, max(st.target, 1), self.loop.time())
+                self._resize(st, max(st.scaler.target, 1), self.loop.time())
                 return
-        self._maybe_finish(st)
+        self.maybe_finish(st)
 
-    def _maybe_finish(self, st: StageRun) -> None:
+    def maybe_finish(self, st: StageRun) -> None:
+        """Finish ``st`` (close its outputs) once its input is closed and no worker is left."""
         ch = st.input
-        if st.finished or st.workers or not ch.closed:
+        if st.finished or st.live.workers or not ch.closed:
             return
-        if ch.size or ch.finals:
+        if ch.pending():
             if st.cut:
                 # items given back by workers cancelled by a Last: discarded (counted)
                 try:
@@ -420,20 +362,18 @@ class Run:
                     return
             elif not self.ended:
                 # work waits and no worker is left (scaled to zero): start one
-                self._resize(st, max(st.target, 1), self.loop.time())
+                self._resize(st, max(st.scaler.target, 1), self.loop.time())
                 return
             else:
                 return
         st.finished = True
-        if st.tick_handle is not None:
-            st.tick_handle.cancel()
-            st.tick_handle = None
-        if st.kind == ROUTER:
-            for child in {*st.arm_targets.values(), st.default_target}:
+        st.scaler.stop_ticking()
+        if st.plan.kind is Kind.ROUTER:
+            for child in {*st.routes.values(), st.default}:
                 if child is not None and child.input.close_one():
-                    self._maybe_finish(child)
+                    self.maybe_finish(child)
         elif st.out is not None and st.out.close_one() and st.out_stage is not None:
-            self._maybe_finish(st.out_stage)
+            self.maybe_finish(st.out_stage)
         self._check_all_finished()
 
     def _check_all_finished(self) -> None:
@@ -453,47 +393,63 @@ class Run:
         self.source_done = True
         first = self.stages[0]
         if first.input.close_one():
-            self._maybe_finish(first)
+            self.maybe_finish(first)
         self._check_all_finished()
-
-    # -- enqueue -------------------------------------------------------------------------
-    async def put(self, st: StageRun, ch: Channel, item: Any) -> None:
-        if not ch.try_put(item):
-            await ch.put(item)
-        if st.dynamic:
-            self.scale(st, tick=False, enqueue=True)
 
     def drain(self) -> None:
         """Stop pulling from the source; finish everything already accepted."""
         if self.ended or self.draining:
             return
         self.draining = True
-        task = self.source_task
-        if task is not None and not task.done():
-            if self.source_pulling:
-                self.source_cancel = True
-                task.cancel()
-        elif task is None:
+        if self.source is None:
             self.close_source()
+        else:
+            self.source.stop_pulling()
 
+    # -- Last ------------------------------------------------------------------------------
+    async def last(self, st: StageRun, value: object) -> None:
+        """End the stream at ``st``: ``value`` becomes the last item every sink receives.
 
-def _fifo() -> QueueFactory:
-    from headrace_flow._queues import fifo_queue
+        Every stage that is not downstream of ``st`` is cut: its queue is discarded
+        (``Dropped`` events), its workers are cancelled (``st``'s own busy workers finish
+        their current item), and the source stops. ``value`` is handed on as the final item
+        of ``st``'s output, which the next stage receives only after everything else, and so
+        on down to the sinks: whatever the topology (router arms, sub-flows, several
+        workers), nothing reaches a sink after it.
+        """
+        if st.cut:
+            # a sibling worker of this stage returned Last first: this value is final too
+            self._pass_final(st, value)
+            return
+        current = asyncio.current_task()
+        below = self.plan.below(st.plan.index)
+        cut = [other for other in self.stages if other.plan.index not in below]
+        dropped: list[tuple[str, object]] = []
+        for other in cut:
+            other.cut = True
+            if other.order is not None:
+                other.order.wake()  # ordered workers waiting for room see the cut
+            dropped.extend((other.name, item) for item in other.input.drain_items())
+            other.input.close()
+        # everything below is synchronous up to the reports: a concurrent Last elsewhere
+        # sees this one complete (its stage cut, its workers cancelled)
+        self._pass_final(st, value)
+        self.draining = True
+        if self.source is not None:
+            self.source.cut_off()
+        for other in cut:
+            if other is not st:
+                for task in list(other.tasks):
+                    if task is not current:
+                        task.cancel()
+                # a stage with no worker left (scaled to zero) finishes now
+                self.maybe_finish(other)
+        for name, item in dropped:
+            await self.report(Dropped(item, name, DropReason.UPSTREAM_TERMINATED, self.loop.time()))
 
-    return fifo_queue
-
-
-def worker_delta(value: Any, strategy: Any, method: str) -> int:
-    """Return a strategy's worker count or delta as an int, or raise a clear error.
-
-    Raises:
-        TypeError: for anything but an int or a finite float (``None``, NaN, a string).
-    """
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    raise TypeError(
-        f"scaling strategy {safe_repr(strategy)}: {method}() returned {safe_repr(value)}; "
-        "it must return an int"
-    )
+    def _pass_final(self, st: StageRun, value: object) -> None:
+        out = st.out
+        if out is None:
+            self.tally.completed += 1
+        else:
+            out.add_final(value)

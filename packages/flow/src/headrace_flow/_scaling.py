@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, final, runtime_checkable
+from typing import Any, Protocol, cast, final, runtime_checkable
 
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_int, check_number, check_optional_number
@@ -266,22 +266,24 @@ def _latest(a: float | None, b: float | None) -> float | None:
     return max(a, b)
 
 
-class _LegacyAdapter:
+class LegacyAdapter:
     """Runs a flowrhythm-style strategy (``initial_workers``, ``on_enqueue``, ``on_dequeue``)."""
 
     __slots__ = ("_inner", "max_workers", "min_workers")
 
     def __init__(self, inner: Any) -> None:
-        self._inner = inner
+        self._inner = inner  # the user's strategy: whatever its methods return is checked
         self.min_workers, self.max_workers = bounds(inner)
 
-    def initial_workers(self) -> Any:
-        return self._inner.initial_workers()
+    def initial_workers(self) -> int:
+        count: int = self._inner.initial_workers()  # the runtime checks it is an int
+        return count
 
     def decide(self, stats: StageStats, now: float, tick: bool) -> int:
         return 0
 
-    def legacy(self, stats: StageStats, enqueue: bool) -> Any:
+    def legacy(self, stats: StageStats, enqueue: bool) -> object:
+        """Return what the strategy's ``on_enqueue`` / ``on_dequeue`` returns for ``stats``."""
         snapshot = StageSnapshot(
             stage_name=stats.name,
             busy_workers=stats.busy_workers,
@@ -295,13 +297,14 @@ class _LegacyAdapter:
             last_error_at=stats.last_error_at,
         )
         method = self._inner.on_enqueue if enqueue else self._inner.on_dequeue
-        return method(snapshot)  # the runtime checks it is an int
+        result: object = method(snapshot)  # the runtime checks it is an int
+        return result
 
     def __repr__(self) -> str:
         return repr(self._inner)
 
 
-def as_strategy(value: Any, argument: str = "scaling") -> Any:
+def as_strategy(value: object, argument: str = "scaling") -> ScalingStrategy:
     """Validate a strategy: return it, or an adapter for a flowrhythm-style one.
 
     Raises:
@@ -312,11 +315,12 @@ def as_strategy(value: Any, argument: str = "scaling") -> Any:
     if callable(getattr(value, "decide", None)) and callable(
         getattr(value, "initial_workers", None)
     ):
-        return value
+        # duck-typed: bounds() reads min_workers / max_workers with defaults
+        return cast("ScalingStrategy", value)
     if callable(getattr(value, "initial_workers", None)) and callable(
         getattr(value, "on_enqueue", None)
     ):
-        return _LegacyAdapter(value)
+        return LegacyAdapter(value)
     raise ConfigurationError.argument_error(
         argument, value, "must be a ScalingStrategy (initial_workers() and decide())"
     )
@@ -326,7 +330,7 @@ def as_strategy(value: Any, argument: str = "scaling") -> Any:
 DEFAULT_MAX_WORKERS = 1024
 
 
-def bounds(strategy: Any) -> tuple[int, int]:
+def bounds(strategy: object) -> tuple[int, int]:
     """Return (min, max) of a strategy.
 
     A strategy that declares no ``min_workers`` (or not an int >= 0) gets 0; one that

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar, final
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from typing import Any, Generic, TypeAlias, TypeVar, final, overload
 
 from headrace_core import ConfigurationError
-from headrace_core.backoff import exponential
+from headrace_core.backoff import Backoff
 from headrace_core.lowlevel import (
     check_int,
     check_name,
@@ -18,55 +20,45 @@ from headrace_core.lowlevel import (
     check_optional_number,
     is_async_callable,
 )
+from headrace_flow._markers import Drop, Last
+from headrace_flow._plan import (
+    NO_SETTINGS,
+    PLAIN_CALLS,
+    Batching,
+    CallOptions,
+    Graph,
+    Kind,
+    Settings,
+    Target,
+)
 from headrace_flow._queues import QueueFactory
-from headrace_flow._scaling import FixedScaling, as_strategy
+from headrace_flow._scaling import FixedScaling, ScalingStrategy, as_strategy
 
-__all__ = ["Stage", "batched", "router", "stage", "sync_stage"]
+__all__ = ["Composite", "Stage", "StageLike", "batched", "router", "stage", "sync_stage"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+A = TypeVar("A")
+B = TypeVar("B")
 T = TypeVar("T")
 R = TypeVar("R")
 
-# kinds of a stage target
-MAP = "map"  # async def f(x) -> y
-GEN = "gen"  # async def f(x): yield ...
-CM = "cm"  # () -> async context manager yielding the item function
-BATCHED = "batched"
-ROUTER = "router"
-FLOW = "flow"  # a sub-flow (inlined)
+
+class Composite(abc.ABC, Generic[In, Out]):
+    """A stage target made of stages (a ``Flow``): inlined where it is used.
+
+    Its stages keep their own settings (its defaults and ``configure()`` calls) under
+    the settings of the flow it is part of; their names are dotted (``sub.parse``).
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def _graph(self) -> Graph:
+        """Return its compiled stages, its own defaults and ``configure()`` baked in."""
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """Per-stage settings given inline; ``None`` means "not set here"."""
-
-    scaling: Any = None
-    queue_size: int | None = None
-    queue: QueueFactory | None = None
-    ordered: bool | None = None
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    timeout: float | None = None
-    initial_delay: float = 0.0
-    backoff_factor: float = 2.0
-    max_delay: float = float("inf")
-    jitter: float = 0.0
-    backoff: Any = None
-
-    def schedule(self) -> Any:
-        """The retry delays' schedule (core backoff)."""
-        if self.backoff is not None:
-            return self.backoff
-        return exponential(
-            base=self.initial_delay,
-            factor=self.backoff_factor,
-            max=max(self.max_delay, self.initial_delay),
-            jitter=self.jitter,
-        )
-
-
-def is_async_gen_callable(target: Any) -> bool:
+def is_async_gen_callable(target: object) -> bool:
     """Whether calling ``target`` returns an async generator."""
     if inspect.isasyncgenfunction(target):
         return True
@@ -76,7 +68,7 @@ def is_async_gen_callable(target: Any) -> bool:
     return call is not None and not inspect.isfunction(target) and inspect.isasyncgenfunction(call)
 
 
-def _callable_without_args(target: Any) -> bool:
+def _callable_without_args(target: Callable[..., object]) -> bool:
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
@@ -88,23 +80,21 @@ def _callable_without_args(target: Any) -> bool:
     return True
 
 
-def classify(target: Any, where: str = "stage") -> str:
+def classify(target: object, where: str = "stage") -> Kind:
     """Return the kind of a stage target, or raise ``TypeError``.
 
     Raises:
         TypeError: for a sync callable taking an item, or a non-callable.
     """
-    from headrace_flow._flow import Flow  # cycle: a sub-flow is a stage target
-
-    if isinstance(target, Flow):
-        return FLOW
+    if isinstance(target, Composite):
+        return Kind.FLOW
     if is_async_gen_callable(target):
-        return GEN
+        return Kind.GEN
     if is_async_callable(target):
-        return MAP
+        return Kind.MAP
     if callable(target):
         if _callable_without_args(target):
-            return CM
+            return Kind.CM
         name = getattr(target, "__name__", repr(target))
         raise TypeError(
             f"{where} {name!r} is a sync callable; wrap it with sync_stage() (runs it in a "
@@ -115,7 +105,7 @@ def classify(target: Any, where: str = "stage") -> str:
     )
 
 
-def _name_of(target: Any) -> str:
+def _name_of(target: object) -> str:
     name = getattr(target, "__name__", None)
     if isinstance(name, str) and name and name != "<lambda>":
         return name
@@ -131,34 +121,37 @@ class Stage(Generic[In, Out]):
     """A stage of a flow: a target plus its settings. Build it with :func:`stage`.
 
     Attributes:
-        target: the item function, context manager factory, sub-flow or router.
+        target: the item function, context manager factory, sub-flow or router classifier.
         name: the explicit name, or ``None`` for the target's ``__name__``.
         kind: what the target is (``"map"``, ``"gen"``, ``"cm"``, ``"batched"``,
-            ``"router"``, ``"flow"``).
+            ``"router"``, ``"flow"``; a ``str`` enum).
+        options: the settings given here (``scaling``, ``queue``, ``queue_size``,
+            ``ordered``; ``None`` where not set).
+        calls: the per-item deadline and retries.
     """
 
-    __slots__ = ("arms", "default", "kind", "max_wait", "name", "options", "size", "target")
+    __slots__ = ("arms", "batching", "calls", "default", "kind", "name", "options", "target")
 
     def __init__(
         self,
-        target: Any,
+        target: Target,
         *,
-        kind: str,
+        kind: Kind,
         name: str | None = None,
-        options: Options | None = None,
-        arms: dict[str, Any] | None = None,
-        default: Any = None,
-        size: int = 0,
-        max_wait: float | None = None,
+        options: Settings = NO_SETTINGS,
+        calls: CallOptions = PLAIN_CALLS,
+        arms: Mapping[str, object] | None = None,
+        default: object = None,
+        batching: Batching | None = None,
     ) -> None:
         self.target = target
         self.kind = kind
         self.name = name
-        self.options = options if options is not None else Options()
-        self.arms = arms
+        self.options = options
+        self.calls = calls
+        self.arms: Mapping[str, object] = {} if arms is None else arms
         self.default = default
-        self.size = size
-        self.max_wait = max_wait
+        self.batching = batching
 
     @property
     def display_name(self) -> str:
@@ -167,34 +160,50 @@ class Stage(Generic[In, Out]):
             return self.name
         return _name_of(self.target)
 
-    def with_options(self, name: str | None, options: Options) -> Stage[In, Out]:
-        """Return a copy with another name and settings."""
+    def _with(self, name: str | None, options: Settings, calls: CallOptions) -> Stage[In, Out]:
         return Stage(
             self.target,
             kind=self.kind,
             name=name if name is not None else self.name,
             options=options,
+            calls=calls,
             arms=self.arms,
             default=self.default,
-            size=self.size,
-            max_wait=self.max_wait,
+            batching=self.batching,
         )
 
     def __repr__(self) -> str:
         return f"<Stage {self.display_name!r} {self.kind}>"
 
 
+StageLike: TypeAlias = (
+    Stage[A, B]
+    | Composite[A, B]
+    | Callable[[A], Awaitable[B | Drop | Last[B]]]
+    | Callable[[A], AsyncIterator[B]]
+    | Callable[[], AbstractAsyncContextManager[Callable[[A], Awaitable[B | Drop | Last[B]]]]]
+    | Callable[[], AbstractAsyncContextManager[Callable[[A], AsyncIterator[B]]]]
+)
+"""What :func:`flow` and :func:`stage` accept as a stage from ``A`` to ``B``."""
+
+
 def _check_retry_on(value: object) -> tuple[type[BaseException], ...]:
     items = value if isinstance(value, tuple) else (value,)
-    if not items or not all(isinstance(x, type) and issubclass(x, BaseException) for x in items):
+    checked: list[type[BaseException]] = []
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            break
+        checked.append(item)
+    if not items or len(checked) != len(items):
         raise ConfigurationError.argument_error(
             "retry_on", value, "must be an exception class or a tuple of them"
         )
-    return tuple(items)
+    return tuple(checked)
 
 
+@overload
 def stage(
-    target: Any,
+    target: StageLike[A, B],
     *,
     name: str | None = None,
     workers: int | None = None,
@@ -209,7 +218,48 @@ def stage(
     backoff_factor: float = 2.0,
     max_delay: float | None = None,
     jitter: float = 0.0,
-    backoff: Any = None,
+    backoff: Backoff | None = None,
+) -> Stage[A, B]: ...
+
+
+@overload
+def stage(
+    target: object,
+    *,
+    name: str | None = None,
+    workers: int | None = None,
+    scaling: Any = None,
+    queue_size: int | None = None,
+    queue: QueueFactory | None = None,
+    ordered: bool = False,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    timeout: float | None = None,
+    initial_delay: float = 0.0,
+    backoff_factor: float = 2.0,
+    max_delay: float | None = None,
+    jitter: float = 0.0,
+    backoff: Backoff | None = None,
+) -> Stage[Any, Any]: ...  # (not a stage form: raises TypeError)
+
+
+def stage(
+    target: object,
+    *,
+    name: str | None = None,
+    workers: int | None = None,
+    scaling: Any = None,
+    queue_size: int | None = None,
+    queue: QueueFactory | None = None,
+    ordered: bool = False,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    timeout: float | None = None,
+    initial_delay: float = 0.0,
+    backoff_factor: float = 2.0,
+    max_delay: float | None = None,
+    jitter: float = 0.0,
+    backoff: Backoff | None = None,
 ) -> Stage[Any, Any]:
     """Wrap a stage target with a name and settings.
 
@@ -223,7 +273,8 @@ def stage(
         scaling: a scaling strategy; exclusive with ``workers``.
         queue_size: the input queue's bound (``0`` = unbounded).
         queue: the input queue's factory (``fifo_queue``, ``lifo_queue``, ``priority_queue``).
-        ordered: release outputs in input order while still running every worker.
+        ordered: release outputs in input order while still running every worker (for a
+            fan-out stage, each item's outputs are released together).
         retries: extra attempts after the first failed one.
         retry_on: the exceptions that are retried.
         timeout: a per-item deadline in seconds (loop clock); expiry raises
@@ -235,7 +286,7 @@ def stage(
         backoff: a ``headrace_core.backoff`` schedule, instead of the four above.
 
     Returns:
-        A :class:`Stage` to pass to :func:`flow`.
+        A :class:`Stage` to pass to :func:`flow`, typed from ``target`` to its outputs.
 
     Raises:
         ConfigurationError: for a bad setting (naming it), or ``workers`` with ``scaling``.
@@ -246,7 +297,7 @@ def stage(
         raise ConfigurationError.argument_error(
             "workers", workers, "workers= and scaling= are exclusive"
         )
-    strategy = None
+    strategy: ScalingStrategy | None = None
     if workers is not None:
         strategy = FixedScaling(check_int("workers", workers, ge=1))
     elif scaling is not None:
@@ -267,11 +318,10 @@ def stage(
     check_number("jitter", jitter, ge=0, le=1)
     if backoff is not None and not callable(getattr(backoff, "delays", None)):
         raise ConfigurationError.argument_error("backoff", backoff, "must be a backoff schedule")
-    options = Options(
-        scaling=strategy,
-        queue_size=queue_size,
-        queue=queue,
-        ordered=ordered or None,
+    options = Settings(
+        scaling=strategy, queue=queue, queue_size=queue_size, ordered=ordered or None
+    )
+    calls = CallOptions(
         retries=retries,
         retry_on=retry_types,
         timeout=None if timeout is None else float(timeout),
@@ -282,48 +332,59 @@ def stage(
         backoff=backoff,
     )
     if isinstance(target, Stage):
-        return target.with_options(name, _nest(target.options, options))
-    kind = classify(target)
-    return Stage(target, kind=kind, name=name, options=options)
+        return target._with(name, options.over(target.options), _nest(target.calls, calls))
+    return Stage(target, kind=classify(target), name=name, options=options, calls=calls)
 
 
-_UNSET = Options()
-_SCHEDULE_FIELDS = ("initial_delay", "backoff_factor", "max_delay", "jitter")
-
-
-def _nest(inner: Options, outer: Options) -> Options:
-    """Merge the options of ``stage(stage(f, ...), ...)``.
+def _nest(inner: CallOptions, outer: CallOptions) -> CallOptions:
+    """Merge the call options of ``stage(stage(f, ...), ...)``.
 
     The outer call overrides only what it sets (a value other than the default);
     everything else the inner one set is kept (retries, ``retry_on``, timeout and backoff
-    included).
+    included). Delays the outer call describes replace an inner schedule.
     """
-    changes: dict[str, Any] = {}
-    for key in ("scaling", "queue_size", "queue", "ordered", "timeout"):
-        value = getattr(outer, key)
-        if value is not None:  # (user objects: never compared, never called)
-            changes[key] = value
-    if outer.retries != _UNSET.retries:
-        changes["retries"] = outer.retries
-    if outer.retry_on != _UNSET.retry_on:
-        changes["retry_on"] = outer.retry_on
-    if outer.backoff is not None:
-        changes["backoff"] = outer.backoff
+    plain = PLAIN_CALLS
+    if outer.backoff is not None:  # (user objects: never compared, never called)
+        delays = replace(inner, backoff=outer.backoff)
+    elif (
+        outer.initial_delay,
+        outer.backoff_factor,
+        outer.max_delay,
+        outer.jitter,
+    ) != (plain.initial_delay, plain.backoff_factor, plain.max_delay, plain.jitter):
+        # the outer call describes its own delays: they replace an inner schedule
+        delays = replace(
+            inner,
+            initial_delay=_given(outer.initial_delay, plain.initial_delay, inner.initial_delay),
+            backoff_factor=_given(outer.backoff_factor, plain.backoff_factor, inner.backoff_factor),
+            max_delay=_given(outer.max_delay, plain.max_delay, inner.max_delay),
+            jitter=_given(outer.jitter, plain.jitter, inner.jitter),
+            backoff=None,
+        )
     else:
-        own = {key: getattr(outer, key) for key in _SCHEDULE_FIELDS}
-        own = {key: value for key, value in own.items() if value != getattr(_UNSET, key)}
-        if own:
-            # the outer call describes its own delays: they replace an inner schedule
-            changes.update(own)
-            changes["backoff"] = None
-    return replace(inner, **changes)
+        delays = inner
+    return replace(
+        delays,
+        timeout=inner.timeout if outer.timeout is None else outer.timeout,
+        retries=_given(outer.retries, plain.retries, inner.retries),
+        retry_on=_given(outer.retry_on, plain.retry_on, inner.retry_on),
+    )
 
 
-def batched(size: int, *, max_wait: float | None = None, name: str = "batched") -> Stage[Any, Any]:
+def _given(outer: T, unset: T, inner: T) -> T:
+    """``outer`` if the outer call set it (not the default), else ``inner``."""
+    return inner if outer == unset else outer
+
+
+def batched(
+    size: int, *, max_wait: float | None = None, name: str = "batched"
+) -> Stage[Any, list[Any]]:
     """A stage that groups items into lists of ``size`` (one worker).
 
     A batch is emitted when it is full, when ``max_wait`` seconds (loop clock) have
     passed since its **first** item arrived, and, partial, at the end of the stream.
+    Its items are of the type the stage before it emits (``flow()`` infers the lists'
+    type from the stages around it; annotate ``Stage[T, list[T]]`` to pin it).
 
     Args:
         size: items per batch, ``>= 1``.
@@ -341,22 +402,21 @@ def batched(size: int, *, max_wait: float | None = None, name: str = "batched") 
     check_name(name)
     return Stage(
         None,
-        kind=BATCHED,
+        kind=Kind.BATCHED,
         name=name,
-        options=Options(scaling=FixedScaling(1)),
-        size=size,
-        max_wait=None if max_wait is None else float(max_wait),
+        options=Settings(scaling=FixedScaling(1)),
+        batching=Batching(size, None if max_wait is None else float(max_wait)),
     )
 
 
 def router(
-    classifier: Callable[[Any], Awaitable[Any]],
+    classifier: Callable[[A], Awaitable[object]],
     /,
     *,
     default: Any = None,
     name: str | None = None,
     **arms: Any,
-) -> Stage[Any, Any]:
+) -> Stage[A, Any]:
     """Route each item to one arm by the label ``await classifier(item)`` returns.
 
     Arms are stage targets (functions, context manager factories, ``Flow``s); their
@@ -371,7 +431,7 @@ def router(
         **arms: label -> arm.
 
     Returns:
-        A :class:`Stage`.
+        A :class:`Stage` taking the classifier's items.
 
     Raises:
         TypeError: when the classifier is not async or there is no arm.
@@ -387,7 +447,7 @@ def router(
             classify(arm, where=f"router arm {label!r}")
     if default is not None and not isinstance(default, Stage):
         classify(default, where="router default arm")
-    return Stage(classifier, kind=ROUTER, name=name, arms=dict(arms), default=default)
+    return Stage(classifier, kind=Kind.ROUTER, name=name, arms=dict(arms), default=default)
 
 
 def sync_stage(fn: Callable[[T], R]) -> Callable[[T], Awaitable[R]]:
@@ -407,7 +467,7 @@ def sync_stage(fn: Callable[[T], R]) -> Callable[[T], Awaitable[R]]:
     return wrapped
 
 
-def as_stage(target: Any) -> Stage[Any, Any]:
+def as_stage(target: object) -> Stage[object, object]:
     """Return ``target`` as a :class:`Stage` (positional forms of :func:`flow`)."""
     if isinstance(target, Stage):
         return target
