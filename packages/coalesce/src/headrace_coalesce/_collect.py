@@ -62,8 +62,7 @@ if TYPE_CHECKING:
 
 else:
 
-    @types.coroutine
-    def collect(item: Any) -> Generator[list[Any], None, Any]:
+    def collect(item: Any) -> _Collect:
         """Add ``item`` to the current batch and wait for the batch.
 
         Await it exactly once in the body of a ``@batch`` function. Code before it runs in
@@ -79,19 +78,46 @@ else:
 
         Raises:
             RuntimeError: when awaited outside a ``@batch`` body, twice in one call, or in
-                another task than the call's own (the event loop refuses the yielded box).
+                another task than the call's own.
         """
-        # The wrapper that drives the body takes this box; for the leader it stores the
-        # items in box[1] before resuming. Outside a @batch body the task gets the box
-        # instead and throws "Task got bad yield" back here: say what went wrong.
-        box = [COLLECT, item]
-        try:
-            yield box
-        except RuntimeError as exc:
-            if "bad yield" in str(exc):
-                raise RuntimeError(MISPLACED) from None
-            raise
-        return box[1]
+        return _Collect([COLLECT, item])
+
+
+class _Collect:
+    """What ``await collect(item)`` awaits: it yields the box to the wrapper once.
+
+    The wrapper that drives the body takes the box; for the leader it stores the items in
+    ``box[1]`` before resuming, and the await returns them. A parked follower is closed
+    with its body: this iterator has no ``close()``, so that costs nothing here. Outside a
+    ``@batch`` body the task gets the box instead and throws "bad yield" back: ``throw``
+    says what went wrong.
+    """
+
+    __slots__ = ("box", "yielded")
+
+    def __init__(self, box: list[Any]) -> None:
+        self.box = box
+        self.yielded = False
+
+    def __await__(self) -> _Collect:
+        return self
+
+    def __iter__(self) -> _Collect:
+        return self
+
+    def __next__(self) -> list[Any]:
+        if self.yielded:
+            raise StopIteration(self.box[1])
+        self.yielded = True
+        return self.box
+
+    def send(self, value: object) -> list[Any]:
+        return self.__next__()
+
+    def throw(self, error: BaseException, *_: object) -> list[Any]:
+        if isinstance(error, RuntimeError) and "bad yield" in str(error):
+            raise RuntimeError(MISPLACED) from None
+        raise error
 
 
 class Resume:
