@@ -17,6 +17,7 @@ from headrace_core._errors import CircuitOpenError as CircuitOpenError
 from headrace_core._errors import CircuitState as CircuitState
 from headrace_core._errors import Closed as Closed
 from headrace_core._errors import ConfigurationError as ConfigurationError
+from headrace_core._errors import ConfigurationTypeError as ConfigurationTypeError
 from headrace_core._errors import GuardTimeout as GuardTimeout
 from headrace_core._errors import HeadraceError as HeadraceError
 from headrace_core._errors import RateLimited as RateLimited
@@ -31,6 +32,7 @@ __all__ = [
     "CircuitState",
     "Closed",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "GuardTimeout",
     "HeadraceError",
     "RateLimited",
@@ -45,6 +47,7 @@ for _obj in (
     CircuitState,
     Closed,
     ConfigurationError,
+    ConfigurationTypeError,
     GuardTimeout,
     HeadraceError,
     RateLimited,

@@ -70,6 +70,15 @@ class ConfigurationError(HeadraceError, ValueError):
         )
 
 
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """A :class:`ConfigurationError` that is also a ``TypeError``.
+
+    Raised where a compatible API's original raises ``TypeError`` for the same bad
+    argument (flowrhythm's stage arity and names, for example), so that ``except
+    TypeError`` written for the original and ``except ConfigurationError`` both work.
+    """
+
+
 def safe_repr(value: object, limit: int | None = 200) -> str:
     """Return ``repr(value)`` cut to ``limit`` characters (None: not cut); never raises.
 

@@ -156,16 +156,20 @@ def check_callable(argument: str, value: T) -> T:
     return value
 
 
-def check_name(name: object, argument: str = "name") -> str | None:
+def check_name(
+    name: object, argument: str = "name", *, error: type[ConfigurationError] = ConfigurationError
+) -> str | None:
     """Return ``name`` when it is None or a non-empty ``str``, else raise ``ConfigurationError``.
 
     Args:
         name: the component's name (a key, a label in events and errors).
         argument: the argument's name, for the message.
+        error: the error class (``ConfigurationTypeError`` where a compatible API's
+            original raises ``TypeError``).
 
     Raises:
         ConfigurationError: ``name=value: must be a non-empty str or None``.
     """
     if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigurationError.argument_error(argument, name, "must be a non-empty str or None")
+        raise error.argument_error(argument, name, "must be a non-empty str or None")
     return name

@@ -36,19 +36,22 @@ class Reorder:
 
     Attributes:
         taken: items workers have taken from the input.
+        getting: workers waiting on the input for an item (each will take one).
         released: the number of the next item to release.
         held: finished items waiting for an earlier one, by number: a result, ``HOLE``,
             ``Outputs`` or ``Last``.
         emitting: a worker is releasing.
         waiters: workers waiting for the window to open: with a FIFO input, a worker
-            takes no item while ``taken - released`` reaches the worker target, so the
-            stage holds at most that many items and the flow's backpressure bound holds.
+            takes no item while ``taken + getting - released`` reaches the worker target,
+            so the stage holds at most that many items and the flow's backpressure bound
+            holds.
     """
 
-    __slots__ = ("emitting", "held", "released", "taken", "waiters")
+    __slots__ = ("emitting", "getting", "held", "released", "taken", "waiters")
 
     def __init__(self) -> None:
         self.taken = 0
+        self.getting = 0
         self.released = 0
         self.held: dict[int, object] = {}
         self.emitting = False

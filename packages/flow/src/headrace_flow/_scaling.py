@@ -48,12 +48,20 @@ class FixedScaling:
         workers: the number of workers, ``>= 1``.
 
     Raises:
-        ConfigurationError: when ``workers`` is not an int ``>= 1``.
+        ConfigurationError: when ``workers`` is not an int ``>= 1`` (for a stage that
+            scales down to no worker when idle, use ``UtilizationScaling(min_workers=0)``).
     """
 
     __slots__ = ("workers",)
 
     def __init__(self, workers: int = 1) -> None:
+        if workers == 0 and type(workers) is int:
+            raise ConfigurationError.argument_error(
+                "workers",
+                workers,
+                "must be an int >= 1; for a stage that scales to zero workers when idle, "
+                "use UtilizationScaling(min_workers=0)",
+            )
         self.workers = check_int("workers", workers, ge=1)
 
     @property

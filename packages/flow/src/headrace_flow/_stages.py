@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any, Generic, TypeAlias, TypeVar, final, overload
 
-from headrace_core import ConfigurationError
+from headrace_core import ConfigurationError, ConfigurationTypeError
 from headrace_core.backoff import Backoff
 from headrace_core.lowlevel import (
     check_int,
@@ -19,6 +19,7 @@ from headrace_core.lowlevel import (
     check_number,
     check_optional_number,
     is_async_callable,
+    safe_repr,
 )
 from headrace_flow._markers import Drop, Last
 from headrace_flow._plan import (
@@ -80,6 +81,32 @@ def _callable_without_args(target: Callable[..., object]) -> bool:
     return True
 
 
+def _check_arity(target: object, where: str) -> None:
+    """An async stage function takes one argument, the item (flowrhythm's rule and error)."""
+    if not callable(target):
+        return
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): calling it will tell
+    try:
+        signature.bind(None)
+    except TypeError:
+        count = len(signature.parameters)
+        name = getattr(target, "__name__", None) or safe_repr(target)
+        hint = (
+            " (a context manager factory is a plain callable, not an async one)"
+            if count == 0
+            else ""
+        )
+        raise ConfigurationTypeError(
+            f"{where} {name!r} must take 0 args (a context manager factory) or 1 arg (the "
+            f"item); got {count}{hint}",
+            argument="target",
+            value=target,
+        ) from None
+
+
 def classify(target: object, where: str = "stage") -> Kind:
     """Return the kind of a stage target, or raise ``TypeError``.
 
@@ -89,8 +116,10 @@ def classify(target: object, where: str = "stage") -> Kind:
     if isinstance(target, Composite):
         return Kind.FLOW
     if is_async_gen_callable(target):
+        _check_arity(target, where)
         return Kind.GEN
     if is_async_callable(target):
+        _check_arity(target, where)
         return Kind.MAP
     if callable(target):
         if _callable_without_args(target):
@@ -292,7 +321,7 @@ def stage(
         ConfigurationError: for a bad setting (naming it), or ``workers`` with ``scaling``.
         TypeError: for a sync callable (use :func:`sync_stage`) or a non-callable.
     """
-    name = check_name(name)
+    name = check_name(name, error=ConfigurationTypeError)
     if workers is not None and scaling is not None:
         raise ConfigurationError.argument_error(
             "workers", workers, "workers= and scaling= are exclusive"
@@ -399,7 +428,7 @@ def batched(
     """
     check_int("size", size, ge=1)
     check_optional_number("max_wait", max_wait, gt=0)
-    check_name(name)
+    check_name(name, error=ConfigurationTypeError)
     return Stage(
         None,
         kind=Kind.BATCHED,
@@ -439,7 +468,7 @@ def router(
     """
     if not is_async_callable(classifier):
         raise TypeError("router() classifier must be an async function: async def f(item)")
-    check_name(name)
+    check_name(name, error=ConfigurationTypeError)
     if not arms and default is None:
         raise TypeError("router() needs at least one arm")
     for label, arm in arms.items():

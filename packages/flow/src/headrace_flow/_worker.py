@@ -252,8 +252,11 @@ class Worker:
         while True:
             if live.workers > scaler.target or st.cut:
                 return
-            if window is not None and window.taken - window.released >= max(scaler.target, 1):
-                # the window is full: wait for a release (or the cut)
+            if window is not None and window.taken + window.getting - window.released >= max(
+                scaler.target, 1
+            ):
+                # the window is full (a worker waiting on the input will take an item too):
+                # wait for a release (or the cut)
                 waiter: asyncio.Future[None] = loop.create_future()
                 window.waiters.append(waiter)
                 await waiter
@@ -261,7 +264,14 @@ class Worker:
             if ch.size:
                 entry = ch.take()
             else:
-                got = await next_entry()
+                if window is None:
+                    got = await next_entry()
+                else:
+                    window.getting += 1
+                    try:
+                        got = await next_entry()
+                    finally:
+                        window.getting -= 1
                 if got is EOF or got is RETIRE:
                     break
                 if got.__class__ is Finals:  # (no isinstance: the hot path)

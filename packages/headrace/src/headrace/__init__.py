@@ -23,6 +23,7 @@ from headrace_core import CircuitOpenError as CircuitOpenError
 from headrace_core import CircuitState as CircuitState
 from headrace_core import Closed as Closed
 from headrace_core import ConfigurationError as ConfigurationError
+from headrace_core import ConfigurationTypeError as ConfigurationTypeError
 from headrace_core import GuardTimeout as GuardTimeout
 from headrace_core import HeadraceError as HeadraceError
 from headrace_core import RateLimited as RateLimited
@@ -159,6 +160,7 @@ __all__ = [
     "CoalesceEvent",
     "CoalesceStats",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "Consecutive",
     "CountWindow",
     "CycleError",
