@@ -1380,6 +1380,9 @@ EXCLUDE = {
     "UtilizationScaling.on_dequeue.stats": _STATS,
     "UtilizationScaling.on_enqueue.stats": _STATS,
     "FlowStats.stages": "a mapping of StageStats that flow builds: not user code",
+    "AsyncQueueInterface.put.item": (
+        "flowrhythm's queue protocol, for users' isinstance checks: flow never calls it"
+    ),
 }
 
 #: ``Any``-typed parameters take user code too (a stage target, ``*stages``, handlers,

@@ -18,6 +18,7 @@ from headrace_flow._markers import DROP as DROP
 from headrace_flow._markers import Drop as Drop
 from headrace_flow._markers import Last as Last
 from headrace_flow._push import PushHandle as PushHandle
+from headrace_flow._queues import AsyncQueueInterface as AsyncQueueInterface
 from headrace_flow._queues import QueueFactory as QueueFactory
 from headrace_flow._queues import QueueLike as QueueLike
 from headrace_flow._queues import fifo_queue as fifo_queue
@@ -38,6 +39,7 @@ from headrace_flow._version import __version__ as __version__
 
 __all__ = [
     "DROP",
+    "AsyncQueueInterface",
     "Closed",
     "ConfigurationError",
     "Drop",
@@ -74,6 +76,7 @@ __all__ = [
 ]
 
 for _obj in (
+    AsyncQueueInterface,
     Drop,
     DropReason,
     Dropped,

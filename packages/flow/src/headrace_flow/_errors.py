@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, TypeAlias, final
 
@@ -24,8 +26,23 @@ __all__ = [
 logger = logging.getLogger("headrace.flow")
 
 
-class FlowClosed(Closed):
-    """A push handle was used after ``complete()``, after its block, or after the run ended."""
+if sys.version_info >= (3, 13):
+
+    class FlowClosed(Closed, asyncio.QueueShutDown):
+        """A push handle was used after ``complete()``, after its block, or after the run ended.
+
+        On Python 3.13+ it is also an ``asyncio.QueueShutDown``, what flowrhythm raises
+        there for a ``send()`` into a stopped flow.
+        """
+
+else:
+
+    class FlowClosed(Closed):
+        """A push handle was used after ``complete()``, after its block, or after the run ended.
+
+        On Python 3.13+ it is also an ``asyncio.QueueShutDown``, what flowrhythm raises
+        there for a ``send()`` into a stopped flow.
+        """
 
 
 class StageTimeout(GuardTimeout):

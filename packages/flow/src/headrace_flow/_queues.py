@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["QueueFactory", "QueueLike", "fifo_queue", "lifo_queue", "priority_queue"]
+__all__ = [
+    "AsyncQueueInterface",
+    "QueueFactory",
+    "QueueLike",
+    "fifo_queue",
+    "lifo_queue",
+    "priority_queue",
+]
 
 
 @runtime_checkable
@@ -26,6 +33,29 @@ class QueueLike(Protocol):
 
     def qsize(self) -> int:
         """Return the number of stored items."""
+        ...
+
+
+@runtime_checkable
+class AsyncQueueInterface(Protocol):
+    """flowrhythm's queue protocol, under its name: awaitable put/get and ``shutdown()``.
+
+    What flowrhythm's queue factories return, and what its users check with
+    ``isinstance(q, AsyncQueueInterface)``. The factories below return asyncio queues,
+    which match it on Python 3.13+ (``asyncio.Queue.shutdown`` is new in 3.13, as
+    flowrhythm itself requires). The engine needs only :class:`QueueLike`.
+    """
+
+    async def put(self, item: Any) -> None:
+        """Store ``item``, waiting while the queue is full."""
+        ...
+
+    async def get(self) -> Any:
+        """Remove and return the next item, waiting while the queue is empty."""
+        ...
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Refuse further puts (and with ``immediate``, drop what is stored)."""
         ...
 
 

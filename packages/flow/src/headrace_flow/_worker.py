@@ -539,6 +539,13 @@ class Worker:
         live.busy += 1
         try:
             label = await self.call(item)
+            if label.__class__ is Last:
+                # A classifier returns a label; ending the run is an arm's Last (as in
+                # flowrhythm, this is the item's failure, for the error policy).
+                raise TypeError(
+                    f"router classifier {st.name!r} returned Last(...); a classifier "
+                    "returns a label: return Last from an arm to end the run"
+                )
             # a label that is not an arm's name (or not a str at all) goes to the default
             target = st.routes.get(label, st.default) if isinstance(label, str) else st.default
         except (Exception, asyncio.CancelledError) as exc:

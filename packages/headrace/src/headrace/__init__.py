@@ -29,6 +29,7 @@ from headrace_core import HeadraceError as HeadraceError
 from headrace_core import RateLimited as RateLimited
 from headrace_core import Rejected as Rejected
 from headrace_flow import DROP as DROP
+from headrace_flow import AsyncQueueInterface as AsyncQueueInterface
 from headrace_flow import Drop as Drop
 from headrace_flow import Dropped as Dropped
 from headrace_flow import DropReason as DropReason
@@ -140,6 +141,7 @@ __all__ = [
     "AsyncDagTaskProcessor",
     "AsyncDagTaskProcessorBuilder",
     "AsyncPhaseRunner",
+    "AsyncQueueInterface",
     "AsyncTask",
     "AsyncTaskProcessor",
     "AsyncTaskProcessorBuilder",
