@@ -326,6 +326,15 @@ class LocalBudgets:
                     wake = when
         return wake
 
+    def record(self, tokens: int, now: float) -> None:
+        """Charge ``tokens`` consumed outside a call to every token budget, starting at ``now``.
+
+        Queued calls see the charge when they are next examined (it can only delay them).
+        """
+        budgets = self.budgets
+        for i in self._tokens:
+            budgets[i]._charge(tokens, now)
+
     def charge(self, slot: Slot, now: float) -> None:
         """Charge ``slot``'s call in every budget (after :meth:`wake_time` said it fits)."""
         tokens = slot.tokens

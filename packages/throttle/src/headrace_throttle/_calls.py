@@ -299,11 +299,22 @@ class Calls:
         finally:
             self._admission.dispatch()
 
-    def record_success(self) -> None:
-        """Account a success of a call made outside the throttle."""
+    def record_success(self, duration: float | None = None, tokens: int = 0) -> None:
+        """Account a success of a call made outside the throttle.
+
+        ``duration``: its latency sample, if known; ``tokens``: tokens it consumed.
+        """
+        if tokens:
+            self.record_tokens(tokens)
         self._progress.completed += 1
-        self._feedback.success(None)
+        self._feedback.success(None, duration)
         self._progress.tick(self._snapshot)
+
+    def record_tokens(self, count: int) -> None:
+        """Charge ``count`` tokens, consumed outside a call, to the in-memory token budgets."""
+        local = self._local
+        if local is not None and count:
+            local.record(count, self._admission.now())
 
     def record_failure(self, exc: BaseException) -> None:
         """Account a failure of a call made outside the throttle (for the current epoch)."""

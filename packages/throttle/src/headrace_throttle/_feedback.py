@@ -70,6 +70,7 @@ class Feedback:
         "_max_interval",
         "_min_interval",
         "_retry_after",
+        "cooling",
         "limit",
         "quiet",
         "sample_ok",
@@ -102,6 +103,10 @@ class Feedback:
         self._is_failure = is_failure
         self._retry_after = retry_after
         self._bad_hints = 0
+        #: Whether a congestion event left the limit at ``max_concurrency`` (the floor is
+        #: also the ceiling): the throttle is COOLING until a success after
+        #: ``cooling_period``, as gentlify's is (AIMD only).
+        self.cooling = False
         #: Whether a success must reach the limit (it may grow, or it learns latency).
         self.sample_ok = True
         #: Whether a success needs nothing but counting: the limit has nothing to learn
@@ -112,15 +117,19 @@ class Feedback:
     def _refresh(self) -> None:
         admission = self._admission
         self.sample_ok = self._aimd is None or (
-            admission.limit < self._high or admission.interval > self._min_interval
+            admission.limit < self._high or admission.interval > self._min_interval or self.cooling
         )
         self.quiet = not (self.sample_ok or self._accounting)
 
     # -- outcomes ----------------------------------------------------------------------
-    def success(self, slot: Slot | None) -> None:
-        """A call (``slot``, or one made outside the throttle: None) returned."""
+    def success(self, slot: Slot | None, rtt: float | None = None) -> None:
+        """A call (``slot``, or one made outside the throttle: None) returned.
+
+        ``rtt``: the call's duration when the caller knows it (a call made outside the
+        throttle); a latency-based limit takes it as the sample.
+        """
         if self.sample_ok:
-            self._sample(slot, dropped=False)
+            self._sample(slot, dropped=False, rtt=rtt)
 
     def failure(
         self, exc: BaseException, slot: Slot | None = None, *, hinted: bool = False
@@ -236,6 +245,9 @@ class Feedback:
         set_limit(self.limit, n)
         if self._aimd is not None:
             self._aimd.last_change = admission.now()
+        if self.cooling:
+            self.cooling = False  # set by hand: the limit is no longer cooling
+            self._refresh()
         if n == old:
             return
         interval = admission.interval
@@ -253,12 +265,13 @@ class Feedback:
             admission.now(),
         )
 
-    def _sample(self, slot: Slot | None, dropped: bool) -> None:
+    def _sample(self, slot: Slot | None, dropped: bool, rtt: float | None = None) -> None:
         admission = self._admission
         now = admission.now()
         aimd = self._aimd
-        # AIMD ignores latency, so the fast path does not stamp its start time.
-        rtt = now - slot._start if slot is not None and aimd is None else 0.0
+        if rtt is None:
+            # AIMD ignores latency, so the fast path does not stamp its start time.
+            rtt = now - slot._start if slot is not None and aimd is None else 0.0
         old = admission.limit
         decreases = 0
         if aimd is not None:
@@ -266,6 +279,10 @@ class Feedback:
             if aimd.last_change is None:
                 # Cooling counts from the first admission.
                 aimd.last_change = admission.first_admit
+            if self.cooling and not dropped and aimd.cooled(now):
+                # A success after cooling_period: the congestion event is over.
+                self.cooling = False
+                self._refresh()
         # In flight while the call ran: the others plus itself (its slot is released).
         in_flight = admission.in_flight + (1 if slot is not None else 0)
         limit = self.limit
@@ -298,7 +315,7 @@ class Feedback:
             new = self._high
         if aimd is not None:
             if aimd.decreases != decreases:
-                self._change(old, new, decrease=True, reason="failures", now=now)
+                self._decrease(old, new, reason="failures", now=now)
             elif new > old:
                 self._change(old, new, decrease=False, reason="recovered", now=now)
             elif not dropped and admission.interval > self._min_interval and aimd.cooled(now):
@@ -320,7 +337,19 @@ class Feedback:
         else:
             new = max(self._low, math.floor(old * 0.5))
             set_limit(self.limit, new)
-        self._change(old, max(self._low, new), decrease=True, reason=reason, now=now)
+        self._decrease(old, max(self._low, new), reason=reason, now=now)
+
+    def _decrease(self, old: int, new: int, *, reason: str, now: float) -> None:
+        """A congestion event: lower the limit and slow the pacing, in a new epoch.
+
+        At the floor the limit stays, but the event is still told (``decreased`` with
+        equal values) and starts an epoch, as gentlify tells ``decelerated`` there. A limit
+        left at ``max_concurrency`` (the floor is the ceiling) is COOLING until a success
+        after ``cooling_period``.
+        """
+        if self._aimd is not None and new >= self._high and not self.cooling:
+            self.cooling = True
+        self._change(old, new, decrease=True, reason=reason, now=now)
 
     def _change(self, old: int, new: int, *, decrease: bool, reason: str, now: float) -> None:
         admission = self._admission

@@ -69,17 +69,27 @@ class _Bounded:
         self.limit = float(min(self._max, max(self._min, value)))
 
 
-def bind_limit(limit: Limit, initial: int, low: int, high: int) -> int:
+def bind_limit(
+    limit: Limit, initial: int, low: int, high: int, clock: Callable[[], float] | None = None
+) -> int:
     """Adopt ``limit`` for a throttle with these bounds; return the throttle's starting limit.
 
     headrace's limits (AIMD, Gradient, Vegas) keep their value and bounds, and belong to
     one throttle; a user's :class:`Limit` only answers samples, so ``initial`` stands.
 
+    Args:
+        limit: the limit algorithm.
+        initial: the throttle's starting limit.
+        low: ``min_concurrency``.
+        high: ``max_concurrency``.
+        clock: the limit's clock (the throttle's loop time, which also answers outside a
+            running loop); default the running loop's time.
+
     Raises:
         ConfigurationError: when one of headrace's limits is already bound to a throttle.
     """
     if isinstance(limit, _Bounded):
-        limit._bind(initial, low, high, None)
+        limit._bind(initial, low, high, clock)
         return int(limit.limit)
     return initial
 

@@ -227,7 +227,6 @@ class Throttle:
         high, low = config.max_concurrency, config.min_concurrency
         initial = config.initial_concurrency if config.initial_concurrency is not None else high
         limiter: Limit = config.limit if config.limit is not None else default_limit(config)
-        initial = bind_limit(limiter, initial, low, high)
         budgets = tuple(config.budgets)
         if config.token_budget is not None:
             budgets = (*budgets, config.token_budget)
@@ -245,6 +244,9 @@ class Throttle:
             events=events,
             owner=f"Throttle({name!r})" if name else "Throttle",
         )
+        # The limit reads the admission's clock: the loop in use, which also answers
+        # outside a running loop (record_failure() before or after asyncio.run()).
+        admission.limit = bind_limit(limiter, initial, low, high, clock=admission.now)
         self._feedback = feedback = Feedback(
             admission,
             events,
@@ -441,9 +443,52 @@ class Throttle:
         """
         self._calls.record_failure(exc if exc is not None else Exception("recorded failure"))
 
-    def record_success(self) -> None:
-        """Count a success of a call made outside the throttle (it may raise the limit)."""
-        self._calls.record_success()
+    def record_success(self, duration: float | None = None, tokens_used: int = 0) -> None:
+        """Count a success of a call made outside the throttle (it may raise the limit).
+
+        It counts one completed call (``snapshot().completed``), as a call that returned.
+
+        Args:
+            duration: the call's duration in seconds, if known: the latency sample of a
+                limit that learns from latency (:class:`Gradient`, :class:`Vegas`, your
+                own :class:`Limit`); :class:`AIMD` ignores it.
+            tokens_used: tokens the call consumed, charged now as :meth:`record_tokens`
+                does (gentlify's argument).
+
+        Raises:
+            ValueError: when ``duration`` is not a finite number ``>= 0``, or
+                ``tokens_used`` not an int ``>= 0`` (nothing is counted then).
+        """
+        if duration is not None:
+            value: object = duration
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"duration={duration!r}: must be a finite number >= 0 or None")
+            duration = float(duration)
+        if tokens_used:
+            _check_count("tokens_used", tokens_used)
+        self._calls.record_success(duration, tokens_used)
+
+    def record_tokens(self, count: int) -> None:
+        """Charge ``count`` tokens, consumed outside a throttled call, to the token budgets.
+
+        The charge starts now and leaves the window ``window_seconds`` later, like a
+        call's. Without a token budget nothing is counted (as in gentlify). Budgets shared
+        through a ``store=`` are charged by the calls themselves (``slot.record_tokens``),
+        not here.
+
+        Args:
+            count: tokens consumed, an int ``>= 0``.
+
+        Raises:
+            ValueError: when ``count`` is not an int ``>= 0``.
+        """
+        _check_count("count", count)
+        self._calls.record_tokens(count)
 
     def set_concurrency(self, n: int) -> None:
         """Set the concurrency limit now (running calls are not cancelled).
@@ -562,7 +607,7 @@ class Throttle:
             state = ThrottleState.CIRCUIT_OPEN
         elif paused is not None:
             state = ThrottleState.PAUSED
-        elif admission.limit < high:
+        elif admission.limit < high or self._feedback.cooling:
             state = ThrottleState.COOLING
         else:
             state = ThrottleState.RUNNING
@@ -628,6 +673,12 @@ class Throttle:
             f"Throttle({who}concurrency={admission.limit}/{self._config.max_concurrency}, "
             f"in_flight={admission.in_flight}, waiting={admission.waiting})"
         )
+
+
+def _check_count(argument: str, count: object) -> None:
+    """Refuse a token count that is not an int ``>= 0`` (as ``Slot.record_tokens`` does)."""
+    if type(count) is not int or count < 0:
+        raise ValueError(f"{argument}={count!r}: must be an int >= 0")
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:

@@ -23,8 +23,9 @@ class ThrottleState(enum.Enum):
 
     ``CLOSED`` (closed, nothing in flight), ``DRAINING`` (closed, calls in flight),
     ``CIRCUIT_OPEN`` (the composed breaker is open), ``PAUSED`` (a server hint or
-    ``hold()`` pauses dispatch), ``COOLING`` (concurrency below the maximum), else
-    ``RUNNING``.
+    ``hold()`` pauses dispatch), ``COOLING`` (concurrency below the maximum, or, when
+    the floor is also the ceiling, after a congestion event until a success
+    ``cooling_period`` later), else ``RUNNING``.
     """
 
     RUNNING = "running"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import final
 
 from headrace_core import ConfigurationError
@@ -89,11 +90,13 @@ class Vegas(_Bounded):
         self._window_n = 0
         self._window_min = math.inf
 
-    def _bind(self, initial: int, low: int, high: int, clock: object = None) -> None:
+    def _bind(
+        self, initial: int, low: int, high: int, clock: Callable[[], float] | None = None
+    ) -> None:
         low = max(low, self.min_limit)
         if self.max_limit is not None:
             high = max(low, min(high, self.max_limit))
-        super()._bind(initial, low, high, None)
+        super()._bind(initial, low, high, clock)
 
     @property
     def min_rtt(self) -> float | None:
