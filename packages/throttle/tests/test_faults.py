@@ -40,7 +40,7 @@ import pytest
 
 import headrace_throttle
 from headrace_core import BackoffError, ConfigurationError, HeadraceError
-from headrace_guards import CircuitBreaker, Retry
+from headrace_guards import CircuitBreaker, Retry, pipeline
 from headrace_throttle import (
     CircuitBreakerConfig,
     Gradient,
@@ -180,6 +180,29 @@ async def drive_execute_fn(fault: Fault) -> None:
     assert snap.tokens_used == 20
     assert rpm.used(asyncio.get_running_loop().time()) == 2
     await next_call_works(t, tokens=10)
+    await t.aclose()
+
+
+async def drive_call_fn(fault: Fault) -> None:
+    # The guards' protocol: a throttle inside a pipeline, with a caller queued behind.
+    t = Throttle(1, failure_threshold=100)
+    stack = pipeline(t)
+
+    async def fn(x: int) -> Any:
+        return await ainject(fault, wrong=math.nan)
+
+    async def plain(x: int) -> int:
+        return x * 2
+
+    first = started(stack.call(fn, 1), DEADLINE)
+    queued = started(t.call(plain, 21))
+    await asyncio.sleep(0)
+    assert t.snapshot().waiting == 1
+    expected_call_outcome(fault, await first)
+    assert await queued == 42
+    snap = check_idle(t)
+    assert snap.failed == failures_counted(fault)
+    assert await t.call(plain, x=2) == 4
     await t.aclose()
 
 
@@ -388,8 +411,8 @@ async def check_listener_outcome(
 async def drive_on_event(fault: Fault) -> None:
     for kind in listener_kinds(fault):
         once = Once(fault)
-        t = Throttle(1, failure_threshold=1, on_event=listener_of(fault, once, kind))
-        first = started(t.execute(fail))  # its failure decreases the limit: an event
+        t = Throttle(2, failure_threshold=1, on_event=listener_of(fault, once, kind))
+        first = started(t.execute(fail))  # its failure decreases the limit (2 -> 1): an event
         queued = started(t.execute(ok))
         await asyncio.sleep(0)
         await check_listener_outcome(fault, kind, await first, Flaky)
@@ -858,6 +881,7 @@ STORE_POINTS = (
 
 POINTS = [
     Point("Throttle.execute.fn", ASYNC_FAULTS, drive_execute_fn),
+    Point("Throttle.call.fn", ASYNC_FAULTS, drive_call_fn),
     Point("Throttle.wrap.fn", ASYNC_FAULTS, drive_wrap_fn),
     Point("Throttle.acquire (body)", ASYNC_FAULTS, drive_acquire_body),
     Point(

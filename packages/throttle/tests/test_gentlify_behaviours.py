@@ -203,7 +203,21 @@ def test_decrease_at_the_floor_is_cooling_without_a_loop() -> None:
     snap = t.snapshot()
     assert snap.concurrency == 1
     assert snap.state is ThrottleState.COOLING
-    assert [e.kind_legacy for e in events] == ["decelerated"]
+    # Nothing could move (the limit at its floor, no pacing): no "decreased" event and no
+    # new epoch; the state says the throttle is cooling.
+    assert [e.kind for e in events] == []
+    assert snap.epoch == 0
+
+
+def test_a_decrease_that_moves_only_the_pacing_is_still_an_event() -> None:
+    events: list[ThrottleEvent] = []
+    t = Throttle(1, failure_threshold=1, min_dispatch_interval=0.1, on_event=events.append)
+    t.record_failure()
+    snap = t.snapshot()
+    assert snap.concurrency == 1
+    assert snap.dispatch_interval == pytest.approx(0.2)
+    assert [e.kind for e in events] == ["decreased"]
+    assert snap.epoch == 1
 
 
 async def test_cooling_at_the_floor_ends_with_a_success_after_the_cooling_period() -> None:

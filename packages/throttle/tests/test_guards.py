@@ -10,7 +10,7 @@ import pytest
 import headrace_core
 from headrace_core.backoff import fixed
 from headrace_core.testing import VirtualClock
-from headrace_guards import CircuitBreaker, Retry
+from headrace_guards import CircuitBreaker, Retry, pipeline
 from headrace_throttle import (
     CircuitBreakerConfig,
     CircuitOpenError,
@@ -20,6 +20,7 @@ from headrace_throttle import (
     Slot,
     Throttle,
     ThrottleEvent,
+    ThrottleSnapshot,
     ThrottleState,
 )
 
@@ -283,3 +284,27 @@ async def test_retryable_predicate_stops_retries() -> None:
         with pytest.raises(KeyError):
             await t.execute(wrong)
         assert calls == [0]
+
+
+async def test_a_throttle_is_a_guard_in_a_pipeline() -> None:
+    throttle = Throttle(4, failure_threshold=1, name="api")
+    stack = pipeline(Retry(2, backoff=fixed(0)), throttle)
+    seen: list[object] = []
+    remove = stack.add_listener(seen.append)
+    attempts = 0
+
+    async def flaky(n: int, *, scale: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionError("reset")
+        return n * scale
+
+    with VirtualClock():
+        assert await stack.call(flaky, 21, scale=2) == 42
+    snap = stack.snapshot().guards[1]
+    assert isinstance(snap, ThrottleSnapshot)
+    assert (snap.completed, snap.failed, snap.in_flight) == (1, 1, 0)
+    assert snap.concurrency == 2  # the failure lowered the limit (4 -> 2)
+    assert any(isinstance(e, ThrottleEvent) and e.kind == "decreased" for e in seen)
+    remove()

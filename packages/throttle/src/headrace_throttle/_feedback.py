@@ -342,13 +342,17 @@ class Feedback:
     def _decrease(self, old: int, new: int, *, reason: str, now: float) -> None:
         """A congestion event: lower the limit and slow the pacing, in a new epoch.
 
-        At the floor the limit stays, but the event is still told (``decreased`` with
-        equal values) and starts an epoch, as gentlify tells ``decelerated`` there. A limit
-        left at ``max_concurrency`` (the floor is the ceiling) is COOLING until a success
-        after ``cooling_period``.
+        When neither can move (the limit at its floor, the pacing off or at its maximum)
+        nothing changes: no ``decreased`` event and no new epoch. A limit left at
+        ``max_concurrency`` (the floor is the ceiling) is COOLING until a success after
+        ``cooling_period``, as gentlify's is.
         """
         if self._aimd is not None and new >= self._high and not self.cooling:
             self.cooling = True
+            self._refresh()
+        interval = self._admission.interval
+        if new == old and (interval <= 0.0 or interval >= self._max_interval):
+            return
         self._change(old, new, decrease=True, reason=reason, now=now)
 
     def _change(self, old: int, new: int, *, decrease: bool, reason: str, now: float) -> None:

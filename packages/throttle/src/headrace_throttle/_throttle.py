@@ -353,6 +353,29 @@ class Throttle:
         return result
 
     # -- more ways in ------------------------------------------------------------------
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` under the throttle: the guards' ``call`` protocol.
+
+        With :meth:`snapshot` and :meth:`add_listener`, this makes a throttle a guard that
+        composes in ``headrace_guards.pipeline()`` like any other
+        (``pipeline(Retry(3), throttle, CircuitBreaker("svc"))``). It is
+        :meth:`execute` for a callable that needs no :class:`Slot`.
+
+        Args:
+            fn: the async callable to run.
+            *args: positional arguments for ``fn``.
+            **kwargs: keyword arguments for ``fn``.
+
+        Returns:
+            What ``fn`` returned.
+
+        Raises:
+            ThrottleClosed: the throttle is closed.
+            CircuitOpenError: the composed breaker is open.
+            Exception: the call's own error, unchanged.
+        """
+        return await self.execute(lambda _slot: fn(*args, **kwargs))
+
     def acquire(self, tokens: int = 0) -> Acquire:
         """Hold a slot for the body of ``async with`` (it runs once: no retry).
 
