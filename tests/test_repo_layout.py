@@ -25,7 +25,7 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproje
 ROOT_CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # Public submodules allowed besides each package's __init__ (ARCHITECTURE, ruling 3).
 PUBLIC_SUBMODULES = {
-    "headrace_core": {"testing", "backoff", "stats", "store", "otel", "lowlevel"},
+    "headrace_core": {"testing", "backoff", "stats", "store", "otel", "prometheus", "lowlevel"},
     "headrace_guards": {"compat", "redis", "backoff"},
 }
 

@@ -1,6 +1,7 @@
 """headrace-core: the loop clock, errors, stats, listeners and backoff shared by headrace.
 
-Public submodules: :mod:`headrace_core.testing` (the virtual clock), :mod:`headrace_core.otel`,
+Public submodules: :mod:`headrace_core.testing` (the virtual clock), :mod:`headrace_core.otel`
+and :mod:`headrace_core.prometheus` (metrics exports, optional extras),
 :mod:`headrace_core.backoff`, :mod:`headrace_core.stats`, :mod:`headrace_core.store` and
 :mod:`headrace_core.lowlevel` (plumbing: per-loop state, validators, the loop clock).
 """

@@ -13,45 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, final
 
-__all__ = ["COUNTER_FIELDS", "Instrumentable", "Instrumentation", "instrument"]
+from headrace_core import _metrics
+from headrace_core._metrics import COUNTER_FIELDS as COUNTER_FIELDS
 
-#: Snapshot fields that only grow: exported as observable counters.
-COUNTER_FIELDS = frozenset(
-    {
-        "acquired",
-        "accepted",
-        "attempts",
-        "calls",
-        "completed",
-        "discarded",
-        "dispatched",
-        "exhausted",
-        "failed",
-        "failures",
-        "fallbacks",
-        "filtered",
-        "hedge_wins",
-        "hedges",
-        "ignored",
-        "loads",
-        "rejected",
-        "retries",
-        "slow",
-        "successes",
-        "timeouts",
-        "total_batches",
-        "total_calls",
-        "total_items",
-        "batches",
-        "items",
-        "hits",
-        "misses",
-        "succeeded",
-    }
-)
+__all__ = ["COUNTER_FIELDS", "Instrumentable", "Instrumentation", "instrument"]
 
 
 class Instrumentable(Protocol):
@@ -60,45 +28,6 @@ class Instrumentable(Protocol):
     def snapshot(self) -> Any:
         """Return a frozen dataclass of the component's state and counters."""
         ...
-
-
-def _package_of(component: object) -> str:
-    module = type(component).__module__.split(".")[0]
-    return module.removeprefix("headrace_") if module.startswith("headrace_") else module
-
-
-def _flatten(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from _flatten(getattr(value, field.name), f"{prefix}{field.name}.")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _flatten(item, f"{prefix}{key}.")
-        return
-    yield prefix.rstrip("."), value
-
-
-def _numbers(snapshot: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name, value in _flatten(snapshot):
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, int | float):
-            out[name] = float(value)
-    return out
-
-
-def _labels(snapshot: Any) -> dict[str, str | bool]:
-    out: dict[str, str | bool] = {}
-    for name, value in _flatten(snapshot):
-        if isinstance(value, bool):
-            out[name] = value
-        elif isinstance(value, enum.Enum):
-            out[name] = str(value.value)
-        elif isinstance(value, str) and name != "name":
-            out[name] = value
-    return out
 
 
 @final
@@ -131,7 +60,7 @@ class Instrumentation:
         def callback(options: Any) -> Iterable[Any]:
             if self._closed:
                 return []
-            numbers = _numbers(self.component.snapshot())
+            numbers = _metrics.numbers(self.component.snapshot())
             if field not in numbers:
                 return []
             return [Observation(numbers[field], self.attributes)]
@@ -143,7 +72,7 @@ class Instrumentation:
 
         if self._closed:
             return []
-        labels = {f"headrace.{k}": v for k, v in _labels(self.component.snapshot()).items()}
+        labels = {f"headrace.{k}": v for k, v in _metrics.labels(self.component.snapshot()).items()}
         return [Observation(1, {**self.attributes, **labels})]
 
 
@@ -179,14 +108,12 @@ def instrument(
     if meter is None:
         meter = metrics.get_meter("headrace")
     if name is None:
-        found = getattr(component, "name", None)
-        name = found if isinstance(found, str) else None
-    prefix = f"headrace.{_package_of(component)}"
+        name = _metrics.component_name(component)
+    prefix = _metrics.metric_prefix(component)
     live = Instrumentation(component, prefix, name)
-    for field in _numbers(component.snapshot()):
+    for field in _metrics.numbers(component.snapshot()):
         metric = f"{prefix}.{field}"
-        leaf = field.rsplit(".", 1)[-1]
-        if leaf in COUNTER_FIELDS:
+        if _metrics.is_counter(field):
             instrument_ = meter.create_observable_counter(metric, [live._observe(field)])
         else:
             instrument_ = meter.create_observable_gauge(metric, [live._observe(field)])
@@ -203,7 +130,7 @@ def instrument(
             kind = getattr(event, "kind", None) or type(event).__name__
             attributes: dict[str, Any] = dict(live.attributes)
             if dataclasses.is_dataclass(event) and not isinstance(event, type):
-                for key, value in _flatten(event):
+                for key, value in _metrics.flatten(event):
                     if isinstance(value, bool | int | float | str):
                         attributes[f"headrace.{key}"] = value
                     elif isinstance(value, enum.Enum):
