@@ -362,3 +362,134 @@ async def test_open_connection_by_host_name_works_under_virtual_time() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_an_idle_listening_server_does_not_hold_time_back() -> None:
+    # An hour of 1 s ticks: waiting autojump_threshold per jump would take 180 real seconds.
+    server = await asyncio.start_server(_echo_line, "127.0.0.1", 0)
+    try:
+        with VirtualClock() as clock:
+            real_start = time.perf_counter()
+            for _ in range(3600):
+                await asyncio.sleep(1)
+            assert time.perf_counter() - real_start < 2
+            assert clock.now() == 3600
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_request_to_an_in_process_server_completes_under_virtual_time() -> None:
+    async def slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        await asyncio.sleep(2)  # the server's own (virtual) latency
+        writer.write(line)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(slow_echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with VirtualClock() as clock:
+            real_start = time.perf_counter()
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"ping\n")
+                await writer.drain()
+                assert await reader.readline() == b"ping\n"
+                writer.close()
+                await writer.wait_closed()
+            assert clock.now() == pytest.approx(2)
+            assert time.perf_counter() - real_start < 2
+            # Once the connections are gone, the idle server costs no real time.
+            real_start = time.perf_counter()
+            await asyncio.sleep(3600)
+            assert time.perf_counter() - real_start < 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_waiting_in_the_backlog_holds_time_back() -> None:
+    # The client is a plain blocking socket the loop knows nothing of: only the pending
+    # connection on the listening socket tells the loop that work is in flight.
+    accepted = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with VirtualClock() as clock:
+            with socket.create_connection(("127.0.0.1", port)):
+                async with asyncio.timeout(60):
+                    await accepted.wait()
+            assert clock.now() == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_accepted_connection_holds_time_back_beside_a_listening_socket() -> None:
+    # The peer (another thread here, another process in real life) answers after 0.05 real
+    # seconds: the accepted connection makes the loop wait for it before time jumps.
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.set_result(await reader.readline())
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+
+    def send_later() -> None:
+        time.sleep(0.05)
+        client.sendall(b"late\n")
+
+    thread = threading.Thread(target=send_later)
+    try:
+        with VirtualClock(autojump_threshold=5) as clock:
+            thread.start()
+            async with asyncio.timeout(3600):
+                assert await received == b"late\n"
+            assert clock.now() < 1
+    finally:
+        thread.join()
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_listening_socket_of_ones_own_holds_time_back_only_with_a_connection() -> None:
+    # Not only asyncio's servers: any listening socket registered with the loop.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    accept = asyncio.ensure_future(loop.sock_accept(listener))
+    try:
+        with VirtualClock(autojump_threshold=5) as clock:
+            real_start = time.perf_counter()
+            await asyncio.sleep(3600)
+            assert time.perf_counter() - real_start < 2
+            assert not accept.done()
+            with socket.create_connection(listener.getsockname()):
+                async with asyncio.timeout(60):
+                    conn, _ = await accept
+                conn.close()
+            assert clock.now() == 3600
+    finally:
+        accept.cancel()
+        listener.close()
+
+
+async def _echo_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(await reader.readline())
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()

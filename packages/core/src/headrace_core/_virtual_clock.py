@@ -8,6 +8,7 @@ import functools
 import heapq
 import math
 import selectors
+import socket
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, final
@@ -15,6 +16,24 @@ from typing import Any, final
 from headrace_core._validate import check_number
 
 _ACTIVE = "_headrace_virtual_clock"
+_SO_ACCEPTCONN: int | None = getattr(socket, "SO_ACCEPTCONN", None)
+
+
+def _is_listening_socket(fd: int) -> bool:
+    # ``SO_ACCEPTCONN`` tells a listening socket from any other file descriptor. Where the
+    # platform cannot answer, the descriptor counts as I/O in flight (the safe side).
+    if _SO_ACCEPTCONN is None:  # pragma: no cover - every platform asyncio selects on has it
+        return False
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # not a socket: a pipe, say
+        return False
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, _SO_ACCEPTCONN))
+    except OSError:  # pragma: no cover - a socket that cannot answer
+        return False
+    finally:
+        sock.detach()  # the descriptor stays the loop's
 
 
 @final
@@ -29,18 +48,25 @@ class VirtualClock:
 
     Real I/O still works: while a file descriptor other than the loop's own wake-up pipe is
     registered, the loop first waits ``autojump_threshold`` real seconds for I/O before it
-    jumps. Work the loop itself runs in its executor (``getaddrinfo`` for a connection by
-    host name, ``loop.run_in_executor``) holds time back the same way, so connecting to
-    ``localhost`` does not time out at once. Work of ``asyncio.to_thread`` does not: a
-    test's own thread runs beside virtual time.
+    jumps. A listening socket (a server's) is the exception: it holds time back only while
+    a connection waits in its backlog, which the loop sees without waiting, so an idle
+    server in the test's own process costs no real time. Work the loop itself runs in its
+    executor (``getaddrinfo`` for a connection by host name, ``loop.run_in_executor``)
+    holds time back the same way, so connecting to ``localhost`` does not time out at once.
+    Work of ``asyncio.to_thread`` does not: a test's own thread runs beside virtual time.
+
+    A deadline (``asyncio.timeout``, a ``Timeout`` guard) is a pending timer like any
+    other: a peer in another process that stays silent longer than
+    ``autojump_threshold`` real seconds sees the deadline fire.
 
     Leaving the block restores the loop; timers still pending keep their remaining delay.
 
     Args:
         autojump: jump to the next timer whenever the loop is idle. With ``False``, time
             only moves through :meth:`advance`.
-        autojump_threshold: real seconds to wait for I/O before jumping while sockets are
-            registered (``>= 0``).
+        autojump_threshold: real seconds to wait for I/O before jumping while I/O is in
+            flight (``>= 0``): a registered descriptor other than an idle listening
+            socket, or the loop's own executor work.
         start: the virtual time to start from; default ``0.0``, the same in every run (so
             a test never depends on how long the machine has been up). Timers already
             scheduled keep their remaining delays.
@@ -49,6 +75,7 @@ class VirtualClock:
     __slots__ = (
         "_executor_jobs",
         "_limits",
+        "_listening",
         "_loop",
         "_now",
         "_real_select",
@@ -76,6 +103,8 @@ class VirtualClock:
         self._now = self._start
         self._limits: list[float] = []
         self._executor_jobs = 0
+        # fd -> (the selector key it was checked under, whether it is a listening socket)
+        self._listening: dict[int, tuple[selectors.SelectorKey, bool]] = {}
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> VirtualClock:
@@ -121,6 +150,7 @@ class VirtualClock:
         self._selector = None
         self._real_select = None
         self._limits.clear()
+        self._listening.clear()
 
     def _tracking(self, run_in_executor: Callable[..., Any]) -> Callable[..., Any]:
         # Count the loop's own executor jobs while they run; ``asyncio.to_thread`` (a
@@ -204,10 +234,7 @@ class VirtualClock:
         if when > self._jump_limit():
             # Time may not pass on its own: wait for I/O, a thread or another wake-up.
             return real_select(None)
-        selector = self._selector
-        assert selector is not None
-        fds = selector.get_map()
-        other_io = self._executor_jobs > 0 or len(fds) > (1 if self._wakeup_fd in fds else 0)
+        other_io = self._executor_jobs > 0 or self._io_in_flight()
         wait = 0.0 if not other_io or timeout is None else min(timeout, self.autojump_threshold)
         events = real_select(wait)
         if events:
@@ -215,6 +242,36 @@ class VirtualClock:
         if when > self._now:
             self._now = when
         return []
+
+    def _io_in_flight(self) -> bool:
+        # Any registered descriptor other than the wake-up pipe may have I/O in flight,
+        # except a listening socket: until a peer connects there is nothing to wait for,
+        # and a connection already in its backlog makes the zero-wait poll return it.
+        selector = self._selector
+        assert selector is not None
+        fds = selector.get_map()
+        if len(fds) <= (1 if self._wakeup_fd in fds else 0):
+            return False
+        if len(self._listening) > len(fds):  # forget descriptors no longer registered
+            self._listening = {
+                fd: entry for fd, entry in self._listening.items() if fds.get(fd) is entry[0]
+            }
+        for fd, key in fds.items():
+            if fd == self._wakeup_fd:
+                continue
+            if key.events & selectors.EVENT_WRITE or not self._listens(key):
+                return True
+        return False
+
+    def _listens(self, key: selectors.SelectorKey) -> bool:
+        # A selector makes a new key whenever a registration changes, so a cached answer
+        # is reused only for the very key it was computed under (a reused fd re-checks).
+        cached = self._listening.get(key.fd)
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        listening = _is_listening_socket(key.fd)
+        self._listening[key.fd] = (key, listening)
+        return listening
 
     def __repr__(self) -> str:
         state = "active" if self._loop is not None else "inactive"

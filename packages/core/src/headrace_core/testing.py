@@ -1,4 +1,8 @@
-"""Test support: the virtual clock (also offered as the pytest fixture ``virtual_clock``)."""
+"""Test support: the virtual clock.
+
+Also offered as the pytest fixture ``virtual_clock``, configured with
+``@pytest.mark.virtual_clock(**options)`` (the keyword options of :class:`VirtualClock`).
+"""
 
 from headrace_core._virtual_clock import VirtualClock as VirtualClock
 
