@@ -849,3 +849,15 @@ async def test_group_by_returning_an_unhashable_value_names_group_by() -> None:
 
     with pytest.raises(TypeError, match=r"group_by .* returned a value of type list"):
         await get(1)
+
+
+def test_the_collect_awaitable_takes_both_throw_forms() -> None:
+    for form in ((KeyError("k"),), (KeyError, KeyError("k")), (KeyError,)):
+        awaitable = collect(1).__await__()
+        assert next(awaitable)[1] == 1  # the box, handed to the wrapper
+        with pytest.raises(KeyError):
+            awaitable.throw(*form)
+    misplaced = collect(2).__await__()
+    next(misplaced)
+    with pytest.raises(RuntimeError, match="@batch function"):
+        misplaced.throw(RuntimeError("Task got bad yield: [...]"))

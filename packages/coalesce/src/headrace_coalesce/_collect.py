@@ -114,7 +114,11 @@ class _Collect:
     def send(self, value: object) -> list[Any]:
         return self.__next__()
 
-    def throw(self, error: BaseException, *_: object) -> list[Any]:
+    def throw(
+        self, error: BaseException | type[BaseException], value: object = None, *_: object
+    ) -> list[Any]:
+        if isinstance(error, type):  # the old (type, value, traceback) form
+            error = value if isinstance(value, BaseException) else error()
         if isinstance(error, RuntimeError) and "bad yield" in str(error):
             raise RuntimeError(MISPLACED) from None
         raise error
