@@ -17,6 +17,7 @@ from headrace_flow._errors import (
     ErrorEvent,
     FlowClosed,
     ScaleEvent,
+    SourceError,
     TransformerError,
 )
 from headrace_flow._plan import Kind, Plan
@@ -214,6 +215,9 @@ class Run:
             filtered=tally.filtered,
             discarded=tally.discarded,
             running=not self.finished.is_set(),
+            source_errors=tally.source_errors,
+            drops=MappingProxyType(dict(tally.drops)),
+            started=True,
         )
 
     # -- events --------------------------------------------------------------------------
@@ -223,6 +227,11 @@ class Run:
         Raises:
             Aborted: the event ended the run (no handler, or the handler raised).
         """
+        tally = self.tally
+        if isinstance(event, Dropped):
+            tally.drops[event.reason] = tally.drops.get(event.reason, 0) + 1
+        elif isinstance(event, SourceError):
+            tally.source_errors += 1
         if self.listeners:
             try:
                 self.listeners.emit(event)

@@ -10,7 +10,7 @@ from headrace_core import HeadraceError
 from headrace_flow._autoscale import Scaler
 from headrace_flow._calls import ItemCall
 from headrace_flow._channel import Channel
-from headrace_flow._errors import ErrorEvent
+from headrace_flow._errors import DropReason, ErrorEvent
 from headrace_flow._plan import StagePlan
 from headrace_flow._reorder import Reorder
 from headrace_flow._stats import StageStats
@@ -45,7 +45,16 @@ class Tally:
     ``accepted + extra == completed + failed + filtered + discarded`` once the run ended.
     """
 
-    __slots__ = ("accepted", "completed", "discarded", "extra", "failed", "filtered")
+    __slots__ = (
+        "accepted",
+        "completed",
+        "discarded",
+        "drops",
+        "extra",
+        "failed",
+        "filtered",
+        "source_errors",
+    )
 
     def __init__(self) -> None:
         self.accepted = 0
@@ -54,6 +63,8 @@ class Tally:
         self.filtered = 0
         self.discarded = 0
         self.extra = 0
+        self.source_errors = 0  # SourceError events
+        self.drops: dict[DropReason, int] = {}  # Dropped events by reason
 
 
 class StageRun:
@@ -141,6 +152,7 @@ class StageRun:
             last_error_at=live.last_error,
             oldest_item_enqueued_at=oldest,
             at=now,
+            input_closed=ch.closed,
         )
 
 
