@@ -6,6 +6,9 @@ and :mod:`headrace_core.prometheus` (metrics exports, optional extras),
 :mod:`headrace_core.lowlevel` (plumbing: per-loop state, validators, the loop clock).
 """
 
+from logging import NullHandler as _NullHandler
+from logging import getLogger as _getLogger
+
 from headrace_core import backoff as backoff
 from headrace_core import lowlevel as lowlevel
 from headrace_core import stats as stats
@@ -56,3 +59,11 @@ for _obj in (
 ):
     _obj.__module__ = __name__
 del _obj
+
+# Every headrace package logs on a child of the "headrace" logger (``headrace.guards``,
+# ``headrace.throttle``, ...) and imports this package: one NullHandler on the parent keeps
+# them all silent until the application configures logging.
+_root = _getLogger("headrace")
+if not any(isinstance(handler, _NullHandler) for handler in _root.handlers):
+    _root.addHandler(_NullHandler())
+del _root, _getLogger, _NullHandler

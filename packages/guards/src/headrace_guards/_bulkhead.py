@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import uuid
 import weakref
@@ -23,6 +24,8 @@ from headrace_guards._common import (
     GuardEvent,
     check_clock,
     check_store,
+    event_logger,
+    log_rejection,
     now_of,
     raise_if_not_async,
 )
@@ -66,13 +69,14 @@ class BulkheadSnapshot:
 class _Slots:
     """The slot state of one declaration on one event loop."""
 
-    __slots__ = ("completed", "in_flight", "rejected", "waiters", "waiting")
+    __slots__ = ("completed", "in_flight", "log_mark", "rejected", "waiters", "waiting")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.waiting = 0
         self.rejected = 0
         self.completed = 0
+        self.log_mark = -1  # completed + in_flight at the last logged rejection
         self.waiters: deque[asyncio.Future[bool]] = deque()
 
 
@@ -330,6 +334,13 @@ class Bulkhead(GuardBase):
         if slots is not None:
             slots.rejected += 1
         error = BulkheadFull(name=self.name)
+        if event_logger.isEnabledFor(logging.INFO):
+            run_start = True
+            if slots is not None:
+                admitted = slots.completed + slots.in_flight
+                run_start = slots.log_mark != admitted
+                slots.log_mark = admitted
+            log_rejection("Bulkhead", self.name, run_start, limit=self._decl.limit)
         if self._listeners:
             self._listeners.emit(
                 GuardEvent(

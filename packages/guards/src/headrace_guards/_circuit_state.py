@@ -8,6 +8,7 @@ construction (:class:`Settings`) and is the only code that changes its state.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from headrace_guards._common import (
     GuardEvent,
     NotAsyncError,
     delays_of,
+    event_logger,
+    events,
     now_of,
     raise_if_not_async,
 )
@@ -147,11 +150,29 @@ def manual_now(clock: Clock | None) -> float:
     return 0.0 if now is None else now
 
 
+_CHANGES: dict[CircuitState, str] = {
+    CircuitState.OPEN: "opened",
+    CircuitState.HALF_OPEN: "half-open",
+    CircuitState.CLOSED: "closed",
+}
+
+
 def rejection(
     settings: Settings, now: float, retry_after: float, state: CircuitState
 ) -> CircuitOpenError:
     """Return the error of one rejected call, after emitting its ``rejected`` event."""
     error = CircuitOpenError(retry_after=retry_after, name=settings.name, state=state)
+    if event_logger.isEnabledFor(logging.DEBUG):
+        events.debug(
+            "call rejected (%s, retry after %.3fs)",
+            state.value,
+            retry_after,
+            kind="CircuitBreaker",
+            component=settings.name,
+            event="rejected",
+            state=state.value,
+            retry_after=retry_after,
+        )
     listeners = settings.listeners
     if listeners:
         listeners.emit(
@@ -171,6 +192,20 @@ def emit_change(
     settings: Settings, now: float, old: CircuitState, new: CircuitState, reason: str
 ) -> None:
     """Emit the ``state_change`` event of one transition (when it changed the state)."""
+    if old is not new and event_logger.isEnabledFor(logging.INFO):
+        events.log(
+            logging.WARNING if new is CircuitState.OPEN else logging.INFO,
+            "%s (was %s, reason: %s)",
+            _CHANGES[new],
+            old.value,
+            reason,
+            kind="CircuitBreaker",
+            component=settings.name,
+            event=_CHANGES[new],
+            state=new.value,
+            old_state=old.value,
+            reason=reason,
+        )
     listeners = settings.listeners
     if old is not new and listeners:
         listeners.emit(

@@ -8,11 +8,12 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, ParamSpec, TypeAlias, TypeVar, cast, final
+from typing import Any, Final, NoReturn, ParamSpec, TypeAlias, TypeVar, cast, final
 
 from headrace_core import BackoffError, ConfigurationError
 from headrace_core.lowlevel import (
     Clock,
+    EventLog,
     callable_name,
     check_callable,
     check_name,
@@ -33,6 +34,25 @@ ExcSpec: TypeAlias = (
 
 
 LOGGER = "headrace.guards"
+
+#: The guards' event records on ``headrace.guards``; a call site tests
+#: ``event_logger.isEnabledFor(level)`` first, so that disabled logging costs one call.
+events: Final = EventLog(LOGGER)
+event_logger: Final = events.logger
+
+
+def error_type(error: BaseException | None) -> str | None:
+    """The qualified name of ``error``'s type, or None (never calls user code)."""
+    return None if error is None else type(error).__qualname__
+
+
+def log_rejection(kind: str, name: str | None, run_start: bool, **fields: Any) -> None:
+    """Log one rejection (DEBUG), after a first rejection after admissions (INFO)."""
+    if run_start:
+        events.info(
+            "started rejecting calls", kind=kind, component=name, event="rejecting", **fields
+        )
+    events.debug("call rejected", kind=kind, component=name, event="rejected", **fields)
 
 
 @final

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from headrace_guards._common import (
     check_clock,
     check_store,
     checked_reading,
+    event_logger,
+    log_rejection,
     now_of,
     raise_if_not_async,
 )
@@ -99,6 +102,7 @@ class RateLimiter(GuardBase):
         "_capacity",
         "_clock",
         "_interval",
+        "_log_mark",
         "_loop",
         "_rejected",
         "_store",
@@ -137,6 +141,7 @@ class RateLimiter(GuardBase):
         self._binding = LoopBinding(self._describe())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._acquired = 0
+        self._log_mark = -1  # _acquired at the last logged rejection
         self._rejected = 0
         self._waiting = 0
 
@@ -190,6 +195,10 @@ class RateLimiter(GuardBase):
     def _refuse(self, now: float, wait: float) -> RateLimited:
         self._rejected += 1
         error = RateLimited(retry_after=wait, name=self.name)
+        if event_logger.isEnabledFor(logging.INFO):
+            run_start = self._log_mark != self._acquired
+            self._log_mark = self._acquired
+            log_rejection("RateLimiter", self.name, run_start, retry_after=wait)
         if self._listeners:
             self._listeners.emit(
                 GuardEvent(source=self._source, kind="rejected", at=now, delay=wait, error=error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,9 @@ from headrace_guards._common import (
     check_clock,
     compile_spec,
     delays_of,
+    error_type,
+    event_logger,
+    events,
     now_of,
     numeric_retry_after,
     raise_if_not_async,
@@ -196,13 +200,13 @@ class Retry(GuardBase):
         predicate = self.retry_on_result
         while True:
             if limit is not None and attempt >= limit:
-                return self._give_up(error, result)
+                return self._give_up(error, result, attempt)
             delay = next_delay(delays, owner=_OWNER, cause=error)
             if error is not None and self.respect_retry_after:
                 hint = numeric_retry_after(error)
                 if hint is not None:
                     if math.isinf(hint):
-                        return self._give_up(error, result)
+                        return self._give_up(error, result, attempt)
                     delay = max(delay, hint)
             if self.max_delay is not None and delay > self.max_delay:
                 delay = self.max_delay
@@ -210,7 +214,9 @@ class Retry(GuardBase):
             if self.deadline is not None and not within(
                 now_of(self._clock) - start + delay, self.deadline
             ):
-                return self._give_up(error, result)
+                return self._give_up(error, result, attempt)
+            if event_logger.isEnabledFor(logging.DEBUG):
+                self._log_retry(attempt, delay, error)
             if self._listeners:
                 self._listeners.emit(
                     GuardEvent(
@@ -240,8 +246,34 @@ class Retry(GuardBase):
                 continue
             return result
 
-    def _give_up(self, error: Exception | None, result: Any) -> Any:
+    def _log_retry(self, attempt: int, delay: float, error: Exception | None) -> None:
+        cause = error_type(error) or "result rejected"
+        events.debug(
+            "attempt %d failed (%s), retrying in %.3fs",
+            attempt,
+            cause,
+            delay,
+            kind="Retry",
+            component=self.name,
+            event="retry",
+            attempt=attempt,
+            delay=delay,
+            error_type=error_type(error),
+        )
+
+    def _give_up(self, error: Exception | None, result: Any, attempt: int) -> Any:
         self._exhausted += 1
+        if event_logger.isEnabledFor(logging.INFO):
+            events.info(
+                "giving up after %d attempts (%s)",
+                attempt,
+                error_type(error) or "result rejected",
+                kind="Retry",
+                component=self.name,
+                event="exhausted",
+                attempt=attempt,
+                error_type=error_type(error),
+            )
         if error is not None:
             raise error
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from headrace_core.lowlevel import (
     check_number,
     raise_if_expired,
 )
-from headrace_guards._common import GuardBase, GuardEvent, check_clock, now_of, raise_if_not_async
+from headrace_guards._common import (
+    GuardBase,
+    GuardEvent,
+    check_clock,
+    event_logger,
+    events,
+    now_of,
+    raise_if_not_async,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -267,6 +276,15 @@ class Timeout(GuardBase):
     def _own_timeout(self) -> GuardTimeout:
         self._timeouts += 1
         error = GuardTimeout(timeout=self.seconds, name=self.name)
+        if event_logger.isEnabledFor(logging.DEBUG):
+            events.debug(
+                "timed out after %.3fs",
+                self.seconds,
+                kind="Timeout",
+                component=self.name,
+                event="timeout",
+                delay=self.seconds,
+            )
         if self._listeners:
             self._emit(error)
         return error

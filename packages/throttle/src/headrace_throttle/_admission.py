@@ -27,7 +27,7 @@ from typing import final
 
 from headrace_core.lowlevel import LoopBinding, within
 from headrace_throttle._budget import LocalBudgets
-from headrace_throttle._types import Events, Slot
+from headrace_throttle._types import Events, Slot, event_logger
 
 __all__ = ["Admission", "Pacing"]
 
@@ -436,11 +436,24 @@ class Admission:
         self._refresh()
         if self.queue:
             self._arm(until)
+        if event_logger.isEnabledFor(logging.INFO):
+            self._events.log(
+                logging.INFO,
+                "paused",
+                "admissions paused for %.3fs (reason: %s)",
+                seconds,
+                reason,
+                delay=seconds,
+                reason=reason,
+                state="paused",
+            )
         self._events.emit("paused", {"until": until, "reason": reason, "seconds": seconds}, now)
 
     def _resume(self, now: float) -> None:
         self._pacing.paused_until = NEVER
         self._refresh()
+        if event_logger.isEnabledFor(logging.INFO):
+            self._events.log(logging.INFO, "resumed", "admissions resumed", state="running")
         self._events.emit("resumed", {}, now)
 
     def _refresh(self) -> None:

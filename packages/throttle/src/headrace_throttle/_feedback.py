@@ -30,7 +30,7 @@ from headrace_core.lowlevel import check_int, safe_repr
 from headrace_throttle._admission import Admission
 from headrace_throttle._errors import ServerBusy
 from headrace_throttle._limit import AIMD, Limit, set_limit
-from headrace_throttle._types import Events, Slot
+from headrace_throttle._types import Events, Slot, event_logger
 
 __all__ = ["NOT_A_HINT", "Feedback", "retry_after_seconds"]
 
@@ -253,6 +253,8 @@ class Feedback:
         interval = admission.interval
         admission.retune(n, interval, congestion=False)
         self._refresh()
+        if event_logger.isEnabledFor(logging.INFO):
+            self._log_change(old, n, interval, interval, "manual", logging.INFO)
         self._events.emit(
             "decreased" if n < old else "increased",
             {
@@ -365,6 +367,10 @@ class Feedback:
             interval = max(self._min_interval, old_interval / 2.0)
         admission.retune(new, interval, congestion=decrease)
         self._refresh()
+        # A decrease, and the recovery to max_concurrency, at INFO; a step up at DEBUG.
+        level = logging.INFO if decrease or new >= self._high else logging.DEBUG
+        if event_logger.isEnabledFor(level):
+            self._log_change(old, new, old_interval, interval, reason, level)
         self._events.emit(
             "decreased" if decrease else "increased",
             {
@@ -375,6 +381,31 @@ class Feedback:
                 "epoch": admission.epoch,
             },
             now,
+        )
+
+    def _log_change(
+        self, old: int, new: int, old_interval: float, interval: float, reason: str, level: int
+    ) -> None:
+        if new < old or (new == old and interval > old_interval):
+            event, what = "decreased", "concurrency decreased"
+        elif new >= self._high:
+            event, what = "recovered", "concurrency recovered"
+        else:
+            event, what = "increased", "concurrency increased"
+        self._events.log(
+            level,
+            event,
+            "%s %d -> %d, dispatch interval %.3fs -> %.3fs (reason: %s)",
+            what,
+            old,
+            new,
+            old_interval,
+            interval,
+            reason,
+            concurrency=new,
+            old_concurrency=old,
+            interval=interval,
+            reason=reason,
         )
 
 

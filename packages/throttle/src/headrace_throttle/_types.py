@@ -7,9 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
+from headrace_core.lowlevel import EventLog
 from headrace_core.stats import Listeners
 
 __all__ = ["Events", "Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState"]
+
+#: The throttle's event records on ``headrace.throttle``; a call site tests
+#: ``event_logger.isEnabledFor(level)`` first, so that disabled logging costs one call.
+event_log = EventLog("headrace.throttle")
+event_logger = event_log.logger
 
 _LEGACY_KINDS = {
     "decreased": "decelerated",
@@ -117,6 +123,15 @@ class Events:
         """Tell every listener (isolated: a failing one is logged, see core's ``Listeners``)."""
         if self.listeners:
             self.listeners.emit(ThrottleEvent(kind, at, data, self.name))
+
+    def log(self, level: int, event: str, message: str, *args: object, **fields: Any) -> None:
+        """Log one event of this throttle on ``headrace.throttle`` (rate-limited per event).
+
+        The caller tests ``event_logger.isEnabledFor(level)`` first.
+        """
+        event_log.log(
+            level, message, *args, kind="Throttle", component=self.name, event=event, **fields
+        )
 
 
 @final
