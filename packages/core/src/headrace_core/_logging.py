@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import Any, Final, final
 
+from headrace_core._validate import check_int, check_number
+
 __all__ = ["EXTRA_PREFIX", "EventLog"]
 
 #: The prefix of every key a headrace record puts in ``extra``: no such key is an
@@ -61,18 +63,17 @@ class EventLog:
         logger: the logger name, ``headrace.<package>``.
         limit: the records per key and window, ``>= 1``.
         window: the window in seconds of loop time, ``> 0``.
+
+    Raises:
+        ConfigurationError: when ``limit`` or ``window`` is out of range.
     """
 
     __slots__ = ("_budgets", "_limit", "_window", "logger")
 
     def __init__(self, logger: str, *, limit: int = 10, window: float = 60.0) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit!r}")
-        if not window > 0:
-            raise ValueError(f"window must be > 0, got {window!r}")
+        self._limit = check_int("limit", limit, ge=1)
+        self._window = check_number("window", window, gt=0)
         self.logger = logging.getLogger(logger)
-        self._limit = limit
-        self._window = float(window)
         self._budgets: dict[tuple[str, str | None, str], _Budget] = {}
 
     def enabled(self, level: int) -> bool:

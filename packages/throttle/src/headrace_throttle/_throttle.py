@@ -44,7 +44,14 @@ from headrace_throttle._feedback import Feedback
 from headrace_throttle._limit import AIMD, Gradient, Limit, bind_limit
 from headrace_throttle._progress import Progress
 from headrace_throttle._shared import SharedBudgets
-from headrace_throttle._types import Events, Slot, ThrottleEvent, ThrottleSnapshot, ThrottleState
+from headrace_throttle._types import (
+    Events,
+    Slot,
+    ThrottleEvent,
+    ThrottleSnapshot,
+    ThrottleState,
+    check_count,
+)
 from headrace_throttle._vegas import Vegas
 
 __all__ = ["Throttle"]
@@ -493,7 +500,7 @@ class Throttle:
                 raise ValueError(f"duration={duration!r}: must be a finite number >= 0 or None")
             duration = float(duration)
         if tokens_used:
-            _check_count("tokens_used", tokens_used)
+            check_count("tokens_used", tokens_used)
         self._calls.record_success(duration, tokens_used)
 
     def record_tokens(self, count: int) -> None:
@@ -510,7 +517,7 @@ class Throttle:
         Raises:
             ValueError: when ``count`` is not an int ``>= 0``.
         """
-        _check_count("count", count)
+        check_count("count", count)
         self._calls.record_tokens(count)
 
     def set_concurrency(self, n: int) -> None:
@@ -696,12 +703,6 @@ class Throttle:
             f"Throttle({who}concurrency={admission.limit}/{self._config.max_concurrency}, "
             f"in_flight={admission.in_flight}, waiting={admission.waiting})"
         )
-
-
-def _check_count(argument: str, count: object) -> None:
-    """Refuse a token count that is not an int ``>= 0`` (as ``Slot.record_tokens`` does)."""
-    if type(count) is not int or count < 0:
-        raise ValueError(f"{argument}={count!r}: must be an int >= 0")
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any, final
 from headrace_core.lowlevel import EventLog
 from headrace_core.stats import Listeners
 
-__all__ = ["Events", "Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState"]
+__all__ = ["Events", "Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState", "check_count"]
 
 #: The throttle's event records on ``headrace.throttle``; a call site tests
 #: ``event_logger.isEnabledFor(level)`` first, so that disabled logging costs one call.
@@ -237,8 +237,7 @@ class Slot:
         Raises:
             ValueError: when ``count`` is not an int ``>= 0``.
         """
-        if type(count) is not int or count < 0:
-            raise ValueError(f"count={count!r}: must be an int >= 0")
+        check_count("count", count)
         recorded = self._recorded
         self._recorded = count if recorded is None else recorded + count
 
@@ -254,3 +253,9 @@ class Slot:
 
     def __repr__(self) -> str:
         return f"Slot(attempt={self.attempt}, tokens={self.tokens}, recorded={self._recorded})"
+
+
+def check_count(argument: str, count: object) -> None:
+    """Refuse a token count that is not an int ``>= 0`` (a call-time ``ValueError``)."""
+    if type(count) is not int or count < 0:
+        raise ValueError(f"{argument}={count!r}: must be an int >= 0")
