@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 
 import pytest
 
@@ -109,6 +110,49 @@ async def drive_ewma_clock(fault: Fault) -> None:
     assert math.isfinite(rate._rate)
 
 
+@dataclass(frozen=True)
+class _Counts:
+    calls: int
+    rejected: int
+
+
+class _Component:
+    def __init__(self, name: str, fault: Fault | None = None) -> None:
+        self.name = name
+        self.fault = fault
+
+    def snapshot(self) -> object:
+        if self.fault is not None:
+            return inject(self.fault, wrong=None)
+        return _Counts(calls=3, rejected=1)
+
+
+async def drive_prometheus_snapshot(fault: Fault) -> None:
+    # A component's snapshot() runs at scrape time, on the exporter's thread: a broken one
+    # leaves only its own samples out (its CancelledError too: a scrape is no task);
+    # KeyboardInterrupt and SystemExit reach the scraper.
+    prometheus = pytest.importorskip("headrace_core.prometheus")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    good = prometheus.instrument(_Component("good"), registry=registry)
+    bad_component = _Component("bad", fault)
+    bad = prometheus.instrument(bad_component, registry=registry)
+    error = expected_error(fault)
+    if error in (KeyboardInterrupt, SystemExit):
+        with pytest.raises(error):
+            generate_latest(registry)
+    else:
+        text = generate_latest(registry).decode()
+        assert 'headrace_component="good"' in text
+        assert 'headrace_component="bad"' not in text
+    bad_component.fault = None  # it works again: its samples come back
+    assert 'headrace_component="bad"' in generate_latest(registry).decode()
+    bad.close()
+    good.close()
+    assert generate_latest(registry) == b""
+
+
 async def drive_backoff_delays(fault: Fault) -> None:
     def schedule() -> object:
         yield 0.5
@@ -139,6 +183,11 @@ POINTS = [
     Point("PerLoop.factory", SYNC_FAULTS, drive_per_loop_factory),
     Point("EwmaRate.clock", SYNC_FAULTS, drive_ewma_clock),
     Point("next_delay.delays", ITERATOR_FAULTS, drive_backoff_delays),
+    Point(
+        "prometheus.instrument.component (snapshot at scrape)",
+        SYNC_FAULTS,
+        drive_prometheus_snapshot,
+    ),
 ]
 
 _RNG = "a random.Random used as given: its own errors propagate unchanged"

@@ -21,6 +21,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
         name=exc.name,
     ) from exc
 
+import asyncio
+import dataclasses
 import logging
 import threading
 import weakref
@@ -101,11 +103,16 @@ class Instrumentation:
             return
         try:
             snapshot = self.component.snapshot()
+            if not dataclasses.is_dataclass(snapshot) or isinstance(snapshot, type):
+                raise TypeError(
+                    f"snapshot() returned {_errors.safe_repr(snapshot)}, not a dataclass"
+                )
             numbers = _metrics.numbers(snapshot)
             info = _metrics.labels(snapshot)
-        except Exception:
+        except (Exception, asyncio.CancelledError):
             # User code: one broken component leaves only its own samples out of the scrape,
-            # and is logged once until its snapshot() works again.
+            # and is logged once until its snapshot() works again. A CancelledError it
+            # raises is its failure: a scrape is no task, so nobody is cancelling it.
             if not self._failing:
                 self._failing = True
                 _LOGGER.exception(
