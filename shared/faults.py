@@ -49,6 +49,7 @@ __all__ = [
     "missing_points",
     "outcome",
     "run_injection",
+    "settle",
 ]
 
 
@@ -380,6 +381,20 @@ def missing_points(
     found = callable_parameters(module, **walk)
     stale = [f"stale exclusion: {n}" for n in sorted(set(excluded) - found)]
     return sorted(found - covered - set(excluded)) + stale
+
+
+async def settle(component: Any) -> None:
+    """Wait for a component's background work and async listeners, leaving it open.
+
+    ``aclose()`` waits for the same and then refuses new calls; a driver that goes on
+    using the component after its background work ended uses this instead.
+    """
+    for inner in getattr(component, "guards", ()):  # a pipeline: its guards' listeners
+        await settle(inner)
+    background = getattr(component, "_background", None)
+    if background is not None:
+        await background.aclose()
+    await component._listeners.aclose()
 
 
 def is_nan(value: object) -> bool:

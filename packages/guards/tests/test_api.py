@@ -26,6 +26,7 @@ from headrace_guards import (
     RateLimiter,
     Timeout,
 )
+from shared.faults import settle
 
 CORE_ERRORS = [
     "BulkheadFull",
@@ -440,7 +441,7 @@ async def test_store_backed_rate_limiter() -> None:
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        await limiter.aclose()  # the refund goes on in the background
+        await settle(limiter)  # the refund goes on in the background
         assert store.refunds == 1
         store.tat = clock.now() + 100
         with pytest.raises(RateLimited) as info:

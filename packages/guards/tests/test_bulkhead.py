@@ -9,6 +9,7 @@ import pytest
 
 from headrace_core.testing import VirtualClock
 from headrace_guards import Bulkhead, BulkheadFull, ConfigurationError, GuardEvent
+from shared.faults import settle
 
 
 class Probe:
@@ -404,7 +405,7 @@ async def test_store_acquire_of_unknown_outcome_releases_its_lease(mode: str) ->
         ended = clock.now()
         assert ended <= 1
         assert len(store.leases) == 1  # the store took it: released in the background
-        await bulkhead.aclose()
+        await settle(bulkhead)
         assert store.leases == set()
         assert clock.now() == pytest.approx(ended + 5)
         snap = bulkhead.snapshot()

@@ -21,6 +21,7 @@ from headrace_guards import (
     Timeout,
     TimeWindow,
 )
+from shared.faults import settle
 
 
 class Boom(Exception):
@@ -500,7 +501,7 @@ async def test_listener_that_raises_or_resets_does_not_change_outcome(clock_star
         breaker.add_listener(resetting)
         with pytest.raises(Boom):
             await breaker.call(fail)
-        await breaker.aclose()
+        await settle(breaker)
         assert st(breaker) is CircuitState.CLOSED
         assert await breaker.call(ok) == "ok"
 

@@ -58,6 +58,7 @@ from shared.faults import (
     inject,
     missing_points,
     run_injection,
+    settle,
 )
 
 #: The caller's deadline around every injected call (a HANG ends there).
@@ -232,7 +233,7 @@ async def drive_bulkhead_store_fn(fault: Fault) -> None:
     store = LeaseStore()
     guard = Bulkhead(1, name=f"faults-fn-{fault.value}", store=store)
     await outcome(fault, lambda: guard.call(user_fn(fault)), wrong=TypeError)
-    await guard.aclose()
+    await settle(guard)
     bulkhead_idle(guard)
     assert store.leases == set()
     assert await guard.call(ok) == "ok"
@@ -257,7 +258,7 @@ async def drive_breaker_store_fn(fault: Fault) -> None:
     breaker = CircuitBreaker("faults-fn", failure_threshold=1, recovery_timeout=1, store=store)
     await half_open(breaker)
     await outcome(fault, lambda: breaker.call(user_fn(fault)), wrong=TypeError)
-    await breaker.aclose()
+    await settle(breaker)
     breaker_idle(breaker)
     assert store.ho_taken == 0
     await closes_again(breaker)
@@ -596,7 +597,7 @@ async def drive_breaker_store_admit(fault: Fault) -> None:
     await half_open(breaker)
     store.faults.set("admit", fault, after=False)
     await outcome(fault, lambda: breaker.call(ok), wrong=TypeError)
-    await breaker.aclose()
+    await settle(breaker)
     breaker_idle(breaker)
     assert store.ho_taken == 0
     await closes_again(breaker)
@@ -608,7 +609,7 @@ async def drive_breaker_store_record(fault: Fault) -> None:
     await half_open(breaker)
     store.faults.set("record", fault, after=True)  # recorded, then the reply is lost
     await outcome(fault, lambda: breaker.call(ok), wrong=TypeError)
-    await breaker.aclose()
+    await settle(breaker)
     breaker_idle(breaker)
     assert (store.ho_taken, store.state) == (0, CLOSED)
     await closes_again(breaker)
@@ -620,7 +621,7 @@ async def drive_breaker_store_record(fault: Fault) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await breaker.aclose()
+    await settle(breaker)
     breaker_idle(breaker)
     assert store.ho_taken == 0
     await closes_again(breaker)
@@ -668,7 +669,7 @@ async def drive_bulkhead_store_acquire(fault: Fault) -> None:
     guard = Bulkhead(1, name="faults-acquire", store=store)
     store.faults.set("acquire", fault, after=True)  # the slot is taken, the reply is lost
     await outcome(fault, lambda: guard.call(ok), wrong=TypeError)
-    await guard.aclose()  # the unknown lease is released in the background
+    await settle(guard)  # the unknown lease is released in the background
     bulkhead_idle(guard)
     assert store.leases == set()
     assert await guard.call(ok) == "ok"
@@ -684,7 +685,7 @@ async def drive_bulkhead_store_release(fault: Fault) -> None:
     guard = Bulkhead(1, name="faults-release", store=store)
     store.faults.set("release", fault, after=True)  # released, then the reply is lost
     await outcome(fault, lambda: guard.call(ok), wrong=None)
-    await guard.aclose()
+    await settle(guard)
     bulkhead_idle(guard)
     assert store.leases == set()
     assert await guard.call(ok) == "ok"
@@ -721,7 +722,7 @@ async def drive_limiter_store_refund(fault: Fault) -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter  # at once: the refund goes on in the background
     async with asyncio.timeout(60):
-        await limiter.aclose()  # bounded, even for a refund that hangs
+        await settle(limiter)  # bounded, even for a refund that hangs
     limiter_idle(limiter)
     assert store.refunds == 1
     assert await limiter.call(ok) == "ok"
@@ -1109,8 +1110,8 @@ def drive_async_listener(kind: str) -> Callable[[Fault], Awaitable[None]]:
         if fault is Fault.HANG:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(1):
-                    await guard.aclose()  # the caller's deadline cancels the hung listener
-        await guard.aclose()
+                    await settle(guard)  # the caller's deadline cancels the hung listener
+        await settle(guard)
         await scenario.normal(guard)
         await guard.aclose()
         assert heard

@@ -721,6 +721,63 @@ async def add_note_case(fault: Fault, phase: str, width: int) -> None:
     assert isinstance(failure_of(await outcome(lambda: p.process_tasks(None)), phase), Odd)
 
 
+# -- Processor listeners -----------------------------------------------------------------
+
+
+def _one_task(scene: Scene) -> Processor[Any, str]:
+    return Processor.builder().add_task(scene.task("A"), level=1).build()
+
+
+async def drive_processor_sync_listener(fault: Fault) -> None:
+    scene = Scene()
+    p = _one_task(scene)
+    for kind in ("started", "succeeded"):
+        for run in runners(p):
+            fired: list[str] = []
+
+            def listener(event: Any, kind: str = kind, fired: list[str] = fired) -> Any:
+                if event.kind == kind and not fired:
+                    fired.append(kind)
+                    return inject(fault, wrong=WRONG)
+                return None
+
+            remove = p.add_listener(listener)
+            result = await outcome(run)
+            remove()
+            error = expected_error(fault)
+            if error in FATAL:
+                assert isinstance(result, error), repr(result)  # reaches the caller
+            else:
+                assert isinstance(result, RunReport), repr(result)  # logged, swallowed
+            assert fired == [kind]
+            assert p.snapshot().running == 0  # never counted as running for ever
+    assert isinstance(await p.process_tasks(None), RunReport)
+    await p.aclose()
+    assert p.snapshot().running == 0
+
+
+async def drive_processor_async_listener(fault: Fault) -> None:
+    scene = Scene()
+    p = _one_task(scene)
+    armed = [True]
+
+    async def listener(event: Any) -> Any:
+        if armed[0] and event.kind == "succeeded":
+            armed[0] = False
+            return await ainject(fault, wrong=WRONG)
+        return None
+
+    p.add_listener(listener)
+    assert isinstance(await outcome(lambda: p.process_tasks(None)), RunReport)
+    if fault is Fault.HANG:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await p.aclose()  # the caller's deadline cancels the hung listener
+    await p.aclose()
+    assert p._runs.listeners.pending == 0
+    assert p.snapshot().running == 0
+
+
 POINTS = [
     Point(
         "Task.pre_execute",
@@ -799,6 +856,16 @@ POINTS = [
     Point("name.__hash__", SYNC_FAULTS, drive_name_hash),
     Point("name.__eq__", SYNC_FAULTS, drive_name_eq),
     Point("exception.add_note", SYNC_FAULTS, drive_add_note),
+    Point(
+        "Processor.add_listener.callback",
+        SYNC_FAULTS,
+        drive_processor_sync_listener,
+        also=(
+            "AsyncTaskProcessor.add_listener.callback",
+            "AsyncDagTaskProcessor.add_listener.callback",
+        ),
+    ),
+    Point("Processor.add_listener.callback[async]", ASYNC_FAULTS, drive_processor_async_listener),
 ]
 
 

@@ -53,87 +53,98 @@ class BatchFunction(Generic[P, R]):
             BatchRoutingError: when the bulk result cannot be routed (every caller).
             MissingResult: when a ``Mapping`` result lacks this caller's key.
             RuntimeError: when the body returns without awaiting ``collect()``.
+            Closed: when the function is closed.
             Exception: whatever the body raised, or the exception value in its slot.
         """
         core = self._core
-        core.calls.value += 1
-        instance = self._instance
-        if instance is None:  # noqa: SIM108 - two plain calls read better here
-            coro = core.fn(*args, **kwargs)
-        else:
-            coro = core.fn(instance, *args, **kwargs)
+        life = core.life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         try:
-            box = coro.send(None)
-        except StopIteration:
-            raise RuntimeError(no_collect(core.name)) from None
-        if type(box) is not list or box[0] is not COLLECT:
-            try:
-                box = await drive(coro, box, core.name)
-            except asyncio.CancelledError:
-                core.rec.cancelled.value += 1
-                raise
-        loop = _get_running_loop()
-        try:
-            if core.plain_lane and instance is None:  # the loop's default lane
-                last = core.last  # one read: another thread may replace it meanwhile
-                if last is not None and last[0]() is loop:
-                    lane = last[1]
-                else:
-                    lane = core.default_lane(loop)
+            core.calls.value += 1
+            instance = self._instance
+            if instance is None:
+                coro = core.fn(*args, **kwargs)
             else:
-                lane = core.lane_for(loop, instance, args, kwargs)
-            batch: Batch | None = lane.open
-            item = box[1]
-            if batch is None:
-                batch = Batch(lane, core.dedupe, core.key is not None)
-                start(batch, loop)
+                coro = core.fn(instance, *args, **kwargs)
+            try:
+                box = coro.send(None)
+            except StopIteration:
+                raise RuntimeError(no_collect(core.name)) from None
+            if type(box) is not list or box[0] is not COLLECT:
                 try:
-                    core.join(batch, item)  # key(item), hash and == may raise
-                except BaseException:
-                    finish(batch)  # nobody leads it: the lane opens a new one next time
+                    box = await drive(coro, box, core.name)
+                except asyncio.CancelledError:
+                    core.rec.cancelled.value += 1
                     raise
-                batch.futs.append(None)
-                return await core.lead(batch, coro, box, 0, loop)  # type: ignore[no-any-return]
-            if core.inline_join:  # default options (dedupe by the item): the join inlined
-                keys: dict[Any, int] = batch.keys  # type: ignore[assignment]
-                items = batch.items
-                n = len(items)
-                try:
-                    entry = keys.setdefault(item, n)
-                except TypeError:  # unhashable: allowed, never de-duplicated
-                    entry = n
-                if entry == n:
-                    items.append(item)
-                    if batch.entries is not None:
-                        batch.entries.append(n)
-                    if n + 1 == core.max_size:
-                        filled(batch)
-                else:
-                    core.duplicate(batch, entry)
-            else:
-                core.join(batch, item)
-        except BaseException:
-            close(coro)
-            raise
-        fut = loop.create_future()
-        batch.futs.append(fut)
-        try:
-            value = await fut
-        except BaseException as exc:
+            loop = _get_running_loop()
+            batch: Batch | None = None  # bound on every path that reaches the code after the try
             try:
+                if core.plain_lane and instance is None:  # the loop's default lane
+                    last = core.last  # one read: another thread may replace it meanwhile
+                    if last is not None and last[0]() is loop:
+                        lane = last[1]
+                    else:
+                        lane = core.default_lane(loop)
+                else:
+                    lane = core.lane_for(loop, instance, args, kwargs)
+                batch = lane.open
+                item = box[1]
+                if batch is None:
+                    batch = Batch(lane, core.dedupe, core.key is not None)
+                    start(batch, loop)
+                    try:
+                        core.join(batch, item)  # key(item), hash and == may raise
+                    except BaseException:
+                        finish(batch)  # nobody leads it: the lane opens a new one next time
+                        raise
+                    batch.futs.append(None)
+                    return await core.lead(batch, coro, box, 0, loop)  # type: ignore[no-any-return]
+                if core.inline_join:  # default options (dedupe by the item): the join inlined
+                    keys: dict[Any, int] = batch.keys  # type: ignore[assignment]
+                    items = batch.items
+                    n = len(items)
+                    try:
+                        entry = keys.setdefault(item, n)
+                    except TypeError:  # unhashable: allowed, never de-duplicated
+                        entry = n
+                    if entry == n:
+                        items.append(item)
+                        if batch.entries is not None:
+                            batch.entries.append(n)
+                        if n + 1 == core.max_size:
+                            filled(batch)
+                    else:
+                        core.duplicate(batch, entry)
+                else:
+                    core.join(batch, item)
+            except BaseException:
                 close(coro)
-            finally:
-                core.follower_failed(batch, fut, exc)
-            raise
-        if value is PROMOTE:
-            pos = batch.futs.index(fut)
-            return await core.lead(batch, coro, box, pos, loop)  # type: ignore[no-any-return]
-        try:
-            coro.close()
-        except RuntimeError:  # the body awaited in a finally block: its value still stands
-            if getattr(coro, "cr_frame", None) is None:  # the body raised it: the user's error
                 raise
-        return value  # type: ignore[no-any-return]
+            fut = loop.create_future()
+            batch.futs.append(fut)
+            try:
+                value = await fut
+            except BaseException as exc:
+                try:
+                    close(coro)
+                finally:
+                    core.follower_failed(batch, fut, exc)
+                raise
+            if value is PROMOTE:
+                pos = batch.futs.index(fut)
+                return await core.lead(batch, coro, box, pos, loop)  # type: ignore[no-any-return]
+            try:
+                coro.close()
+            except RuntimeError:  # the body awaited in a finally block: its value still stands
+                if getattr(coro, "cr_frame", None) is None:  # the body raised it: the user's error
+                    raise
+            return value  # type: ignore[no-any-return]
+        finally:
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     @overload
     def __get__(self, obj: None, owner: type[Any] | None = None) -> BatchFunction[P, R]: ...
@@ -180,13 +191,26 @@ class BatchFunction(Generic[P, R]):
         """
         return self._core.rec.add_listener(callback)
 
-    async def aclose(self) -> None:
-        """Wait for the pending async listeners (the function stays usable).
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: the function refuses new calls."""
+        return self._core.life.closed
 
-        Under a deadline (``asyncio.timeout``), listeners still running when it expires
-        are cancelled and awaited.
+    async def aclose(self) -> None:
+        """Close the function for good (the family's one ``aclose()``; idempotent).
+
+        It is closed for every instance and loop (they share it). New calls raise
+        :class:`~headrace_core.Closed`. Calls already waiting in a window are not
+        dropped: the window ends now and their batch runs. Returns once every call in
+        flight has its value, then once pending async listeners have ended (under a
+        deadline, ``asyncio.timeout``, those still running are cancelled). ``stats()``
+        and ``add_listener()`` keep working.
         """
-        await self._core.rec.aclose()
+        core = self._core
+        if core.life.close():
+            core.flush(asyncio.get_running_loop())
+        await core.life.wait_idle()
+        await core.rec.aclose()
 
     async def __aenter__(self) -> BatchFunction[P, R]:
         return self

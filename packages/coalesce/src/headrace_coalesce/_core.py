@@ -31,7 +31,7 @@ from headrace_coalesce._lane import (
 )
 from headrace_coalesce._routing import as_error, describe, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import _Recorder
-from headrace_core.lowlevel import PerLoop
+from headrace_core.lowlevel import Lifecycle, PerLoop
 
 __all__ = ["PROMOTE", "Batch", "Core", "close"]
 
@@ -81,6 +81,7 @@ class Core:
         "inline_join",
         "key",
         "last",
+        "life",
         "max_size",
         "method",
         "name",
@@ -107,6 +108,7 @@ class Core:
         self.group_by = group_by
         self.per_loop: PerLoop[_LoopState] = PerLoop(lambda: _LoopState(options))
         self.rec = _Recorder(self.name)
+        self.life = Lifecycle(f"@batch function {self.name}")
         self.calls = self.rec.calls
         self.max_size = options.max_size
         self.zero_config = not options.max_wait and options.max_concurrent is None
@@ -115,6 +117,14 @@ class Core:
         self.inline_join = key is None and dedupe  # items are their own keys
         # the last loop's default lane, checked through a weak reference (fast path)
         self.last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
+
+    def flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End the open windows of ``loop``'s lanes now (the function was closed)."""
+        for owner, state in self.per_loop.items():
+            if owner is loop:
+                for lane in (state.lane, *state.lanes.values()):
+                    if lane.open is not None:
+                        filled(lane.open)
 
     def default_lane(self, loop: asyncio.AbstractEventLoop) -> Lane:
         lane = self.per_loop.get(loop).lane

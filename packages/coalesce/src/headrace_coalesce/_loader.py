@@ -7,12 +7,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, final
 
-from headrace_coalesce._lane import Lane, Options, require_async
+from headrace_coalesce._lane import Lane, Options, filled, require_async
 from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery
 from headrace_coalesce._routing import as_error, describe
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import PerLoop, being_cancelled, check_callable
+from headrace_core.lowlevel import Lifecycle, PerLoop, being_cancelled, check_callable
 from headrace_core.stats import Listener
 
 __all__ = ["Loader"]
@@ -79,6 +79,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         self._rec = _Recorder(self._name)
         self._runners: set[asyncio.Task[None]] = set()
         self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
+        self._life = Lifecycle(self._name)
 
     # -- loading --------------------------------------------------------------------
     async def load(self, key: K) -> V:
@@ -94,8 +95,11 @@ class Loader(LoaderMachinery, Generic[K, V]):
             TypeError: when ``key`` (or what ``key=`` returns for it) is unhashable.
             BatchRoutingError: when ``load_fn`` returned a mis-shaped result.
             MissingResult: when a ``Mapping`` result lacks this key.
+            Closed: when the loader is closed.
             Exception: what ``load_fn`` raised, or the exception value for this key.
         """
+        if self._life.closed:
+            raise self._life.refuse()
         rec = self._rec
         rec.calls.value += 1
         keyfn = self._keyfn
@@ -148,10 +152,13 @@ class Loader(LoaderMachinery, Generic[K, V]):
 
         Raises:
             TypeError: when a key (or what ``key=`` returns for it) is unhashable.
+            Closed: when the loader is closed.
             Exception: the error of the first failed key (in the order of ``keys``), once
                 every key has been answered; a ``KeyboardInterrupt`` or ``SystemExit`` of
                 any key comes first.
         """
+        if self._life.closed:
+            raise self._life.refuse()
         keys = list(keys)
         rec = self._rec
         loop = asyncio.get_running_loop()
@@ -292,13 +299,30 @@ class Loader(LoaderMachinery, Generic[K, V]):
         """
         return self._rec.add_listener(callback)
 
-    async def aclose(self) -> None:
-        """Wait for the pending async listeners (the loader stays usable, its cache kept).
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: the loader refuses new loads."""
+        return self._life.closed
 
-        Under a deadline (``asyncio.timeout``), listeners still running when it expires
-        are cancelled and awaited.
+    async def aclose(self) -> None:
+        """Close the loader for good (the family's one ``aclose()``; idempotent).
+
+        New ``load()`` and ``load_many()`` calls raise :class:`~headrace_core.Closed`.
+        Keys already waiting in a window are not dropped: the window ends now and their
+        batch is loaded. Returns once every ``load_fn`` call in flight has ended and its
+        callers have their values, then once pending async listeners have ended (under a
+        deadline, ``asyncio.timeout``, those still running are cancelled); the cache is
+        cleared last. ``stats()`` and ``add_listener()`` keep working.
         """
+        loop = asyncio.get_running_loop()
+        if self._life.close():
+            for owner, lane in self._per_loop.items():
+                if owner is loop and lane.open is not None:
+                    filled(lane.open)
+        while running := [task for task in self._runners if task.get_loop() is loop]:
+            await asyncio.wait(running)
         await self._rec.aclose()
+        self._cache.clear()
 
     async def __aenter__(self) -> Loader[K, V]:
         return self

@@ -32,7 +32,7 @@ from headrace_coalesce._lane import (
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import EventKind, _Recorder
-from headrace_core.lowlevel import PerLoop, being_cancelled
+from headrace_core.lowlevel import Lifecycle, PerLoop, being_cancelled
 
 __all__ = ["Entry", "LoadBatch", "LoaderMachinery"]
 
@@ -87,6 +87,7 @@ class LoaderMachinery:
         "_fn",
         "_keyfn",
         "_last",
+        "_life",
         "_name",
         "_options",
         "_per_loop",
@@ -100,6 +101,7 @@ class LoaderMachinery:
     _fn: Callable[[list[Any]], Awaitable[Any]]
     _keyfn: Callable[[Any], Hashable] | None
     _last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None
+    _life: Lifecycle
     _name: str
     _options: Options
     _per_loop: PerLoop[Lane]

@@ -19,6 +19,8 @@ waits with their bounds, and talk about user code safely:
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised.
+- :class:`Lifecycle`: the family's one ``aclose()`` contract (closed or open, the calls
+  running, waiting until none is).
 - :class:`EventLog`: structured, rate-limited log records of a component's events, on
   its package's ``headrace.<package>`` logger.
 """
@@ -29,6 +31,7 @@ from headrace_core._deadline import raise_if_expired as raise_if_expired
 from headrace_core._errors import being_cancelled as being_cancelled
 from headrace_core._errors import callable_name as callable_name
 from headrace_core._errors import safe_repr as safe_repr
+from headrace_core._lifecycle import Lifecycle as Lifecycle
 from headrace_core._listeners import finish_tasks as finish_tasks
 from headrace_core._logging import EventLog as EventLog
 from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
@@ -49,6 +52,7 @@ __all__ = [
     "Clock",
     "Deadline",
     "EventLog",
+    "Lifecycle",
     "LoopBinding",
     "PerLoop",
     "being_cancelled",
@@ -70,6 +74,7 @@ __all__ = [
 for _obj in (
     Deadline,
     EventLog,
+    Lifecycle,
     LoopBinding,
     PerLoop,
     being_cancelled,

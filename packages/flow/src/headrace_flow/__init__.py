@@ -14,6 +14,7 @@ from headrace_flow._errors import TransformerError as TransformerError
 from headrace_flow._errors import log_and_continue as log_and_continue
 from headrace_flow._factory import flow as flow
 from headrace_flow._flow import Flow as Flow
+from headrace_flow._flow import FlowEvent as FlowEvent
 from headrace_flow._markers import DROP as DROP
 from headrace_flow._markers import Drop as Drop
 from headrace_flow._markers import Last as Last
@@ -49,6 +50,7 @@ __all__ = [
     "FixedScaling",
     "Flow",
     "FlowClosed",
+    "FlowEvent",
     "FlowStats",
     "HeadraceError",
     "Last",

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeAlias, TypeVar, cast
 
 from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
 from headrace_core.lowlevel import Deadline, being_cancelled, check_optional_number, safe_repr
@@ -26,7 +26,10 @@ from headrace_flow._stages import Composite, Stage, as_stage, stage
 from headrace_flow._state import user_cancelled
 from headrace_flow._stats import FlowStats, StageStats
 
-__all__ = ["Flow"]
+FlowEvent: TypeAlias = Event
+"""What a flow's listeners receive: an ``ErrorEvent`` or a ``ScaleEvent``."""
+
+__all__ = ["Flow", "FlowEvent"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -67,6 +70,7 @@ class Flow(Composite[In, Out]):
         self._last: FlowStats | None = None
         self._listeners: Listeners[Event] = Listeners("headrace.flow", "flow")
         self._task: asyncio.Task[FlowStats | _Interrupt] | None = None
+        self._closed = False
 
     # -- definition ----------------------------------------------------------------------
     def _compiled(self) -> Graph:
@@ -162,13 +166,14 @@ class Flow(Composite[In, Out]):
         """
         self._handler = normalize_handler(handler)
 
-    def add_listener(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
+    def add_listener(self, callback: Callable[[FlowEvent], Any]) -> Callable[[], None]:
         """Receive every event (errors, drops and ``ScaleEvent``s), sync or async.
 
         A listener's exception is logged, never propagated.
 
         Args:
-            callback: called with each event.
+            callback: called with each :data:`FlowEvent` (an ``ErrorEvent`` or a
+                ``ScaleEvent``).
 
         Returns:
             A callable that removes the listener.
@@ -267,6 +272,8 @@ class Flow(Composite[In, Out]):
 
     # -- running -------------------------------------------------------------------------
     def _begin(self, *, output: bool) -> Run:
+        if self._closed:
+            raise FlowClosed("the flow is closed and starts no new run")
         if self._run is not None:
             raise HeadraceError("the flow is already running; a Flow runs once at a time")
         try:
@@ -485,6 +492,41 @@ class Flow(Composite[In, Out]):
         if run.is_own_task():
             return
         await run.teardown()
+
+    # -- closing ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: the flow starts no new run."""
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Close the flow for good (the family's one ``aclose()``; idempotent).
+
+        New runs (``run``, ``start``, ``iterate``, ``push``) raise
+        :class:`FlowClosed`. A run in progress is drained, not stopped: the source is not
+        pulled any more, and everything already accepted goes through to the sink; this
+        returns once it has (a run of :meth:`start` is left for :meth:`wait` to collect).
+        Called from the run itself, or while :meth:`iterate` runs (its consumer must keep
+        reading), it drains without waiting. Then pending async listeners are awaited
+        (under a deadline, ``asyncio.timeout``, those still running are cancelled).
+        ``stats()`` and ``add_listener()`` keep working.
+        """
+        self._closed = True
+        run = self._run
+        if run is not None:
+            run.drain()
+            if run.output is None and not run.is_own_task():
+                await run.finished.wait()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            await asyncio.wait((task,))
+        await self._listeners.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # -- observing -------------------------------------------------------------------------
     def stats(self) -> FlowStats:

@@ -196,7 +196,7 @@ class Bulkhead(GuardBase):
             with another ``limit``, ``max_wait`` or ``max_waiters``.
     """
 
-    __slots__ = ("_background", "_clock", "_decl", "_leases", "_store")
+    __slots__ = ("_background", "_clock", "_decl", "_leases", "_queued", "_store")
 
     def __init__(
         self,
@@ -218,6 +218,8 @@ class Bulkhead(GuardBase):
         self._background = Background(self._describe())
         self._clock = check_clock(clock)
         self._leases: dict[asyncio.Task[Any], list[str]] = {}
+        # This instance's callers waiting for a slot (refused when it is closed).
+        self._queued: dict[asyncio.Future[bool], _Slots] = {}
 
     def __repr__(self) -> str:
         return f"Bulkhead(limit={self._decl.limit}, name={self.name!r})"
@@ -252,38 +254,60 @@ class Bulkhead(GuardBase):
         Raises:
             BulkheadFull: when no slot came within ``max_wait`` or the queue was full.
         """
-        if self._store is not None:
-            return await self._call_store(fn, args, kwargs)  # type: ignore[no-any-return]
-        decl = self._decl
-        slots = decl.slots.get()
-        if slots.in_flight < decl.limit and not slots.waiting:
-            slots.in_flight += 1
-        else:
-            await self._wait(slots)
+        life = self._life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         try:
-            return await fn(*args, **kwargs)
-        except TypeError as exc:
-            raise_if_not_async(fn, exc)
-            raise
+            if self._store is not None:
+                return await self._call_store(fn, args, kwargs)  # type: ignore[no-any-return]
+            decl = self._decl
+            slots = decl.slots.get()
+            if slots.in_flight < decl.limit and not slots.waiting:
+                slots.in_flight += 1
+            else:
+                await self._wait(slots)
+            try:
+                return await fn(*args, **kwargs)
+            except TypeError as exc:
+                raise_if_not_async(fn, exc)
+                raise
+            finally:
+                slots.completed += 1
+                decl.release(slots)
         finally:
-            slots.completed += 1
-            decl.release(slots)
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     async def acquire(self) -> None:
         """Take one slot, waiting in FIFO order; pair every success with :meth:`release`.
 
+        A slot taken with ``acquire()`` counts as a running call of this instance until
+        :meth:`release` (on the same instance) gives it back.
+
         Raises:
             BulkheadFull: when no slot came within ``max_wait`` or the queue was full.
+            Closed: when the bulkhead is closed.
         """
-        if self._store is not None:
-            self._push_lease(await self._store_acquire())
-            return
-        decl = self._decl
-        slots = decl.slots.get()
-        if slots.in_flight < decl.limit and not slots.waiting:
-            slots.in_flight += 1
-            return
-        await self._wait(slots)
+        await self._enter()
+
+    async def _enter(self) -> None:
+        life = self._life
+        life.enter()
+        try:
+            if self._store is not None:
+                self._push_lease(await self._store_acquire())
+                return
+            decl = self._decl
+            slots = decl.slots.get()
+            if slots.in_flight < decl.limit and not slots.waiting:
+                slots.in_flight += 1
+                return
+            await self._wait(slots)
+        except BaseException:
+            life.leave()
+            raise
 
     def release(self) -> None:
         """Give back a slot taken with :meth:`acquire` (it goes to the head waiter).
@@ -293,12 +317,14 @@ class Bulkhead(GuardBase):
         """
         if self._store is not None:
             self._store_release_now()
-            return
-        slots = self._decl.slots.get()
-        if slots.in_flight <= 0:
-            raise RuntimeError("Bulkhead.release() called more times than acquire()")
-        slots.completed += 1
-        self._decl.release(slots)
+        else:
+            slots = self._decl.slots.get()
+            if slots.in_flight <= 0:
+                raise RuntimeError("Bulkhead.release() called more times than acquire()")
+            slots.completed += 1
+            self._decl.release(slots)
+        if self._life.running > 0:
+            self._life.leave()
 
     async def _wait(self, slots: _Slots) -> None:
         decl = self._decl
@@ -313,6 +339,8 @@ class Bulkhead(GuardBase):
         handle = (
             None if decl.max_wait is None else loop.call_later(decl.max_wait, _expire, slots, fut)
         )
+        queued = self._queued
+        queued[fut] = slots
         try:
             got = await fut
         except BaseException:
@@ -325,9 +353,13 @@ class Bulkhead(GuardBase):
             elif fut.result():
                 decl.release(slots)  # handed a slot, then cancelled: pass it on
             raise
+        finally:
+            del queued[fut]
         if handle is not None:
             handle.cancel()
         if not got:
+            if self._life.closed:
+                raise self._life.refuse()
             raise self._reject(slots)
 
     def _reject(self, slots: _Slots | None) -> BulkheadFull:
@@ -392,6 +424,8 @@ class Bulkhead(GuardBase):
                         raise self._reject(slots)
                     delay = min(delay, deadline - now)
                 await asyncio.sleep(delay)
+                if self._life.closed:
+                    raise self._life.refuse()
                 if await self._store_try(store, name, lease, slots):
                     return lease
                 delay = min(delay * 2, _POLL_MAX)
@@ -484,15 +518,7 @@ class Bulkhead(GuardBase):
 
     # -- async with and reading ------------------------------------------------------
     async def __aenter__(self) -> Bulkhead:
-        if self._store is not None:
-            self._push_lease(await self._store_acquire())
-            return self
-        decl = self._decl
-        slots = decl.slots.get()
-        if slots.in_flight < decl.limit and not slots.waiting:
-            slots.in_flight += 1  # acquire()'s fast path, inlined
-        else:
-            await self._wait(slots)
+        await self._enter()
         return self
 
     async def __aexit__(
@@ -505,17 +531,19 @@ class Bulkhead(GuardBase):
             lease = self._pop_lease()
             if lease is None:
                 raise RuntimeError("Bulkhead.__aexit__ without a lease held by this task")
-            await self._store_release(lease, exc)
+            try:
+                await self._store_release(lease, exc)
+            finally:
+                self._life.leave()
             return
         self.release()
 
-    async def aclose(self) -> None:
-        """Wait for pending async listeners and lease releases sent in the background.
+    def _closing(self) -> None:
+        for fut, slots in tuple(self._queued.items()):
+            _expire(slots, fut)  # refused: the waiter raises Closed
 
-        The bulkhead stays usable.
-        """
+    async def _closed_background(self) -> None:
         await self._background.aclose()
-        await self._listeners.aclose()
 
     def snapshot(self) -> BulkheadSnapshot:
         """Return the limit and counters on the running loop (O(1), no await).

@@ -258,31 +258,43 @@ class CircuitBreaker(GuardBase):
             Exception: the callee's own error, unchanged (after it was recorded).
         """
         local = self._local
+        life = self._life
         if local is not None and local.fast:
             # CLOSED, consecutive policy, no slow-call timing: no clock read, no lock.
+            # (aclose() turns ``fast`` off for good: a closed breaker never gets here.)
+            life.running += 1
             gen = local.gen
             try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                if isinstance(exc, TypeError):
-                    raise_if_not_async(fn, exc)
-                local.closed_error(gen, exc)
-                raise
-            check = self._result_check
-            if check is not None:
                 try:
-                    failed = bool(check(result))
-                except BaseException:
-                    local.closed_failure(gen)
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    if isinstance(exc, TypeError):
+                        raise_if_not_async(fn, exc)
+                    local.closed_error(gen, exc)
                     raise
-                if failed:
-                    local.closed_failure(gen)
-                    return result
-            local.successes += 1
-            if local.streak and gen == local.gen:
-                local.streak = 0
-            return result
-        return await self._backend.call(fn, args, kwargs)  # type: ignore[no-any-return]
+                check = self._result_check
+                if check is not None:
+                    try:
+                        failed = bool(check(result))
+                    except BaseException:
+                        local.closed_failure(gen)
+                        raise
+                    if failed:
+                        local.closed_failure(gen)
+                        return result
+                local.successes += 1
+                if local.streak and gen == local.gen:
+                    local.streak = 0
+                return result
+            finally:
+                life.running -= 1
+                if not life.running and life.idle:
+                    life.wake()
+        life.enter()
+        try:
+            return await self._backend.call(fn, args, kwargs)  # type: ignore[no-any-return]
+        finally:
+            life.leave()
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an ``async def`` so every call runs through the breaker.
@@ -305,22 +317,30 @@ class CircuitBreaker(GuardBase):
             return super().__call__(fn)  # no fast path to inline: every call is call()
         call = self.call
 
+        life = self._life
+
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             if not local.fast:
                 return await call(fn, *args, **kwargs)
+            life.running += 1
             gen = local.gen
             try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                if isinstance(exc, TypeError):
-                    raise_if_not_async(fn, exc)
-                local.closed_error(gen, exc)
-                raise
-            local.successes += 1
-            if local.streak and gen == local.gen:
-                local.streak = 0
-            return result
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    if isinstance(exc, TypeError):
+                        raise_if_not_async(fn, exc)
+                    local.closed_error(gen, exc)
+                    raise
+                local.successes += 1
+                if local.streak and gen == local.gen:
+                    local.streak = 0
+                return result
+            finally:
+                life.running -= 1
+                if not life.running and life.idle:
+                    life.wake()
 
         return guarded
 
@@ -329,12 +349,17 @@ class CircuitBreaker(GuardBase):
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("CircuitBreaker must be used inside a task")
-        start = now_of(self._clock)
-        local = self._local
-        if local is not None:
-            gen, state, permit = local.admit(start)
-        else:
-            gen, state, permit = await self._backend.enter(start)
+        self._life.enter()
+        try:
+            start = now_of(self._clock)
+            local = self._local
+            if local is not None:
+                gen, state, permit = local.admit(start)
+            else:
+                gen, state, permit = await self._backend.enter(start)
+        except BaseException:
+            self._life.leave()
+            raise
         self._entered.setdefault(task, []).append((gen, state, permit, start))
         return self
 
@@ -352,10 +377,13 @@ class CircuitBreaker(GuardBase):
         if not stack:
             del self._entered[task]  # type: ignore[arg-type]
         local = self._local
-        if local is not None:
-            local.leave(gen, state, permit, start, exc)
-        else:
-            await self._backend.exit(gen, state, permit, start, exc)
+        try:
+            if local is not None:
+                local.leave(gen, state, permit, start, exc)
+            else:
+                await self._backend.exit(gen, state, permit, start, exc)
+        finally:
+            self._life.leave()
 
     # -- reading and manual control ---------------------------------------------------
     @property
@@ -432,10 +460,10 @@ class CircuitBreaker(GuardBase):
         """Undo :meth:`disable`: the breaker records outcomes and transitions again."""
         self._backend.enable()
 
-    async def aclose(self) -> None:
-        """Wait for pending async listeners and store records sent in the background.
+    def _closing(self) -> None:
+        local = self._local
+        if local is not None:
+            local.close_fast_path()
 
-        The breaker stays usable.
-        """
+    async def _closed_background(self) -> None:
         await self._background.aclose()
-        await self._listeners.aclose()

@@ -304,6 +304,11 @@ class MemoryState:
         self.rejected = 0
         self.last_reason: str | None = None
 
+    def close_fast_path(self) -> None:
+        """Turn the fast path off for good (the breaker was closed: calls take the slow path)."""
+        self._fast_ok = False
+        self.fast = False
+
     # -- the closed-state fast path's slow exits -----------------------------------------
     def closed_error(self, gen: int, exc: Exception) -> None:
         """Record a fast-path call of generation ``gen`` that raised ``exc``."""

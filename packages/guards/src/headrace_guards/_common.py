@@ -14,6 +14,7 @@ from headrace_core import BackoffError, ConfigurationError
 from headrace_core.lowlevel import (
     Clock,
     EventLog,
+    Lifecycle,
     callable_name,
     check_callable,
     check_name,
@@ -150,14 +151,16 @@ class GuardBase:
     Not public: every guard derives from it.
     """
 
-    __slots__ = ("_listeners", "name")
+    __slots__ = ("_life", "_listeners", "name")
 
     name: str | None
     _listeners: Listeners[GuardEvent]
+    _life: Lifecycle
 
     def _init_base(self, name: str | None) -> None:
         self.name = check_name(name)
         self._listeners = Listeners(LOGGER, self._describe())
+        self._life = Lifecycle(self._describe())
 
     def _describe(self) -> str:
         kind = type(self).__name__
@@ -212,9 +215,32 @@ class GuardBase:
         """
         return self._listeners.add(callback)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: the guard refuses new calls."""
+        return self._life.closed
+
     async def aclose(self) -> None:
-        """Wait for this guard's pending async listeners (the guard stays usable)."""
+        """Close the guard for good (the family's one ``aclose()``; idempotent).
+
+        New calls, and calls still waiting for admission, raise
+        :class:`~headrace_core.Closed`; calls already running are not interrupted and
+        finish normally (their outcomes still count). Returns once they have ended, then
+        once pending async listeners and background store calls have ended. Under a
+        deadline (``asyncio.timeout``) the listeners still running are cancelled.
+        ``snapshot()`` and ``add_listener()`` keep working.
+        """
+        if self._life.close():
+            self._closing()
+        await self._life.wait_idle()
+        await self._closed_background()
         await self._listeners.aclose()
+
+    def _closing(self) -> None:
+        """Refuse what waits for admission and leave fast paths (guards that have them)."""
+
+    async def _closed_background(self) -> None:
+        """Wait for calls sent to a store in the background (guards that have a store)."""
 
 
 def now_of(clock: Clock | None) -> float:

@@ -88,25 +88,34 @@ class Fallback(GuardBase):
         Raises:
             Exception: an error that does not match ``on``, or the handler's own error.
         """
-        self._calls += 1
+        life = self._life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         try:
-            return await fn(*args, **kwargs)
-        except Exception as exc:
-            if isinstance(exc, TypeError):
-                raise_if_not_async(fn, exc)  # a misuse never falls back
-            if not self._on(exc):
-                raise
-            error = exc
-        # Outside the except block: the handler's own errors are not chained to ``error``.
-        self._fallbacks += 1
-        if self._listeners:
-            self._listeners.emit(
-                GuardEvent(source=self._source, kind="fallback", at=now_of(None), error=error)
-            )
-        value = self.handler(error, *args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
-        return value  # type: ignore[no-any-return]
+            self._calls += 1
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                if isinstance(exc, TypeError):
+                    raise_if_not_async(fn, exc)  # a misuse never falls back
+                if not self._on(exc):
+                    raise
+                error = exc
+            # Outside the except block: the handler's own errors are not chained to ``error``.
+            self._fallbacks += 1
+            if self._listeners:
+                self._listeners.emit(
+                    GuardEvent(source=self._source, kind="fallback", at=now_of(None), error=error)
+                )
+            value = self.handler(error, *args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            return value  # type: ignore[no-any-return]
+        finally:
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     def snapshot(self) -> FallbackSnapshot:
         """Return the guard's counters (O(1), no await).

@@ -149,85 +149,98 @@ class Hedge(GuardBase):
             asyncio.CancelledError: when the caller is cancelled (after every attempt is
                 cancelled and awaited).
         """
-        self._calls += 1
-        loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Future[Any]] = []
-        limit = 1 + self.max_hedged
-        next_at = 0.0
-
-        def start(now: float, attempt: int) -> None:
-            nonlocal next_at
-            tasks.append(loop.create_task(_attempt(fn, args, kwargs)))
-            next_at = now + self.delay
-            if attempt > 1:
-                self._hedges += 1
-                if self._listeners:
-                    self._listeners.emit(
-                        GuardEvent(
-                            source=self._source,
-                            kind="hedge",
-                            at=now_of(self._clock),
-                            attempt=attempt,
-                            delay=self.delay,
-                        )
-                    )
-
-        start(loop.time(), 1)
-        last_error: BaseException | None = None
-        outcome: asyncio.Future[Any] | None = None
-        seen: set[asyncio.Future[Any]] = set()
+        life = self._life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         try:
-            while outcome is None:
-                pending = [task for task in tasks if not task.done()]
-                more = len(tasks) < limit
-                if not pending and not more:
-                    break
-                timeout = max(0.0, next_at - loop.time()) if more else None
-                if pending:
-                    await asyncio.wait(
-                        pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                    )
-                failed = 0
-                for task in tasks:
-                    if not task.done() or task in seen:
-                        continue
-                    seen.add(task)
-                    if task.cancelled():
-                        outcome = task
+            self._calls += 1
+            loop = asyncio.get_running_loop()
+            tasks: list[asyncio.Future[Any]] = []
+            limit = 1 + self.max_hedged
+            next_at = 0.0
+
+            def start(now: float, attempt: int) -> None:
+                nonlocal next_at
+                tasks.append(loop.create_task(_attempt(fn, args, kwargs)))
+                next_at = now + self.delay
+                if attempt > 1:
+                    self._hedges += 1
+                    if self._listeners:
+                        self._listeners.emit(
+                            GuardEvent(
+                                source=self._source,
+                                kind="hedge",
+                                at=now_of(self._clock),
+                                attempt=attempt,
+                                delay=self.delay,
+                            )
+                        )
+
+            start(loop.time(), 1)
+            last_error: BaseException | None = None
+            outcome: asyncio.Future[Any] | None = None
+            seen: set[asyncio.Future[Any]] = set()
+            try:
+                while outcome is None:
+                    pending = [task for task in tasks if not task.done()]
+                    more = len(tasks) < limit
+                    if not pending and not more:
                         break
-                    error = task.exception()
+                    timeout = max(0.0, next_at - loop.time()) if more else None
+                    if pending:
+                        await asyncio.wait(
+                            pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    failed = 0
+                    for task in tasks:
+                        if not task.done() or task in seen:
+                            continue
+                        seen.add(task)
+                        if task.cancelled():
+                            outcome = task
+                            break
+                        error = task.exception()
+                        if (
+                            error is None
+                            or isinstance(error, _Interrupted | NotAsyncError)
+                            or not self._on(error)
+                        ):
+                            outcome = task
+                            break
+                        last_error = error
+                        failed += 1
+                    if outcome is not None:
+                        break
+                    now = loop.time()
+                    while failed and len(tasks) < limit:
+                        start(now, len(tasks) + 1)
+                        failed -= 1
                     if (
-                        error is None
-                        or isinstance(error, _Interrupted | NotAsyncError)
-                        or not self._on(error)
+                        len(tasks) < limit
+                        and within(next_at, now)
+                        and any(not t.done() for t in tasks)
                     ):
-                        outcome = task
-                        break
-                    last_error = error
-                    failed += 1
-                if outcome is not None:
-                    break
-                now = loop.time()
-                while failed and len(tasks) < limit:
-                    start(now, len(tasks) + 1)
-                    failed -= 1
-                if len(tasks) < limit and within(next_at, now) and any(not t.done() for t in tasks):
-                    start(now, len(tasks) + 1)
-        except BaseException:
-            await _settle(tasks)
-            raise
-        cancelled = await _settle(tasks)
-        interrupt = _interrupt_of(tasks)
-        if interrupt is not None:
-            raise interrupt
-        if cancelled:
-            raise asyncio.CancelledError
-        if outcome is None:
-            assert last_error is not None
-            raise last_error
-        if outcome is not tasks[0] and not outcome.cancelled() and outcome.exception() is None:
-            self._wins += 1
-        return outcome.result()  # type: ignore[no-any-return]
+                        start(now, len(tasks) + 1)
+            except BaseException:
+                await _settle(tasks)
+                raise
+            cancelled = await _settle(tasks)
+            interrupt = _interrupt_of(tasks)
+            if interrupt is not None:
+                raise interrupt
+            if cancelled:
+                raise asyncio.CancelledError
+            if outcome is None:
+                assert last_error is not None
+                raise last_error
+            if outcome is not tasks[0] and not outcome.cancelled() and outcome.exception() is None:
+                self._wins += 1
+            return outcome.result()  # type: ignore[no-any-return]
+        finally:
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     def snapshot(self) -> HedgeSnapshot:
         """Return the guard's counters (O(1), no await).

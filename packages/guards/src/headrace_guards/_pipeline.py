@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
+from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar, final, runtime_checkable
 
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import being_cancelled
@@ -96,6 +96,8 @@ class Pipeline(GuardBase):
             Exception: (when awaited) whatever the guards or ``fn`` raise.
         """
         guards = self.guards
+        if self._life.closed:
+            return _refused(self._life.refuse())
         if not guards:
             return _direct(fn, args, kwargs)
         inner: Callable[..., Awaitable[Any]] = fn
@@ -144,10 +146,14 @@ class Pipeline(GuardBase):
         return remove
 
     async def aclose(self) -> None:
-        """Close every guard of the pipeline (their pending async listeners).
+        """Close the pipeline and every guard in it, outermost first (idempotent).
 
-        Every guard is closed even when one fails; the first failure is raised after.
+        From the first call on, the pipeline refuses new calls with
+        :class:`~headrace_core.Closed`; each guard's own ``aclose()`` then refuses its
+        new and waiting calls and waits for its running ones and its listeners. Every
+        guard is closed even when one fails; the first failure is raised after.
         """
+        self._life.close()
         first: BaseException | None = None
         for guard in self.guards:
             try:
@@ -162,6 +168,10 @@ class Pipeline(GuardBase):
         await self._listeners.aclose()
         if first is not None:
             raise first
+
+
+async def _refused(error: BaseException) -> NoReturn:
+    raise error
 
 
 async def _direct(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:

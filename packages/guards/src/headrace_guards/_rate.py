@@ -69,6 +69,11 @@ class RateLimiterSnapshot:
     waiting: int
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 @final
 class RateLimiter(GuardBase):
     """Allow ``rate`` tokens per ``per`` seconds with bursts of up to ``burst`` tokens.
@@ -105,6 +110,7 @@ class RateLimiter(GuardBase):
         "_log_mark",
         "_loop",
         "_rejected",
+        "_sleepers",
         "_store",
         "_tat",
         "_waiting",
@@ -144,6 +150,7 @@ class RateLimiter(GuardBase):
         self._log_mark = -1  # _acquired at the last logged rejection
         self._rejected = 0
         self._waiting = 0
+        self._sleepers: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self.rate!r}, per={self.per!r}, burst={self.burst})"
@@ -206,13 +213,25 @@ class RateLimiter(GuardBase):
         return error
 
     async def _sleep(self, wait: float, cost: int) -> None:
-        self._waiting += 1
         try:
-            await asyncio.sleep(wait)
+            await self._pause(wait)
         except BaseException:
             self._tat -= cost * self._interval  # refund the unused reservation
             raise
+
+    async def _pause(self, wait: float) -> None:
+        """Wait ``wait`` seconds for a reservation; :meth:`aclose` ends it with ``Closed``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_later(wait, _wake, fut)
+        sleepers = self._sleepers
+        sleepers.add(fut)
+        self._waiting += 1
+        try:
+            await fut
         finally:
+            handle.cancel()
+            sleepers.discard(fut)
             self._waiting -= 1
 
     async def acquire(self, cost: int = 1) -> None:
@@ -227,6 +246,9 @@ class RateLimiter(GuardBase):
             RateLimited: when the wait would pass ``max_wait`` (nothing is consumed).
         """
         cost = self._check_cost(cost)
+        life = self._life
+        if life.closed:
+            raise life.refuse()
         if self._store is not None:
             await self._store_acquire(cost)
             return
@@ -248,25 +270,34 @@ class RateLimiter(GuardBase):
         Raises:
             RateLimited: when the wait would pass ``max_wait``.
         """
-        if self._store is not None:
-            await self._store_acquire(1)
-        else:
-            # The common case, inlined: a token is available now.
-            now = self._now()
-            tat = self._tat
-            new_tat = (tat if tat > now else now) + self._interval
-            if new_tat - now - self._capacity < _EPSILON:
-                self._tat = new_tat
-                self._acquired += 1
-            else:
-                wait = self._reserve(1)
-                if wait:
-                    await self._sleep(wait, 1)
+        life = self._life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         try:
-            return await fn(*args, **kwargs)
-        except TypeError as exc:
-            raise_if_not_async(fn, exc)
-            raise
+            if self._store is not None:
+                await self._store_acquire(1)
+            else:
+                # The common case, inlined: a token is available now.
+                now = self._now()
+                tat = self._tat
+                new_tat = (tat if tat > now else now) + self._interval
+                if new_tat - now - self._capacity < _EPSILON:
+                    self._tat = new_tat
+                    self._acquired += 1
+                else:
+                    wait = self._reserve(1)
+                    if wait:
+                        await self._sleep(wait, 1)
+            try:
+                return await fn(*args, **kwargs)
+            except TypeError as exc:
+                raise_if_not_async(fn, exc)
+                raise
+        finally:
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     async def _store_acquire(self, cost: int) -> None:
         store, name = self._store, self.name
@@ -279,9 +310,8 @@ class RateLimiter(GuardBase):
         self._acquired += 1
         if wait < _EPSILON:
             return
-        self._waiting += 1
         try:
-            await asyncio.sleep(wait)
+            await self._pause(wait)
         except BaseException:
             # Refunded in the background: a cancelled waiter never waits on the store.
             self._background.send(
@@ -290,8 +320,6 @@ class RateLimiter(GuardBase):
                 _REFUND_BOUND,
             )
             raise
-        finally:
-            self._waiting -= 1
 
     def would_wait(self, cost: int = 1) -> float:
         """Return the seconds :meth:`acquire` would wait for ``cost`` now (consumes nothing).
@@ -310,16 +338,17 @@ class RateLimiter(GuardBase):
         wait = max(self._tat, now) + cost * self._interval - now - self._capacity
         return 0.0 if wait < _EPSILON else wait
 
-    async def aclose(self) -> None:
-        """Wait for pending async listeners and store refunds sent in the background.
+    def _closing(self) -> None:
+        for fut in tuple(self._sleepers):
+            if not fut.done():
+                fut.set_exception(self._life.refuse())  # its reservation is refunded
 
-        The limiter stays usable.
-        """
+    async def _closed_background(self) -> None:
         await self._background.aclose()
-        await self._listeners.aclose()
 
     async def __aenter__(self) -> RateLimiter:
         await self.acquire(1)
+        self._life.running += 1  # the block runs until __aexit__
         return self
 
     async def __aexit__(
@@ -328,7 +357,7 @@ class RateLimiter(GuardBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        self._life.leave()
 
     def snapshot(self) -> RateLimiterSnapshot:
         """Return the state and counters (O(1), no await).

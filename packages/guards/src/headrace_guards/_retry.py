@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, final
 
-from headrace_core import ConfigurationError
+from headrace_core import Closed, ConfigurationError
 from headrace_core.backoff import Backoff, full_jitter, next_delay
 from headrace_core.lowlevel import Clock, check_callable, check_int, check_optional_number, within
 from headrace_guards._common import (
@@ -72,7 +72,8 @@ class Retry(GuardBase):
             raises :class:`~headrace_core.BackoffError` chaining the last error.
         retry_on: which errors are retried (an exception spec); cancel-like exceptions
             (``CancelledError``, ``KeyboardInterrupt``, ``SystemExit``) never are, even
-            with ``retry_on=BaseException``.
+            with ``retry_on=BaseException``, and neither is
+            :class:`~headrace_core.Closed` (a closed component stays closed).
         retry_on_result: a predicate on the returned value; true means "try again". When
             attempts run out, the last value is returned.
         respect_retry_after: sleep at least an error's numeric ``retry_after`` attribute;
@@ -165,25 +166,34 @@ class Retry(GuardBase):
                 retried.
             asyncio.CancelledError: a cancel propagates at once, also during a sleep.
         """
-        self._calls += 1
-        self._attempts += 1
-        start = now_of(self._clock) if self.deadline is not None else 0.0
-        error: Exception | None
+        life = self._life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         try:
-            result = await fn(*args, **kwargs)
-        except Exception as exc:
-            if isinstance(exc, TypeError):
-                raise_if_not_async(fn, exc)
-            if not self._retry_on(exc):
-                raise
-            error, result = exc, _NOTHING
-        else:
-            predicate = self.retry_on_result
-            if predicate is None or not predicate(result):
-                return result
-            error = None
-        # Outside the ``except`` block, so later errors get no chained ``__context__``.
-        return await self._again(start, error, result, fn, args, kwargs)  # type: ignore[no-any-return]
+            self._calls += 1
+            self._attempts += 1
+            start = now_of(self._clock) if self.deadline is not None else 0.0
+            error: Exception | None
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                if isinstance(exc, TypeError):
+                    raise_if_not_async(fn, exc)
+                if not self._retry_on(exc) or isinstance(exc, Closed):
+                    raise
+                error, result = exc, _NOTHING
+            else:
+                predicate = self.retry_on_result
+                if predicate is None or not predicate(result):
+                    return result
+                error = None
+            # Outside the ``except`` block, so later errors get no chained ``__context__``.
+            return await self._again(start, error, result, fn, args, kwargs)  # type: ignore[no-any-return]
+        finally:
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     async def _again(
         self,
@@ -237,7 +247,7 @@ class Retry(GuardBase):
             except Exception as exc:
                 if isinstance(exc, TypeError):
                     raise_if_not_async(fn, exc)
-                if not self._retry_on(exc):
+                if not self._retry_on(exc) or isinstance(exc, Closed):
                     raise
                 error, result = exc, _NOTHING
                 continue

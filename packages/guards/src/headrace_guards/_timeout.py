@@ -173,36 +173,45 @@ class Timeout(GuardBase):
                 when the callee swallowed the cancellation and returned late).
             asyncio.CancelledError: when the caller was cancelled (it wins over the deadline).
         """
+        life = self._life
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
         self._calls += 1
-        loop = asyncio.get_running_loop()
-        deadlines = self._deadlines
-        if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._bind()
-        cm = asyncio.Timeout(None)
-        # _Deadlines.add and .done, inlined: this is the per-call fast path.
-        entry: list[Any] = [loop.time() + self.seconds, cm]
-        entries = deadlines.entries
-        entries.append(entry)
-        if deadlines.handle is None:
-            deadlines.handle = loop.call_at(entry[0], deadlines.fire)
         try:
-            async with cm:
-                result = await fn(*args, **kwargs)
-        except TimeoutError as exc:
-            if not cm.expired():
+            loop = asyncio.get_running_loop()
+            deadlines = self._deadlines
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = self._bind()
+            cm = asyncio.Timeout(None)
+            # _Deadlines.add and .done, inlined: this is the per-call fast path.
+            entry: list[Any] = [loop.time() + self.seconds, cm]
+            entries = deadlines.entries
+            entries.append(entry)
+            if deadlines.handle is None:
+                deadlines.handle = loop.call_at(entry[0], deadlines.fire)
+            try:
+                async with cm:
+                    result = await fn(*args, **kwargs)
+            except TimeoutError as exc:
+                if not cm.expired():
+                    raise
+                return await self._timed_out(exc, args, kwargs)  # type: ignore[no-any-return]
+            except TypeError as exc:
+                raise_if_not_async(fn, exc)
                 raise
-            return await self._timed_out(exc, args, kwargs)  # type: ignore[no-any-return]
-        except TypeError as exc:
-            raise_if_not_async(fn, exc)
-            raise
+            finally:
+                entry[1] = None
+                while entries and entries[0][1] is None:
+                    entries.popleft()
+            if cm.expired():
+                # The callee swallowed the cancellation and returned late.
+                return await self._timed_out(None, args, kwargs)  # type: ignore[no-any-return]
+            return result
         finally:
-            entry[1] = None
-            while entries and entries[0][1] is None:
-                entries.popleft()
-        if cm.expired():
-            # The callee swallowed the cancellation and returned late.
-            return await self._timed_out(None, args, kwargs)  # type: ignore[no-any-return]
-        return result
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     def _bind(self) -> _Deadlines:
         """Watch deadlines on the running loop (the guard moved to a new loop)."""
@@ -241,6 +250,7 @@ class Timeout(GuardBase):
         deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._bind()
+        self._life.enter()
         cm = asyncio.Timeout(None)
         await cm.__aenter__()
         self._calls += 1
@@ -269,6 +279,7 @@ class Timeout(GuardBase):
         finally:
             if deadlines is not None:
                 deadlines.done(entry)
+            self._life.leave()
         if cm.expired() and (exc_type is None or issubclass(exc_type, TimeoutError)):
             # The body swallowed the cancellation (or turned it into its own TimeoutError).
             raise self._own_timeout() from exc

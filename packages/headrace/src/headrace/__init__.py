@@ -37,6 +37,7 @@ from headrace_flow import ErrorEvent as ErrorEvent
 from headrace_flow import FixedScaling as FixedScaling
 from headrace_flow import Flow as Flow
 from headrace_flow import FlowClosed as FlowClosed
+from headrace_flow import FlowEvent as FlowEvent
 from headrace_flow import FlowStats as FlowStats
 from headrace_flow import Last as Last
 from headrace_flow import PushHandle as PushHandle
@@ -99,6 +100,8 @@ from headrace_leveled import PhaseRunner as PhaseRunner
 from headrace_leveled import PhaseTimeout as PhaseTimeout
 from headrace_leveled import Processor as Processor
 from headrace_leveled import ProcessorError as ProcessorError
+from headrace_leveled import ProcessorEvent as ProcessorEvent
+from headrace_leveled import ProcessorSnapshot as ProcessorSnapshot
 from headrace_leveled import RetryableError as RetryableError
 from headrace_leveled import RetryableException as RetryableException
 from headrace_leveled import RunReport as RunReport
@@ -175,6 +178,7 @@ __all__ = [
     "FixedScaling",
     "Flow",
     "FlowClosed",
+    "FlowEvent",
     "FlowStats",
     "Gradient",
     "GraphError",
@@ -197,6 +201,8 @@ __all__ = [
     "PipelineSnapshot",
     "Processor",
     "ProcessorError",
+    "ProcessorEvent",
+    "ProcessorSnapshot",
     "PushHandle",
     "QueueFactory",
     "QueueLike",

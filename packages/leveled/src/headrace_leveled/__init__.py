@@ -20,6 +20,8 @@ from headrace_leveled._errors import RetryableError as RetryableError
 from headrace_leveled._errors import flatten_exceptions as flatten_exceptions
 from headrace_leveled._function import PhaseGuard as PhaseGuard
 from headrace_leveled._function import TaskFunction as TaskFunction
+from headrace_leveled._observe import ProcessorEvent as ProcessorEvent
+from headrace_leveled._observe import ProcessorSnapshot as ProcessorSnapshot
 from headrace_leveled._processor import Builder as Builder
 from headrace_leveled._processor import PhaseRunner as PhaseRunner
 from headrace_leveled._processor import Processor as Processor
@@ -74,6 +76,8 @@ __all__ = [
     "PhaseTimeout",
     "Processor",
     "ProcessorError",
+    "ProcessorEvent",
+    "ProcessorSnapshot",
     "RetryableError",
     "RetryableException",
     "RunReport",
@@ -104,6 +108,8 @@ for _obj in (
     PhaseTimeout,
     Processor,
     ProcessorError,
+    ProcessorEvent,
+    ProcessorSnapshot,
     RetryableError,
     RunReport,
     SdaxTaskGroup,

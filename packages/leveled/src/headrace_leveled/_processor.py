@@ -9,9 +9,11 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, final
 
 from headrace_core.lowlevel import check_int, check_optional_number, safe_repr
+from headrace_core.stats import Listener
 from headrace_leveled._engine import EXEC, POST, PRE, Run, drive
 from headrace_leveled._errors import argument_error
 from headrace_leveled._function import TaskFunction
+from headrace_leveled._observe import ProcessorEvent, ProcessorSnapshot, Runs
 from headrace_leveled._plan import PHASES, Entry, Plan, compile_plan
 from headrace_leveled._report import ProcessorError, RunReport
 from headrace_leveled._task import Task
@@ -173,9 +175,10 @@ class Processor(Generic[C, K]):
         cleanup_timeout: the default per-post timeout, or ``None``.
     """
 
-    __slots__ = ("_plan", "execute_order", "task_names", "tasks")
+    __slots__ = ("_plan", "_runs", "execute_order", "task_names", "tasks")
 
     _plan: Plan
+    _runs: Runs
     task_names: tuple[K, ...]
     tasks: Mapping[K, Task[C, K]]
     execute_order: Literal["parallel", "dependencies"]
@@ -186,6 +189,7 @@ class Processor(Generic[C, K]):
         setattr_(self, "task_names", plan.order)
         setattr_(self, "tasks", MappingProxyType(dict(zip(plan.names, plan.tasks, strict=True))))
         setattr_(self, "execute_order", execute_order)
+        setattr_(self, "_runs", Runs())
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"Processor is immutable; cannot set {name!r}")
@@ -233,9 +237,18 @@ class Processor(Generic[C, K]):
                 caller's ``cancelling()`` count untouched).
         """
         loop = asyncio.get_running_loop()
-        run = Run(self._plan, ctx, loop)
-        await drive(run, run.run_all())
-        return _outcome(run)
+        runs = self._runs
+        runs.start(loop)
+        run: Run | None = None
+        try:
+            run = Run(self._plan, ctx, loop)
+            await drive(run, run.run_all())
+            report = _outcome(run)
+        except BaseException as exc:
+            runs.end(loop, None if run is None else RunReport(run), exc)
+            raise
+        runs.end(loop, report, None)
+        return report
 
     def open(self, ctx: C) -> PhaseRunner[C, K]:
         """Return a runner that drives one run phase by phase (an async context manager).
@@ -245,8 +258,64 @@ class Processor(Generic[C, K]):
 
         Returns:
             A :class:`PhaseRunner`; ``async with p.open(ctx) as r: while await r.run_next(): ...``.
+
+        Raises:
+            Closed: when the processor is closed.
         """
-        return PhaseRunner(self._plan, ctx)
+        life = self._runs.life
+        if life.closed:
+            raise life.refuse()
+        return PhaseRunner(self._plan, ctx, self._runs)
+
+    # -- observing and closing ---------------------------------------------------------
+    def snapshot(self) -> ProcessorSnapshot:
+        """Return the runs so far (O(1), no await).
+
+        Returns:
+            A frozen :class:`ProcessorSnapshot`.
+        """
+        return self._runs.snapshot(len(self.task_names))
+
+    def add_listener(self, callback: Listener[ProcessorEvent]) -> Callable[[], None]:
+        """Call ``callback(event)`` when a run starts and when it ends (sync or async).
+
+        A listener's exception is logged on ``headrace.leveled`` and never reaches a run.
+
+        Args:
+            callback: receives a :class:`ProcessorEvent`.
+
+        Returns:
+            A callable that removes the listener.
+
+        Raises:
+            TypeError: when ``callback`` is not callable.
+        """
+        return self._runs.listeners.add(callback)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: the processor starts no new run."""
+        return self._runs.life.closed
+
+    async def aclose(self) -> None:
+        """Close the processor for good (the family's one ``aclose()``; idempotent).
+
+        New runs (``process_tasks``, ``open``) raise :class:`~headrace_core.Closed`.
+        Runs in progress are not interrupted: they finish, cleanup included, and this
+        returns once they have; then once pending async listeners have ended (under a
+        deadline, ``asyncio.timeout``, those still running are cancelled).
+        ``snapshot()`` and ``add_listener()`` keep working.
+        """
+        runs = self._runs
+        runs.life.close()
+        await runs.life.wait_idle()
+        await runs.listeners.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<Processor {len(self.task_names)} tasks execute_order={self.execute_order!r}>"
@@ -287,11 +356,13 @@ class PhaseRunner(Generic[C, K]):
     not ``execute``) if only ``pre_execute`` ran.
     """
 
-    __slots__ = ("_closed", "_ctx", "_last", "_next", "_plan", "_run")
+    __slots__ = ("_closed", "_counted", "_ctx", "_last", "_next", "_plan", "_run", "_runs")
 
-    def __init__(self, plan: Plan, ctx: C) -> None:
+    def __init__(self, plan: Plan, ctx: C, runs: Runs | None = None) -> None:
         self._plan = plan
         self._ctx = ctx
+        self._runs = runs
+        self._counted = False  # whether this run is counted in the processor's runs
         self._run: Run | None = None
         self._next: Phase | None = Phase.PRE_EXECUTE
         self._last: Phase | None = None
@@ -331,13 +402,19 @@ class PhaseRunner(Generic[C, K]):
             return False
         run = self._run
         if run is None:
-            run = self._run = Run(self._plan, self._ctx, asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            if self._runs is not None:
+                self._runs.start(loop)  # Closed when the processor was closed meanwhile
+                self._counted = True
+            run = self._run = Run(self._plan, self._ctx, loop)
         self._last = phase
         index = PHASES.index(phase)
         try:
             await drive(run, run.run_phase(index))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             self._next = None if index == POST else Phase.POST_EXECUTE
+            if self._next is None:
+                self._end(exc)
             raise
         if index == PRE and not run.stopping and self._plan.execute_nodes:
             self._next = Phase.EXECUTE
@@ -345,9 +422,33 @@ class PhaseRunner(Generic[C, K]):
             self._next = Phase.POST_EXECUTE
         else:
             self._next = None
+            self._end(None)
         if run.fatal is not None:
             raise run.fatal
         return self._next is not None
+
+    def _end(self, error: BaseException | None) -> None:
+        """Count the run as ended in the processor's runs (once)."""
+        runs = self._runs
+        if not self._counted or runs is None:
+            return
+        self._counted = False
+        run = self._run
+        report: RunReport[Any, Any] | None = None
+        if run is not None:
+            report = RunReport(run)
+            if error is None and run.fatal is not None:
+                error = run.fatal
+            elif error is None and report.failures:
+                error = _error(report.failures, report)
+        runs.end(run.loop if run is not None else asyncio.get_running_loop(), report, error)
+
+    def __del__(self) -> None:
+        # A runner dropped mid-run never ends its run: stop counting it, so the
+        # processor's aclose() does not wait for it forever.
+        if self._counted and self._runs is not None:
+            self._counted = False
+            self._runs.life.leave()
 
     async def aclose(self) -> None:
         """Run the phases cleanup still needs, then close the runner."""
@@ -356,10 +457,15 @@ class PhaseRunner(Generic[C, K]):
         if self._run is None:
             self._closed = True
             return
-        while self._next is not None:
-            if self._next is Phase.EXECUTE and self._last is Phase.PRE_EXECUTE:
-                self._next = Phase.POST_EXECUTE
-            await self.run_next()
+        try:
+            while self._next is not None:
+                if self._next is Phase.EXECUTE and self._last is Phase.PRE_EXECUTE:
+                    self._next = Phase.POST_EXECUTE
+                await self.run_next()
+        except BaseException as exc:
+            if self._next is None:
+                self._end(exc)
+            raise
         self._closed = True
 
     def next_phase_id(self) -> Phase | None:
