@@ -4,7 +4,8 @@
 - ``redis_url``: a real ``redis-server`` on a free loopback port, started once per session
   (installed with apt-get when it is missing and we run as root); tests marked ``redis``.
   ``private_redis_server`` is one server per test (to kill and restart), and
-  ``redis_password_server`` one that requires a password.
+  ``redis_password_server`` one that requires a password. ``redis_cluster`` (for the
+  session) and ``private_redis_cluster`` (per test) are three-master Redis Clusters.
 """
 
 from __future__ import annotations
@@ -94,9 +95,12 @@ class RedisServer:
     it, and :meth:`url_with` builds a URL with other credentials (or none).
     """
 
-    def __init__(self, binary: str, password: str | None = None) -> None:
+    def __init__(
+        self, binary: str, password: str | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary
         self.password = password
+        self.extra = extra
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="headrace-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -131,6 +135,7 @@ class RedisServer:
         ]
         if self.password is not None:
             arguments += ["--requirepass", self.password]
+        arguments += self.extra
         self.process = subprocess.Popen(
             arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -181,6 +186,66 @@ class RedisServer:
         self.start()
 
 
+class RedisClusterServers:
+    """Three redis-server masters on loopback joined into one Redis Cluster.
+
+    Started with ``--cluster-enabled yes`` and joined with ``redis-cli --cluster create``
+    (both from Debian's packages); :attr:`url` names the first node, from which a cluster
+    client discovers the others.
+    """
+
+    def __init__(self, binary: str, masters: int = 3) -> None:
+        self.nodes = [RedisServer(binary) for _ in range(masters)]
+        for node in self.nodes:
+            node.extra = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{node.port}.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",  # the default, port + 10000, may be past 65535
+                str(_free_port()),
+            )
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every node, create the cluster and wait until every node says it is ok."""
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+                for node in self.nodes
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 def _redis_binary() -> str:
     binary = _find_redis_server()
     if binary is None:
@@ -208,6 +273,28 @@ def redis_url(redis_server: RedisServer) -> str:
     if redis_server.process is None or redis_server.process.poll() is not None:
         redis_server.start()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real three-master Redis Cluster on loopback, for the session."""
+    cluster = RedisClusterServers(_redis_binary())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def private_redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test alone, whose nodes it may kill."""
+    cluster = RedisClusterServers(_redis_binary())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal, final
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 
 from headrace_core import BulkheadFull
 from headrace_core.lowlevel import being_cancelled, check_number, safe_repr
@@ -91,7 +92,7 @@ class RedisStore(LimitsPart):
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         prefix: str = "headrace:",
         on_error: Literal["fail_open", "fail_closed"] = "fail_open",
@@ -117,8 +118,12 @@ class RedisStore(LimitsPart):
         self._renew_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_url(cls, url: str, **kw: Any) -> RedisStore:
+    def from_url(cls, url: str, *, cluster: bool = False, **kw: Any) -> RedisStore:
         """Connect to ``url`` (``redis://``, ``rediss://``, ``unix://``) and own the client.
+
+        With ``cluster=True`` the client is a ``redis.asyncio.RedisCluster``: ``url`` names
+        any node, and the client discovers the others. Each component's keys share one hash
+        slot, so every script runs on one node.
 
         The client gets a connect timeout of ``timeout`` and one reconnect attempt per
         command, so a dead connection is replaced at once after a Redis restart; every
@@ -127,9 +132,10 @@ class RedisStore(LimitsPart):
 
         Args:
             url: the Redis URL.
+            cluster: connect to a Redis Cluster (``RedisCluster.from_url``).
             **kw: the store's keyword arguments (``prefix``, ``on_error``, ``timeout``,
                 ``probe_ttl``, ``lease_ttl``, ``cache_ttl``); any other keyword goes to
-                ``redis.asyncio.Redis.from_url``.
+                ``redis.asyncio.Redis.from_url`` (or ``RedisCluster.from_url``).
 
         Returns:
             A store whose :meth:`aclose` also closes the client.
@@ -145,9 +151,10 @@ class RedisStore(LimitsPart):
         timeout = check_number("timeout", own.get("timeout", 0.1), gt=0)
         kw.setdefault("socket_connect_timeout", timeout)
         kw.setdefault("retry", Retry(NoBackoff(), 1))
-        store = cls(Redis.from_url(url, **kw), **own)
+        connect: Any = RedisCluster.from_url if cluster else Redis.from_url
+        store = cls(connect(url, **kw), **own)
         store._owns_client = True
-        store._factory = lambda: Redis.from_url(url, **kw)
+        store._factory = lambda: connect(url, **kw)
         return store
 
     def __repr__(self) -> str:
@@ -359,14 +366,20 @@ class RedisStore(LimitsPart):
         self._bind()
         client = self._client
         deleted = 0
-        batch: list[Any] = []
+        # One UNLINK per hash slot: a Redis Cluster refuses keys of several slots in one
+        # command (on one server the grouping costs nothing).
+        batches: dict[int, list[Any]] = {}
         async for key in client.scan_iter(match=f"{self.prefix}*", count=1000):
+            batch = batches.setdefault(
+                key_slot(key if isinstance(key, bytes) else key.encode()), []
+            )
             batch.append(key)
             if len(batch) >= _DELETE_BATCH:
                 deleted += int(await checked(client.unlink(*batch)))
                 batch.clear()
-        if batch:
-            deleted += int(await checked(client.unlink(*batch)))
+        for batch in batches.values():
+            if batch:
+                deleted += int(await checked(client.unlink(*batch)))
         self._views.clear()
         self._probes.clear()
         return deleted
