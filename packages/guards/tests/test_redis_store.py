@@ -26,6 +26,8 @@ from headrace_guards import (
     RateLimiter,
     TimeWindow,
 )
+from headrace_guards._circuit_store import SHARED_REOPENS, open_delays
+from headrace_guards.backoff import fixed
 from headrace_guards.redis import RedisStore
 
 pytestmark = pytest.mark.redis
@@ -1063,3 +1065,92 @@ async def test_a_cluster_client_of_the_users_own_is_accepted(redis_cluster: Any)
     finally:
         await store.aclose()
         await client.aclose()  # the user's client stays the user's to close
+
+
+# -- open_backoff, shared ---------------------------------------------------------------
+async def test_open_backoff_is_shared_by_every_worker(make: Maker) -> None:
+    a, b = make(), make()
+    # What a breaker with recovery_timeout=30 and open_backoff=(1, 2, 4) sends.
+    config: dict[str, Any] = {
+        "recovery_timeout": 30.0,
+        "policy": "consecutive",
+        "threshold": 1,
+        "open_delays": (1.0, 2.0, 4.0),
+    }
+
+    async def trip(store: RedisStore) -> float:
+        allowed, gen, state, _ = await store.admit("backoff", 0.0, **config)
+        assert allowed
+        assert await store.record("backoff", gen, "failure", 0.0, **config) is CircuitState.OPEN
+        allowed, _, state, retry_after = await store.admit("backoff", 0.0, **config)
+        assert (allowed, state) == (False, CircuitState.OPEN)
+        return retry_after
+
+    def about(seconds: float) -> Any:
+        return pytest.approx(seconds, abs=0.5)
+
+    assert await trip(a) == about(30)  # the first open: recovery_timeout
+    periods = []
+    for store in (b, a, b, a):  # re-opens from HALF_OPEN, by whichever worker probes
+        await store.force("backoff", CircuitState.HALF_OPEN, **config)
+        periods.append(await trip(store))
+    assert periods == [about(1), about(2), about(4), about(4)]  # the last one repeats
+    await a.force("backoff", CircuitState.CLOSED, **config)  # closing restarts the schedule
+    assert await trip(b) == about(30)
+    await b.force("backoff", CircuitState.HALF_OPEN, **config)
+    assert await trip(a) == about(1)
+
+
+async def test_a_breaker_sends_its_open_backoff_to_the_store(make: Maker) -> None:
+    store = make()
+    breaker = CircuitBreaker(
+        "sent", failure_threshold=1, recovery_timeout=30, open_backoff=fixed(3.0), store=store
+    )
+    await fail(breaker)
+    await store.force("sent", CircuitState.HALF_OPEN, recovery_timeout=30.0)
+    with pytest.raises(ValueError, match="boom"):
+        await breaker.call(boom)  # the probe fails: a re-open, for the schedule's 3 s
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker.call(ok)
+    assert info.value.retry_after == pytest.approx(3.0, abs=0.5)
+
+
+@pytest.mark.parametrize(
+    "delays", [[1.0, math.nan], [1.0, -1.0], ["soon"], None], ids=["nan", "negative", "str", "none"]
+)
+def test_an_open_backoff_that_gives_bad_delays_fails_at_construction(delays: Any) -> None:
+    class Schedule:
+        def delays(self, rng: Any = None) -> Any:
+            return delays
+
+    with pytest.raises(ConfigurationError, match="open_backoff"):
+        CircuitBreaker("bad", open_backoff=Schedule(), store=RedisStore(Redis()))
+
+
+def test_a_short_open_backoff_is_followed_by_recovery_timeout() -> None:
+    class Short:
+        def delays(self, rng: Any = None) -> Any:
+            return iter([1.0, 2.0])
+
+    assert open_delays(Short(), 30.0) == (1.0, 2.0, 30.0)
+    assert len(open_delays(fixed(5.0), 30.0)) == SHARED_REOPENS
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (KeyError("schedule bug"), ConfigurationError),
+        (asyncio.CancelledError(), ConfigurationError),  # not the caller's cancellation
+        (KeyboardInterrupt(), KeyboardInterrupt),
+    ],
+    ids=["raise", "cancel", "keyboard_interrupt"],
+)
+def test_an_open_backoff_that_raises_fails_at_construction(
+    raised: BaseException, expected: type[BaseException]
+) -> None:
+    class Raising:
+        def delays(self, rng: Any = None) -> Any:
+            raise raised
+
+    with pytest.raises(expected):
+        CircuitBreaker("bad", open_backoff=Raising(), store=RedisStore(Redis()))

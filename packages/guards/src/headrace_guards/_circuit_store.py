@@ -12,7 +12,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
-from headrace_core import CircuitState
+from headrace_core import CircuitState, ConfigurationError
 from headrace_core.lowlevel import being_cancelled, within
 from headrace_core.store import BreakerStore, Outcome
 from headrace_guards._circuit_state import (
@@ -39,11 +39,20 @@ _MIRRORED = {
 
 #: How long a record sent in the background may take before it is given up.
 _BACKGROUND_BOUND = 30.0
+#: How many re-open periods of ``open_backoff`` a store is given (the last repeats).
+SHARED_REOPENS = 16
 _NOTHING: Any = object()
 
 
 def store_config(settings: Settings) -> dict[str, Any]:
-    """Return a breaker's policy as the keyword arguments every store call receives."""
+    """Return a breaker's policy as the keyword arguments every store call receives.
+
+    With ``open_backoff``, ``open_delays`` holds the OPEN periods of the first re-opens
+    from HALF_OPEN (see :func:`open_delays`).
+
+    Raises:
+        ConfigurationError: when ``open_backoff`` fails to give its delays.
+    """
     policy = settings.policy
     config: dict[str, Any] = {
         "recovery_timeout": settings.recovery_timeout,
@@ -51,6 +60,8 @@ def store_config(settings: Settings) -> dict[str, Any]:
         "half_open_timeout": settings.half_open_timeout,
         "slow_call_rate": settings.slow_call_rate,
     }
+    if settings.open_backoff is not None:
+        config["open_delays"] = open_delays(settings.open_backoff, settings.recovery_timeout)
     if isinstance(policy, Consecutive):
         config.update(policy="consecutive", threshold=policy.threshold)
     elif isinstance(policy, CountWindow):
@@ -70,13 +81,43 @@ def store_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def open_delays(backoff: Any, recovery_timeout: float) -> tuple[float, ...]:
+    """The first :data:`SHARED_REOPENS` delays of ``backoff``, for a store to apply.
+
+    A shared breaker's re-opens happen in whichever process sees the failing probe, so the
+    schedule is walked once, here, and its delays travel with every store call; past the
+    last one, the last repeats. A schedule that ends sooner is followed by
+    ``recovery_timeout``, as a breaker in memory does when its schedule runs out.
+
+    Raises:
+        ConfigurationError: when the schedule raises, or yields something other than a
+            finite number ``>= 0`` (naming ``open_backoff``).
+    """
+    delays: list[float] = []
+    try:
+        for delay in backoff.delays():
+            if isinstance(delay, bool) or not isinstance(delay, int | float):
+                raise TypeError(f"yielded {delay!r}, not a number of seconds")
+            if not math.isfinite(delay) or delay < 0:
+                raise ValueError(f"yielded {delay!r}, not a finite number >= 0")
+            delays.append(float(delay))
+            if len(delays) == SHARED_REOPENS:
+                return tuple(delays)
+    except (Exception, asyncio.CancelledError) as exc:
+        raise ConfigurationError.argument_error(
+            "open_backoff", backoff, f"must give finite delays >= 0 ({type(exc).__name__}: {exc})"
+        ) from exc
+    return (*delays, recovery_timeout)
+
+
 @final
 class StoreState:
     """A breaker's state in a shared store, followed locally.
 
     The store holds the windows and the half-open permits, so the local figures are the
     state, the generation (local: one per transition learned), the counters and the flags.
-    ``open_backoff`` does not apply: a shared breaker's OPEN period is the store's.
+    ``open_backoff`` travels with every store call as its first delays
+    (:func:`open_delays`): the store applies them to re-opens from HALF_OPEN, shared.
 
     Args:
         settings: the breaker's configuration (``settings.name`` is the store key).

@@ -119,8 +119,9 @@ class BreakerPart(StoreBase):
         recovery = float(config.get("recovery_timeout", 30.0))
         hot = config.get("half_open_timeout")
         probe_ttl = self.probe_ttl if self.probe_ttl is not None else recovery
+        periods = (recovery, *(float(d) for d in config.get("open_delays", ())))
         values = (
-            recovery,
+            ",".join(repr(p) for p in periods),
             int(config.get("half_open_max_calls", 1)),
             "" if hot is None else float(hot),
             float(config.get("slow_call_rate", 1.0)),

@@ -36,7 +36,11 @@ _BREAKER = (
     _NOW
     + """
 local S, P, W = KEYS[1], KEYS[2], KEYS[3]
-local rt = tonumber(ARGV[1])
+-- ARGV[1]: recovery_timeout, then the OPEN periods of the 1st, 2nd, ... re-open from
+-- HALF_OPEN (the breaker's open_backoff; the last one repeats), comma-separated.
+local rts = {}
+for v in string.gmatch(ARGV[1], '[^,]+') do rts[#rts + 1] = tonumber(v) end
+local rt = rts[1]
 local homax = tonumber(ARGV[2])
 local hot = tonumber(ARGV[3])
 local slow_rate = tonumber(ARGV[4])
@@ -49,7 +53,7 @@ local frate = tonumber(ARGV[10])
 local probe_ttl = tonumber(ARGV[11])
 local channel, bname = ARGV[12], ARGV[13]
 local h = redis.call('HMGET', S, 'st', 'gen', 'open_until', 'ho_since', 'ho_ok', 'forced',
-  'streak')
+  'streak', 'reopens')
 local st = tonumber(h[1]) or 0
 local gen = tonumber(h[2]) or 0
 local open_until = tonumber(h[3]) or 0
@@ -57,19 +61,29 @@ local ho_since = tonumber(h[4]) or 0
 local ho_ok = tonumber(h[5]) or 0
 local forced = h[6] == '1'
 local streak = tonumber(h[7]) or 0
+local reopens = tonumber(h[8]) or 0
 local function clear_window()
   redis.call('DEL', W)
   redis.call('HSET', S, 'wc', 0, 'wf', 0, 'ws', 0, 'wi', 0, 'wb', 0)
 end
 local function go(new, reason, force)
+  local from = st
   gen = gen + 1
   st = new
   redis.call('DEL', P)
   if new == 1 then
-    open_until = now + rt
+    local period = rt
+    if from == 2 and #rts > 1 then
+      reopens = reopens + 1
+      period = rts[math.min(reopens + 1, #rts)]
+    else
+      reopens = 0
+    end
+    open_until = now + period
     forced = force
     redis.call('HSET', S, 'st', 1, 'gen', gen, 'opened_at', fmt(now),
-      'open_until', fmt(open_until), 'forced', force and 1 or 0, 'reason', reason)
+      'open_until', fmt(open_until), 'forced', force and 1 or 0, 'reason', reason,
+      'reopens', reopens)
   elseif new == 2 then
     ho_since = now
     ho_ok = 0
@@ -79,8 +93,9 @@ local function go(new, reason, force)
   else
     streak = 0
     forced = false
+    reopens = 0
     redis.call('HSET', S, 'st', 0, 'gen', gen, 'streak', 0, 'forced', 0, 'ho_ok', 0,
-      'reason', reason)
+      'reason', reason, 'reopens', 0)
     clear_window()
   end
   redis.call('PUBLISH', channel, bname .. '\\n' .. gen .. '\\n' .. st)
