@@ -13,7 +13,14 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
-from headrace_core.store import BreakerStore, BudgetStore, BulkheadStore, Outcome, RateStore
+from headrace_core.store import (
+    BreakerStore,
+    BudgetStore,
+    BulkheadStore,
+    Outcome,
+    RateStore,
+    ThrottleStore,
+)
 from headrace_guards import (
     Bulkhead,
     BulkheadFull,
@@ -24,6 +31,7 @@ from headrace_guards import (
     CountWindow,
     RateLimited,
     RateLimiter,
+    Rejected,
     TimeWindow,
 )
 from headrace_guards._circuit_store import SHARED_REOPENS, open_delays
@@ -173,7 +181,7 @@ async def test_names_are_validated(make: Maker) -> None:
 
 async def test_implements_every_store_protocol(make: Maker) -> None:
     store = make()
-    for protocol in (BreakerStore, BulkheadStore, RateStore, BudgetStore):
+    for protocol in (BreakerStore, BulkheadStore, RateStore, BudgetStore, ThrottleStore):
         assert isinstance(store, protocol)
     assert repr(store).startswith("RedisStore(prefix='t")
 
@@ -490,14 +498,17 @@ async def test_waiting_bulkhead_gets_the_slot_when_released(make: Maker) -> None
 
 
 async def test_lease_of_a_vanished_holder_expires(make: Maker) -> None:
-    a, b = make(lease_ttl=0.2), make()
+    a, b = make(lease_ttl=30.0), make()
     assert await a.acquire("pool", 1, "crashed", 30)
     a._held.clear()  # the holder stops renewing, as a dead process would
     if a._renew_handle is not None:
         a._renew_handle.cancel()
         a._renew_handle = None
     assert not await b.acquire("pool", 1, "other", 30)
-    await asyncio.sleep(0.22)
+    # Its TTL runs out on the server's clock: move the lease's expiry into the past
+    # rather than wait for it.
+    client: Any = b._client
+    await client.zadd(f"{b.prefix}{{bh:pool}}:leases", {"crashed": 1.0}, xx=True)
     assert await b.acquire("pool", 1, "other", 30)
     assert not await a.renew("pool", "crashed", 1.0)
     assert await b.renew("pool", "other", 1.0)
@@ -856,7 +867,7 @@ async def test_an_acquire_arriving_after_its_release_takes_nothing(make: Maker) 
 
 async def test_check_name_is_the_optional_protocol_method(make: Maker) -> None:
     store = make()
-    for protocol in (BreakerStore, BulkheadStore, RateStore, BudgetStore):
+    for protocol in (BreakerStore, BulkheadStore, RateStore, BudgetStore, ThrottleStore):
         assert "check_name" in (protocol.__doc__ or "")
     store.check_name("ok:name")
     for bad in ("", "{tag}", "x" * 257):
@@ -1154,3 +1165,128 @@ def test_an_open_backoff_that_raises_fails_at_construction(
 
     with pytest.raises(expected):
         CircuitBreaker("bad", open_backoff=Raising(), store=RedisStore(Redis()))
+
+
+# -- the shared adaptive throttle ----------------------------------------------------------
+THROTTLE: dict[str, Any] = {
+    "max_concurrency": 4,
+    "min_concurrency": 1,
+    "failure_threshold": 1,
+    "decrease_factor": 0.5,
+    "cooling_period": 30.0,
+}
+
+
+async def test_the_throttle_ceiling_is_shared(make: Maker) -> None:
+    a, b = make(), make()
+    config = {**THROTTLE, "max_concurrency": 2}
+    _, _, view = await a.throttle_admit("api", "warm", 30, **config)  # scripts loaded
+    await a.throttle_done("api", "warm", "neutral", view["epoch"], **config)
+    sent = count_round_trips(a)
+    for lease in ("a1", "a2"):
+        admitted, wait, view = await a.throttle_admit("api", lease, 30, **config)
+        assert admitted
+        assert wait == 0.0
+    assert len(sent) == 2  # one round trip per admission
+    assert view["in_flight"] == 2
+    admitted, wait, view = await b.throttle_admit("api", "b1", 30, **config)
+    assert (admitted, wait) == (False, None)  # only the end of a running call frees one
+    assert (view["concurrency"], view["in_flight"]) == (2, 2)
+    await a.throttle_done("api", "a1", "success", view["epoch"], **config)
+    assert len(sent) == 3  # one per completion
+    assert (await b.throttle_admit("api", "b1", 30, **config))[0]
+
+
+async def test_one_congestion_event_lowers_the_shared_limit_once(make: Maker) -> None:
+    a, b = make(), make()
+    admitted = [
+        await store.throttle_admit("api", f"l{i}", 30, **THROTTLE)
+        for i, store in enumerate((a, b, a, b))
+    ]
+    assert all(ok for ok, _, _ in admitted)
+    epoch = admitted[0][2]["epoch"]
+    view = await a.throttle_done("api", "l0", "failure", epoch, **THROTTLE)
+    assert (view["concurrency"], view["epoch"], view["decreases"]) == (2, epoch + 1, 1)
+    # The other calls of the same burst, failing in other processes, change nothing more.
+    view = await b.throttle_done("api", "l1", "failure", epoch, **THROTTLE)
+    view = await a.throttle_done("api", "l2", "failure", epoch, **THROTTLE)
+    assert (view["concurrency"], view["decreases"]) == (2, 1)
+    view = await b.throttle_done("api", "l3", "neutral", epoch, **THROTTLE)
+    assert view["in_flight"] == 0
+
+
+async def test_the_shared_limit_grows_back_after_cooling(make: Maker) -> None:
+    a, b = make(), make()
+    config = {**THROTTLE, "cooling_period": 1e-6}
+    _, _, view = await a.throttle_admit("api", "x", 30, **config)
+    view = await a.throttle_done("api", "x", "failure", view["epoch"], **config)
+    assert view["concurrency"] == 2
+    for i, store in enumerate((b, a, b)):  # successes in any process grow it, one by one
+        _, _, view = await store.throttle_admit("api", f"s{i}", 30, **config)
+        view = await store.throttle_done("api", f"s{i}", "success", view["epoch"], **config)
+    assert view["concurrency"] == 4  # back to the ceiling, and no further
+
+
+async def test_a_hint_holds_every_process(make: Maker) -> None:
+    a, b = make(), make()
+    _, _, view = await a.throttle_admit("api", "x", 30, **THROTTLE)
+    view = await a.throttle_hold("api", 30.0, view["epoch"], **THROTTLE)
+    assert view["hold"] == pytest.approx(30.0, abs=1.0)
+    assert (view["concurrency"], view["decreases"]) == (2, 1)  # and one decrease
+    admitted, wait, _ = await b.throttle_admit("api", "y", 30, **THROTTLE)
+    assert not admitted
+    assert wait == pytest.approx(30.0, abs=1.0)
+    view = await b.throttle_hold("api", 5.0, None, **THROTTLE)  # an earlier end loses
+    assert view["hold"] == pytest.approx(30.0, abs=1.0)
+    assert view["decreases"] == 1  # no epoch given: no decrease
+
+
+async def test_pacing_spaces_the_dispatches_of_every_process(make: Maker) -> None:
+    a, b = make(), make()
+    config = {**THROTTLE, "min_dispatch_interval": 30.0}
+    assert (await a.throttle_admit("api", "x", 30, **config))[0]
+    admitted, wait, _ = await b.throttle_admit("api", "y", 30, **config)
+    assert not admitted
+    assert wait == pytest.approx(30.0, abs=1.0)
+
+
+async def test_the_lease_of_a_dead_throttle_worker_ends_by_its_ttl(make: Maker) -> None:
+    a, b = make(), make()
+    config = {**THROTTLE, "max_concurrency": 1}
+    assert (await a.throttle_admit("api", "dead", 30, **config))[0]
+    a._held.clear()  # the holder stops renewing, as a dead process would
+    assert not (await b.throttle_admit("api", "live", 30, **config))[0]
+    client: Any = b._client
+    await client.zadd(f"{b.prefix}{{th:api}}:leases", {"dead": 1.0}, xx=True)  # TTL over
+    assert (await b.throttle_admit("api", "live", 30, **config))[0]
+
+
+async def test_a_throttle_lease_is_renewed_while_held(make: Maker) -> None:
+    store = make(lease_ttl=30.0)
+    assert (await store.throttle_admit("api", "held", 30, **THROTTLE))[0]
+    assert store._held[f"{store.prefix}{{th:api}}:leases"] == {"held": 30.0}
+    await store.throttle_done("api", "held", "neutral", 0, **THROTTLE)
+    assert store._held == {}
+
+
+@pytest.mark.parametrize("on_error", ["fail_open", "fail_closed"])
+async def test_an_unreachable_store_follows_the_failure_rule_for_the_throttle(
+    on_error: str,
+) -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:1/0", on_error=on_error, timeout=0.5)
+    try:
+        if on_error == "fail_open":
+            assert await store.throttle_admit("api", "x", 30, **THROTTLE) == (True, 0.0, {})
+        else:
+            with pytest.raises(Rejected):
+                await store.throttle_admit("api", "x", 30, **THROTTLE)
+        assert await store.throttle_done("api", "x", "success", 0, **THROTTLE) == {}
+        assert await store.throttle_hold("api", 1.0, 0, **THROTTLE) == {}
+        assert await store.throttle_view("api", **THROTTLE) == {}
+    finally:
+        await store.aclose()
+
+
+async def test_a_throttle_outcome_must_be_known(make: Maker) -> None:
+    with pytest.raises(ValueError, match="outcome"):
+        await make().throttle_done("api", "x", "maybe", 0, **THROTTLE)

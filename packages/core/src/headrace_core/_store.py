@@ -147,3 +147,49 @@ class BudgetStore(Protocol):
     async def adjust(self, name: str, entry: str, amount: float) -> None:
         """Change the amount recorded for ``entry`` (reconcile an estimate)."""
         ...
+
+
+@runtime_checkable
+class ThrottleStore(Protocol):
+    """A shared adaptive throttle: one concurrency limit, its leases, a hold and pacing.
+
+    ``**config`` of every method is the throttle's configuration (``max_concurrency``,
+    ``min_concurrency``, ``initial_concurrency``, ``failure_threshold``,
+    ``failure_window``, ``decrease_factor``, ``cooling_period``, ``increase_by``,
+    ``min_dispatch_interval``). A *view* is a mapping with ``concurrency`` (the shared
+    limit), ``in_flight`` (leases held by every process), ``epoch`` (incremented by each
+    decrease), ``hold`` (seconds until a hold ends, 0 when none) and ``decreases``; it is
+    empty when the store could not be reached.
+
+    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
+    """
+
+    async def throttle_admit(
+        self, name: str, lease_id: str, ttl: float, **config: Any
+    ) -> tuple[bool, float | None, Mapping[str, Any]]:
+        """Take a lease if the limit, a hold and the pacing allow: ``(admitted, wait, view)``.
+
+        ``wait`` is the seconds until a hold or the pacing allows a dispatch, or None
+        when only the end of a running call can.
+        """
+        ...
+
+    async def throttle_done(
+        self, name: str, lease_id: str, outcome: str, epoch: int, **config: Any
+    ) -> Mapping[str, Any]:
+        """Give the lease back and feed ``outcome`` (``success``/``failure``/``neutral``).
+
+        A failure counts toward a decrease only when ``epoch`` (the admission's) is the
+        current one: one congestion event lowers the limit once, across every process.
+        """
+        ...
+
+    async def throttle_hold(
+        self, name: str, seconds: float, epoch: int | None = None, **config: Any
+    ) -> Mapping[str, Any]:
+        """Hold every dispatch for ``seconds``; decrease once when ``epoch`` is current."""
+        ...
+
+    async def throttle_view(self, name: str, **config: Any) -> Mapping[str, Any]:
+        """Return the shared state of ``name``."""
+        ...

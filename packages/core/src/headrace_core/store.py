@@ -1,7 +1,7 @@
-"""Protocols of shared-state stores: breaker, bulkhead, rate limiter and budget stores.
+"""Protocols of shared-state stores: breaker, bulkhead, rate limiter, budget and throttle stores.
 
 ``store=None`` on a component means its own in-process state, with no protocol indirection
-on the fast path; ``headrace_guards.redis.RedisStore`` implements all four.
+on the fast path; ``headrace_guards.redis.RedisStore`` implements all five.
 """
 
 from headrace_core._store import BreakerStore as BreakerStore
@@ -9,9 +9,17 @@ from headrace_core._store import BudgetStore as BudgetStore
 from headrace_core._store import BulkheadStore as BulkheadStore
 from headrace_core._store import Outcome as Outcome
 from headrace_core._store import RateStore as RateStore
+from headrace_core._store import ThrottleStore as ThrottleStore
 
-__all__ = ["BreakerStore", "BudgetStore", "BulkheadStore", "Outcome", "RateStore"]
+__all__ = [
+    "BreakerStore",
+    "BudgetStore",
+    "BulkheadStore",
+    "Outcome",
+    "RateStore",
+    "ThrottleStore",
+]
 
-for _obj in (BreakerStore, BudgetStore, BulkheadStore, RateStore):
+for _obj in (BreakerStore, BudgetStore, BulkheadStore, RateStore, ThrottleStore):
     _obj.__module__ = __name__
 del _obj

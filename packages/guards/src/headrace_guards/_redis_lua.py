@@ -20,6 +20,10 @@ __all__ = [
     "BULKHEAD_RENEW",
     "RATE_REFUND",
     "RATE_RESERVE",
+    "THROTTLE_ADMIT",
+    "THROTTLE_DONE",
+    "THROTTLE_HOLD",
+    "THROTTLE_VIEW",
 ]
 
 _NOW = """
@@ -474,5 +478,128 @@ if not old then return 0 end
 local amount = tonumber(ARGV[1])
 redis.call('HSET', H, 'a' .. ARGV[2], fmt(amount), 'used', fmt(used + amount - old))
 return 1
+"""
+)
+
+# The shared adaptive throttle. KEYS: lease zset (scored by expiry), state hash, failure
+# zset (scored by time). ARGV[1..9]: max, min, initial, failure_threshold, failure_window,
+# decrease_factor, cooling_period, increase_by, min_dispatch_interval; ARGV[10..]: per script.
+# The state hash: limit, epoch, last_change, last_dispatch, hold_until, decreases.
+_THROTTLE = (
+    _NOW
+    + """
+local L, S, F = KEYS[1], KEYS[2], KEYS[3]
+local max_c, min_c, initial = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local threshold, window = tonumber(ARGV[4]), tonumber(ARGV[5])
+local factor, cooling = tonumber(ARGV[6]), tonumber(ARGV[7])
+local step, interval = tonumber(ARGV[8]), tonumber(ARGV[9])
+local h = redis.call('HMGET', S, 'limit', 'epoch', 'last_change', 'last_dispatch',
+  'hold_until', 'decreases')
+local limit = tonumber(h[1]) or initial
+if limit > max_c then limit = max_c end
+if limit < min_c then limit = min_c end
+local epoch = tonumber(h[2]) or 0
+local last_change = tonumber(h[3])
+local last_dispatch = tonumber(h[4]) or -1e308
+local hold_until = tonumber(h[5]) or 0
+local decreases = tonumber(h[6]) or 0
+redis.call('ZREMRANGEBYSCORE', L, '-inf', fmt(now))
+local function keep(key, seconds)
+  local ms = math.ceil(seconds * 1000) + 1000
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+local function save()
+  redis.call('HSET', S, 'limit', limit, 'epoch', epoch, 'hold_until', fmt(hold_until),
+    'decreases', decreases)
+  if last_change then redis.call('HSET', S, 'last_change', fmt(last_change)) end
+  keep(S, math.max(cooling, window, hold_until - now, 0) + 3600)
+end
+local function decrease()
+  local new = math.max(min_c, math.floor(limit * factor))
+  if new < limit then
+    limit = new
+    epoch = epoch + 1
+    decreases = decreases + 1
+    last_change = now
+  end
+  redis.call('DEL', F)
+end
+local function view()
+  return {limit, redis.call('ZCARD', L), epoch, fmt(math.max(0, hold_until - now)), decreases}
+end
+"""
+)
+
+# ARGV[10]: lease id, ARGV[11]: lease ttl, ARGV[12..]: lease ids to give back first.
+# Returns {admitted (0/1), wait (-1: until a lease ends), limit, in_flight, epoch, hold, decreases}.
+THROTTLE_ADMIT = (
+    _THROTTLE
+    + """
+for i = 12, #ARGV do redis.call('ZREM', L, ARGV[i]) end
+local function refuse(wait)
+  local v = view()
+  return {0, fmt(wait), v[1], v[2], v[3], v[4], v[5]}
+end
+if hold_until > now then return refuse(hold_until - now) end
+if redis.call('ZCARD', L) >= limit then return refuse(-1) end
+if interval > 0 and last_dispatch + interval > now then
+  return refuse(last_dispatch + interval - now)
+end
+local ttl = tonumber(ARGV[11])
+redis.call('ZADD', L, fmt(now + ttl), ARGV[10])
+keep(L, ttl)
+redis.call('HSET', S, 'last_dispatch', fmt(now))
+save()
+local v = view()
+return {1, '0', v[1], v[2], v[3], v[4], v[5]}
+"""
+)
+
+# ARGV[10]: lease id, ARGV[11]: outcome ('success', 'failure' or 'neutral'), ARGV[12]: the
+# epoch the call was admitted in, ARGV[13..]: lease ids to give back.
+# Returns {limit, in_flight, epoch, hold, decreases}.
+THROTTLE_DONE = (
+    _THROTTLE
+    + """
+redis.call('ZREM', L, ARGV[10])
+for i = 13, #ARGV do redis.call('ZREM', L, ARGV[i]) end
+local outcome, admitted = ARGV[11], tonumber(ARGV[12])
+if outcome == 'failure' and admitted == epoch then
+  redis.call('ZADD', F, fmt(now), ARGV[10])
+  redis.call('ZREMRANGEBYSCORE', F, '-inf', fmt(now - window))
+  keep(F, window)
+  if redis.call('ZCARD', F) >= threshold then decrease() end
+elseif outcome == 'success' and limit < max_c then
+  if last_change == nil then
+    last_change = now
+  elseif now - last_change >= cooling then
+    limit = math.min(max_c, limit + step)
+    last_change = now
+  end
+end
+save()
+return view()
+"""
+)
+
+# ARGV[10]: seconds to hold dispatch (from now, server time), ARGV[11]: the epoch the call
+# that got the hint was admitted in (-1: none; a hint then never decreases).
+# Returns {limit, in_flight, epoch, hold, decreases}.
+THROTTLE_HOLD = (
+    _THROTTLE
+    + """
+local seconds = tonumber(ARGV[10])
+if seconds > 0 and now + seconds > hold_until then hold_until = now + seconds end
+if tonumber(ARGV[11]) == epoch then decrease() end
+save()
+return view()
+"""
+)
+
+# Returns {limit, in_flight, epoch, hold, decreases}.
+THROTTLE_VIEW = (
+    _THROTTLE
+    + """
+return view()
 """
 )

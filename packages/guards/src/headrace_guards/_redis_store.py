@@ -9,35 +9,33 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from headrace_core import BulkheadFull
-from headrace_core.lowlevel import being_cancelled, check_number, safe_repr
+from headrace_core.lowlevel import check_number
 from headrace_guards._redis_base import (
     DOWN,
     MALFORMED,
     Script,
     check_name,
     checked,
-    logger,
-    text,
 )
 from headrace_guards._redis_breaker import _close_pubsub
-from headrace_guards._redis_limits import LimitsPart
+from headrace_guards._redis_leases import RENEW
 from headrace_guards._redis_lua import (
     BULKHEAD_ACQUIRE,
     BULKHEAD_COUNT,
     BULKHEAD_RELEASE,
-    BULKHEAD_RENEW,
 )
+from headrace_guards._redis_throttle import ThrottlePart
 
 __all__ = ["RedisStore"]
 
-_ACQUIRE, _RENEW, _COUNT = Script(BULKHEAD_ACQUIRE), Script(BULKHEAD_RENEW), Script(BULKHEAD_COUNT)
+_ACQUIRE, _COUNT = Script(BULKHEAD_ACQUIRE), Script(BULKHEAD_COUNT)
 _RELEASE = Script(BULKHEAD_RELEASE)
 _BH_FIELDS = ("leases", "released")
 _DELETE_BATCH = 500
 
 
 @final
-class RedisStore(LimitsPart):
+class RedisStore(ThrottlePart):
     """Shared state for breakers, bulkheads, rate limiters and budgets, on one Redis.
 
     Pass it as ``store=`` to :class:`~headrace_guards.CircuitBreaker`,
@@ -88,7 +86,7 @@ class RedisStore(LimitsPart):
         ConfigurationError: when an argument is invalid.
     """
 
-    __slots__ = ("_held", "_renew_handle", "_renew_loop", "_renew_tasks")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -111,11 +109,8 @@ class RedisStore(LimitsPart):
         )
         cache_ttl = check_number("cache_ttl", cache_ttl, ge=0)
         self._init_breaker(cache_ttl)
-        self._held: dict[str, dict[str, float]] = {}
         self._init_limits()
-        self._renew_handle: asyncio.TimerHandle | None = None
-        self._renew_loop: asyncio.AbstractEventLoop | None = None
-        self._renew_tasks: set[asyncio.Task[None]] = set()
+        self._init_leases()
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kw: Any) -> RedisStore:
@@ -223,7 +218,7 @@ class RedisStore(LimitsPart):
             self._lose("bh", name, [lease_id])
             raise self._malformed("acquire", reply) from None
         if taken:
-            self._hold(name, lease_id, ttl)
+            self._hold(keys[0], lease_id, ttl)
         return taken
 
     async def release(self, name: str, lease_id: str) -> None:
@@ -239,7 +234,7 @@ class RedisStore(LimitsPart):
             lease_id: the holder's id.
         """
         keys = self._keys_of("bh", name, _BH_FIELDS)
-        self._unhold(name, lease_id)
+        self._unhold(keys[0], lease_id)
         lost = self._take_lost("bh", name)
         try:
             reply = await self._run(_RELEASE, keys, (self.lease_ttl, lease_id, *lost))
@@ -262,7 +257,7 @@ class RedisStore(LimitsPart):
             closed).
         """
         key = self._keys_of("bh", name, _BH_FIELDS)[0]
-        reply = await self._run(_RENEW, (key,), (min(float(ttl), self.lease_ttl), lease_id))
+        reply = await self._run(RENEW, (key,), (min(float(ttl), self.lease_ttl), lease_id))
         if reply is DOWN:
             return self.fail_open
         try:
@@ -287,71 +282,6 @@ class RedisStore(LimitsPart):
             return int(reply)
         except MALFORMED:
             raise self._malformed("in_flight", reply) from None
-
-    def _hold(self, name: str, lease_id: str, ttl: float) -> None:
-        loop = asyncio.get_running_loop()
-        if self._renew_loop is not loop:  # a new loop: the old one's timer is gone
-            self._renew_loop, self._renew_handle = loop, None
-            self._held.clear()
-        self._held.setdefault(name, {})[lease_id] = ttl
-        if self._renew_handle is None:
-            self._renew_handle = loop.call_later(ttl / 3, self._renew_due)
-
-    def _unhold(self, name: str, lease_id: str) -> None:
-        leases = self._held.get(name)
-        if leases is not None and leases.pop(lease_id, None) is not None and not leases:
-            del self._held[name]
-            if not self._held and self._renew_handle is not None:
-                self._renew_handle.cancel()
-                self._renew_handle = None
-
-    def _renew_due(self) -> None:
-        self._renew_handle = None
-        if not self._held:
-            return
-        task = asyncio.get_running_loop().create_task(self._renew_held())
-        self._renew_tasks.add(task)
-        task.add_done_callback(self._renewed)
-
-    def _renewed(self, task: asyncio.Task[None]) -> None:
-        self._renew_tasks.discard(task)
-        if self._held and self._renew_handle is None and not task.cancelled():
-            ttl = min(min(leases.values()) for leases in self._held.values())
-            self._renew_handle = asyncio.get_running_loop().call_later(ttl / 3, self._renew_due)
-
-    async def _renew_held(self) -> None:
-        # A background task: nothing it meets may escape into the loop. A failed renewal
-        # leaves the leases to their TTL; KeyboardInterrupt/SystemExit (from a client's
-        # code) goes to the next caller of the store.
-        try:
-            await self._renew_all()
-        except asyncio.CancelledError:
-            if being_cancelled():
-                raise
-            logger.warning("lease renewal failed: the client raised CancelledError")
-        except Exception as exc:
-            logger.warning("lease renewal failed: %s", safe_repr(exc))
-        except BaseException as exc:
-            self._defer(exc)
-
-    async def _renew_all(self) -> None:
-        for name, leases in list(self._held.items()):
-            if not leases:
-                continue
-            key = self._keys_of("bh", name, _BH_FIELDS)[0]
-            ttl = min(leases.values())
-            reply = await self._run(_RENEW, (key,), (ttl, *leases))
-            if reply is DOWN:
-                continue
-            try:
-                alive = {text(lease) for lease in reply}
-            except MALFORMED:
-                raise self._malformed("renew", reply) from None
-            for lease in [lease for lease in leases if lease not in alive]:
-                if leases.pop(lease, None) is not None:
-                    logger.warning("bulkhead %r: lease %s expired before renewal", name, lease)
-            if not leases:
-                self._held.pop(name, None)
 
     # -- lifecycle -------------------------------------------------------------------
     async def delete_all(self) -> int:
