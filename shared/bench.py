@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["headrace", "peer", "raw", "floor"]
 RunFn = Callable[[int], Awaitable[None]]
@@ -219,3 +219,27 @@ class Bench:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(result.to_json(), f, indent=2)
         return result
+
+
+def import_pypeln() -> Any:
+    """Import pypeln, giving its ``stopit`` dependency a stand-in ``pkg_resources``.
+
+    stopit imports ``pkg_resources`` only to read its own version; environments without
+    setuptools ship none.
+    """
+    if "pkg_resources" not in sys.modules:
+        try:
+            import pkg_resources  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: F401
+        except ImportError:
+            import types
+
+            shim = types.ModuleType("pkg_resources")
+
+            def get_distribution(name: str) -> Any:
+                raise LookupError(name)
+
+            shim.get_distribution = get_distribution  # type: ignore[attr-defined]
+            sys.modules["pkg_resources"] = shim
+    import pypeln
+
+    return pypeln

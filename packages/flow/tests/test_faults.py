@@ -40,10 +40,13 @@ from headrace_flow import (
     batched,
     flow,
     priority_queue,
+    process_stage,
     router,
     stage,
     sync_stage,
+    thread_stage,
 )
+from shared import flow_workers
 from shared.faults import (
     ASYNC_FAULTS,
     CALLABLE_WORDS,
@@ -282,6 +285,44 @@ async def drive_sync_stage(fault: Fault) -> None:
         out.append(x)
 
     f = flow(sync_stage(work), sink)
+    async with ticking():
+        await outcome(f, range(N), fault, aborts=True)
+        if fault is Fault.WRONG:
+            assert WRONG in out
+        await again(f, out)
+
+
+async def drive_process_stage(fault: Fault) -> None:
+    # The function runs in a worker process: it misbehaves on a marker item, and what it
+    # raises there (an interrupt included) comes back as the item's outcome.
+    out: list[Any] = []
+
+    async def sink(x: Any) -> None:
+        out.append(x)
+
+    f = flow(process_stage(flow_workers.misbehave, workers=2), sink)
+    source = [("fault", fault.value) if x == BAD else x for x in range(N)]
+    async with ticking():
+        await outcome(f, source, fault, aborts=True)
+        if fault is Fault.WRONG:
+            assert "wrong" in out
+        await again(f, out)
+
+
+async def drive_thread_stage(fault: Fault) -> None:
+    once = Once(fault)
+
+    def work(x: Any) -> Any:
+        if once.hit(x):
+            return inject(fault, wrong=WRONG)
+        return x
+
+    out: list[Any] = []
+
+    async def sink(x: Any) -> None:
+        out.append(x)
+
+    f = flow(thread_stage(work, workers=2), sink)
     async with ticking():
         await outcome(f, range(N), fault, aborts=True)
         if fault is Fault.WRONG:
@@ -1288,6 +1329,8 @@ POINTS = [
         also=("flow.stages", "Stage.target", "Flow.add_transformer.transformer"),
     ),
     Point("sync_stage.fn", SYNC_FAULTS, drive_sync_stage),
+    Point("process_stage.fn", SYNC_FAULTS, drive_process_stage),
+    Point("thread_stage.fn", SYNC_FAULTS, drive_thread_stage),
     Point("sink", ASYNC_FAULTS, drive_sink, also=("Flow.set_consumer.consumer",)),
     Point("stage.target (fan-out)", ITERATOR_FAULTS, drive_fan_out),
     Point("stage.target (context manager factory)", SYNC_FAULTS, drive_cm_factory),
@@ -1380,6 +1423,8 @@ EXCLUDE = {
     "UtilizationScaling.on_dequeue.stats": _STATS,
     "UtilizationScaling.on_enqueue.stats": _STATS,
     "FlowStats.stages": "a mapping of StageStats that flow builds: not user code",
+    "process_stage.options": "stage()'s options, passed on as they are (stage's points)",
+    "thread_stage.options": "stage()'s options, passed on as they are (stage's points)",
     "AsyncQueueInterface.put.item": (
         "flowrhythm's queue protocol, for users' isinstance checks: flow never calls it"
     ),

@@ -18,6 +18,9 @@ from headrace_flow._flow import FlowEvent as FlowEvent
 from headrace_flow._markers import DROP as DROP
 from headrace_flow._markers import Drop as Drop
 from headrace_flow._markers import Last as Last
+from headrace_flow._process import ProcessStageError as ProcessStageError
+from headrace_flow._process import process_stage as process_stage
+from headrace_flow._process import thread_stage as thread_stage
 from headrace_flow._push import PushHandle as PushHandle
 from headrace_flow._queues import AsyncQueueInterface as AsyncQueueInterface
 from headrace_flow._queues import QueueFactory as QueueFactory
@@ -54,6 +57,7 @@ __all__ = [
     "FlowStats",
     "HeadraceError",
     "Last",
+    "ProcessStageError",
     "PushHandle",
     "QueueFactory",
     "QueueLike",
@@ -72,9 +76,11 @@ __all__ = [
     "lifo_queue",
     "log_and_continue",
     "priority_queue",
+    "process_stage",
     "router",
     "stage",
     "sync_stage",
+    "thread_stage",
 ]
 
 for _obj in (
@@ -87,6 +93,7 @@ for _obj in (
     FlowClosed,
     FlowStats,
     Last,
+    ProcessStageError,
     PushHandle,
     QueueFactory,
     QueueLike,
@@ -105,9 +112,11 @@ for _obj in (
     lifo_queue,
     log_and_continue,
     priority_queue,
+    process_stage,
     router,
     stage,
     sync_stage,
+    thread_stage,
 ):
     _obj.__module__ = __name__
 del _obj

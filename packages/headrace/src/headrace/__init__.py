@@ -40,6 +40,7 @@ from headrace_flow import FlowClosed as FlowClosed
 from headrace_flow import FlowEvent as FlowEvent
 from headrace_flow import FlowStats as FlowStats
 from headrace_flow import Last as Last
+from headrace_flow import ProcessStageError as ProcessStageError
 from headrace_flow import PushHandle as PushHandle
 from headrace_flow import QueueFactory as QueueFactory
 from headrace_flow import QueueLike as QueueLike
@@ -58,9 +59,11 @@ from headrace_flow import flow as flow
 from headrace_flow import lifo_queue as lifo_queue
 from headrace_flow import log_and_continue as log_and_continue
 from headrace_flow import priority_queue as priority_queue
+from headrace_flow import process_stage as process_stage
 from headrace_flow import router as router
 from headrace_flow import stage as stage
 from headrace_flow import sync_stage as sync_stage
+from headrace_flow import thread_stage as thread_stage
 from headrace_guards import BreakerSnapshot as BreakerSnapshot
 from headrace_guards import Bulkhead as Bulkhead
 from headrace_guards import BulkheadSnapshot as BulkheadSnapshot
@@ -199,6 +202,7 @@ __all__ = [
     "PhaseTimeout",
     "Pipeline",
     "PipelineSnapshot",
+    "ProcessStageError",
     "Processor",
     "ProcessorError",
     "ProcessorEvent",
@@ -258,6 +262,7 @@ __all__ = [
     "log_and_continue",
     "pipeline",
     "priority_queue",
+    "process_stage",
     "router",
     "stage",
     "sync_stage",
@@ -266,4 +271,5 @@ __all__ = [
     "task_group_func",
     "task_group_task",
     "task_sync_func",
+    "thread_stage",
 ]
