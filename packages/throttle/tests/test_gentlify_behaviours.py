@@ -81,8 +81,9 @@ def test_record_failure_without_a_running_loop_decreases_the_limit() -> None:
     assert snap.concurrency == 5
     assert snap.state is ThrottleState.COOLING
     assert snap.failed == 1
-    assert kinds(events) == [("decreased", (10, 5))]
-    assert events[0].kind_legacy == "decelerated"
+    # gentlify's callback hears gentlify's words: a decrease, then the cooling it starts.
+    assert kinds(events) == [("decelerated", (10, 5)), ("cooling_started", None)]
+    assert events[1].data == {"cooling_period": 60.0}
     t.record_failure(ValueError("again"))
     assert t.snapshot().concurrency == 2
 
@@ -249,3 +250,44 @@ async def test_set_concurrency_ends_cooling_at_the_floor() -> None:
         assert t.snapshot().state is ThrottleState.COOLING
         t.set_concurrency(1)
         assert t.snapshot().state is ThrottleState.RUNNING
+
+
+# -- gentlify's event names, where gentlify's API is used ---------------------------------
+def test_on_event_and_listeners_keep_headraces_names() -> None:
+    legacy: list[ThrottleEvent] = []
+    own: list[ThrottleEvent] = []
+    gentle = Throttle(max_concurrency=4, failure_threshold=1, on_state_change=legacy.append)
+    t = Throttle(max_concurrency=4, failure_threshold=1, on_event=own.append)
+    heard: list[ThrottleEvent] = []
+    t.add_listener(heard.append)
+    gentle.record_failure()
+    t.record_failure()
+    assert [e.kind for e in own] == [e.kind for e in heard] == ["decreased"]
+    assert own[0].kind_legacy == "decelerated"
+    assert [e.kind for e in legacy] == ["decelerated", "cooling_started"]
+    assert legacy[0].data["interval"] == own[0].data["interval"]
+
+
+async def test_an_async_gentlify_callback_hears_both_events() -> None:
+    heard: list[str] = []
+
+    async def on_change(event: ThrottleEvent) -> None:
+        await asyncio.sleep(0)
+        heard.append(event.kind)
+
+    t = Throttle(max_concurrency=4, failure_threshold=1, on_state_change=on_change)
+    t.record_failure()
+    await t.aclose()  # awaits the async listener
+    assert sorted(heard) == ["closed", "cooling_started", "decelerated", "drained"]
+    assert heard.index("decelerated") < heard.index("cooling_started")
+
+
+def test_a_gentlify_callback_that_raises_is_isolated(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(event: ThrottleEvent) -> None:
+        raise RuntimeError(f"callback bug on {event.kind}")
+
+    t = Throttle(max_concurrency=4, failure_threshold=1, on_state_change=broken)
+    with caplog.at_level(logging.ERROR, logger="headrace.throttle"):
+        t.record_failure()
+    assert "callback bug on decelerated" in caplog.text
+    assert t.snapshot().concurrency == 2

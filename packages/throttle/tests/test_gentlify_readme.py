@@ -160,7 +160,9 @@ async def test_configuration_callbacks_and_snapshot() -> None:
         throttle = Throttle(max_concurrency=10, on_state_change=on_change)
         for _ in range(3):
             throttle.record_failure()
-        assert printed[-1].startswith("[decreased] {'concurrency': (10, 5)")
+        # The README's "Prints: [decelerated] {'concurrency': (10, 5), ...}", word for word.
+        assert printed[-2].startswith("[decelerated] {'concurrency': (10, 5)")
+        assert printed[-1].startswith("[cooling_started] {'cooling_period'")
 
         throttle = Throttle(
             max_concurrency=10,

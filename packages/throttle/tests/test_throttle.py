@@ -216,7 +216,7 @@ async def test_async_listeners_are_awaited_by_drain() -> None:
 async def test_event_fields_and_aliases() -> None:
     with VirtualClock(start=5.0):
         events: list[ThrottleEvent] = []
-        t = Throttle(4, failure_threshold=1, name="api", on_state_change=events.append)
+        t = Throttle(4, failure_threshold=1, name="api", on_event=events.append)
         t.record_failure()
         event = events[0]
         assert event.kind == "decreased"

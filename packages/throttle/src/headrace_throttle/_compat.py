@@ -1,4 +1,4 @@
-"""gentlify's retry and breaker configs, kept as small classes that build guards' objects.
+"""gentlify's retry and breaker configs, and its event names for ``on_state_change``.
 
 There is one retry and one circuit breaker in the family (``headrace_guards``); these
 classes only translate gentlify's arguments.
@@ -6,16 +6,18 @@ classes only translate gentlify's arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal, final
+from typing import Any, Literal, final
 
 from headrace_core import CircuitOpenError, ConfigurationError
 from headrace_core.backoff import exponential, fixed, full_jitter
 from headrace_core.lowlevel import check_int, check_number
 from headrace_guards import CircuitBreaker, Retry
+from headrace_throttle._types import ThrottleEvent
 
-__all__ = ["CircuitBreakerConfig", "RetryConfig"]
+__all__ = ["CircuitBreakerConfig", "RetryConfig", "gentlify_events"]
 
 BackoffName = Literal["fixed", "exponential", "exponential_jitter"]
 _BACKOFFS = ("fixed", "exponential", "exponential_jitter")
@@ -145,3 +147,51 @@ class CircuitBreakerConfig:
             ignore=ignore if ignore is not None else (),
             open_backoff=exponential(duration * 2.0, 2.0, duration * 5.0),
         )
+
+
+def gentlify_events(
+    callback: Callable[[ThrottleEvent], object], cooling_period: float
+) -> Callable[[ThrottleEvent], object]:
+    """Deliver a throttle's events to a gentlify ``on_state_change`` callback, in its words.
+
+    ``decreased`` becomes ``decelerated`` followed by ``cooling_started`` (with the
+    ``cooling_period``), ``increased`` becomes ``reaccelerated``, and a ``retry`` carries
+    gentlify's ``exception`` (the error's text) beside headrace's fields; the other kinds
+    (``paused``, ``resumed``, ``closed``, ``drained``) keep their names. ``on_event=`` and
+    ``add_listener()`` receive headrace's own names.
+
+    Args:
+        callback: the user's callback (sync, or async: its awaitables are awaited in turn).
+        cooling_period: the seconds reported by ``cooling_started``.
+
+    Returns:
+        The listener to register.
+    """
+
+    def deliver(event: ThrottleEvent) -> object:
+        pending = [
+            result
+            for result in (callback(legacy) for legacy in _in_gentlify_words(event, cooling_period))
+            if inspect.isawaitable(result)
+        ]
+        return _all(pending) if pending else None
+
+    deliver.__qualname__ = getattr(callback, "__qualname__", type(callback).__qualname__)
+    return deliver
+
+
+def _in_gentlify_words(event: ThrottleEvent, cooling_period: float) -> Iterator[ThrottleEvent]:
+    kind, data = event.kind, dict(event.data)
+    if kind == "retry":
+        error = data.get("error")
+        data["exception"] = "" if error is None else str(error)
+    yield ThrottleEvent(event.kind_legacy, event.at, data, event.name)
+    if kind == "decreased":
+        yield ThrottleEvent(
+            "cooling_started", event.at, {"cooling_period": cooling_period}, event.name
+        )
+
+
+async def _all(pending: list[Awaitable[Any]]) -> None:
+    for awaitable in pending:
+        await awaitable

@@ -37,7 +37,7 @@ from headrace_guards import CircuitBreaker, GuardEvent, Retry
 from headrace_throttle._admission import Admission, Pacing
 from headrace_throttle._budget import LocalBudgets, RequestBudget, TokenBudget
 from headrace_throttle._calls import Acquire, Calls
-from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig
+from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig, gentlify_events
 from headrace_throttle._config import ThrottleConfig, default_limit
 from headrace_throttle._errors import ThrottleClosed
 from headrace_throttle._feedback import Feedback
@@ -111,7 +111,8 @@ class Throttle:
         name: a name for events, errors and snapshots.
         total_tasks: gentlify's name for ``total`` (0 means unknown).
         failure_predicate: gentlify's name for ``is_failure``.
-        on_state_change: gentlify's name for ``on_event``.
+        on_state_change: gentlify's callback: the same events in gentlify's words
+            (``decelerated`` then ``cooling_started``, ``reaccelerated``, ...).
         **unsupported: nothing else is accepted; gentlify's
             ``safe_ceiling_decay_multiplier`` raises, pointing to the migration page.
 
@@ -228,9 +229,10 @@ class Throttle:
         self._config = config
         self.name = name = config.name
         self._events = events = Events(name)
-        listener = config.on_event or config.on_state_change
-        if listener is not None:
-            events.listeners.add(listener)
+        if config.on_event is not None:
+            events.listeners.add(config.on_event)
+        if config.on_state_change is not None:  # gentlify's callback: gentlify's words
+            events.listeners.add(gentlify_events(config.on_state_change, config.cooling_period))
         high, low = config.max_concurrency, config.min_concurrency
         initial = config.initial_concurrency if config.initial_concurrency is not None else high
         limiter: Limit = config.limit if config.limit is not None else default_limit(config)
