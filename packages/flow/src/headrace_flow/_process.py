@@ -119,8 +119,9 @@ class _Child:
                 loop.remove_reader(fd)
             ok, value = conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
-            code = self._process.exitcode if self._process is not None else None
-            self.kill()
+            process = self._process
+            self.kill()  # reaps it: its exit code is known after this
+            code = process.exitcode if process is not None else None
             raise ProcessStageError(
                 f"stage {self._name!r}: its worker process died (exit code {code})",
                 stage=self._name,
