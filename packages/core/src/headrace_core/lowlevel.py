@@ -15,7 +15,8 @@ waits with their bounds, and talk about user code safely:
   type of a ``clock=`` argument.
 - :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones.
 - :class:`Deadline`, :func:`bounded`, :func:`raise_if_expired`: ``asyncio.timeout``
-  whose expiry raises a component's own error.
+  whose expiry raises a component's own error; :class:`Deadlines` and :class:`Watched`:
+  one loop timer for many deadlines of one length.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised.
@@ -46,15 +47,19 @@ from headrace_core._validate import check_name as check_name
 from headrace_core._validate import check_number as check_number
 from headrace_core._validate import check_optional_number as check_optional_number
 from headrace_core._validate import is_async_callable as is_async_callable
+from headrace_core._watch import Deadlines as Deadlines
+from headrace_core._watch import Watched as Watched
 
 __all__ = [
     "TIME_TOLERANCE",
     "Clock",
     "Deadline",
+    "Deadlines",
     "EventLog",
     "Lifecycle",
     "LoopBinding",
     "PerLoop",
+    "Watched",
     "being_cancelled",
     "bounded",
     "callable_name",
@@ -73,6 +78,7 @@ __all__ = [
 
 for _obj in (
     Deadline,
+    Deadlines,
     EventLog,
     Lifecycle,
     LoopBinding,
@@ -91,6 +97,7 @@ for _obj in (
     raise_if_expired,
     safe_repr,
     within,
+    Watched,
 ):
     _obj.__module__ = __name__
 del _obj

@@ -23,11 +23,12 @@ import logging
 from collections import deque
 from collections.abc import Coroutine
 from functools import partial
+from types import CoroutineType
 from typing import Any
 
 from headrace_core import HeadraceError
 from headrace_core.backoff import next_delay
-from headrace_core.lowlevel import raise_if_expired, safe_repr
+from headrace_core.lowlevel import Deadlines, Watched, raise_if_expired, safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._plan import PHASES, CallSpec, Plan
@@ -65,17 +66,23 @@ class _Fatal(Exception):
         self.error = error
 
 
-class _Watch:
-    """One timed call under its deadline: the task awaiting it and the coroutines it runs."""
+class _Watch(Watched):
+    """One timed call under its deadline, watched by the run's :class:`Deadlines`.
+
+    ``scope`` is the call's ``asyncio.Timeout`` (``None`` once the call ended), ``task``
+    the task awaiting the call and ``coros`` the coroutines it runs (closed if the call is
+    abandoned).
+    """
 
     __slots__ = ("coros", "task")
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, scope: asyncio.Timeout, task: asyncio.Task[Any] | None) -> None:
+        self.scope = scope  # and ``when``, set by Deadlines.add
         self.task = task
         self.coros: list[Any] = []
 
     def track(self, awaitable: Any) -> None:
-        if inspect.iscoroutine(awaitable):
+        if isinstance(awaitable, CoroutineType):  # inspect.iscoroutine(), one call less
             self.coros.append(awaitable)
 
 
@@ -186,6 +193,7 @@ class Run:
         "unstarted",
         "value",
         "waiter",
+        "watchers",
     )
 
     def __init__(self, plan: Plan, ctx: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -220,6 +228,8 @@ class Run:
         self.driver: asyncio.Task[None] | None = None
         self.driver_cancelled = False
         self.abandoned: set[_Watch] = set()
+        # The timed calls' deadlines, one watcher (one loop timer) per timeout length.
+        self.watchers: dict[float, Deadlines[_Watch]] = {}
         self.started = loop.time()
         self.ended = self.started
 
@@ -283,6 +293,9 @@ class Run:
             if phase == POST:
                 self.finished = True
                 self.ended = self.loop.time()
+                for watcher in self.watchers.values():
+                    watcher.close()
+                self.watchers.clear()  # they refer back to the run
 
     # -- scheduling ---------------------------------------------------------------------
     def _pump(self, allow_inline: bool) -> int:
@@ -411,20 +424,20 @@ class Run:
                 if call.timed_only:
                     # _timed() written out: one coroutine less per inline call.
                     assert call.timeout is not None
-                    deadline = asyncio.Timeout(None)
-                    watch = _Watch(self.driver)
-                    handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
+                    scope = asyncio.Timeout(None)
+                    watch = _Watch(scope, self.driver)
+                    watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
+                    watcher.add(watch)
                     try:
-                        async with deadline:
+                        async with scope:
                             coro = call.function(self.ctx)
                             watch.track(coro)
                             result = await coro
                     except BaseException as exc:
-                        self._timed_out(exc, deadline, watch, call)
+                        self._timed_out(exc, scope, watch, call)
                         raise
                     finally:
-                        handle.cancel()
-                        watch.task = None
+                        watcher.done(watch)
                 else:
                     result = await self._call(k, call)
         except asyncio.CancelledError as exc:
@@ -616,6 +629,8 @@ class Run:
     async def _timed(self, call: CallSpec, how: int = _PLAIN, task: bool = False) -> Any:
         """One call under its own deadline, which raises ``PhaseTimeout``.
 
+        The call enters an ``asyncio.Timeout`` of its own, which the run's watcher of its
+        timeout length reschedules when the deadline comes (see :class:`Deadlines`).
         ``how`` says what runs: ``fn(ctx)`` itself (a phase with nothing but a timeout),
         the phase through ``_invoke`` (one attempt of ``_call``), or the guards around the
         attempts (``post_execute``, whose cleanup is shielded, so the timeout bounds the
@@ -623,13 +638,13 @@ class Run:
         ``KeyboardInterrupt``/``SystemExit`` escape into the loop.
         """
         assert call.timeout is not None
-        loop = self.loop
-        deadline = asyncio.Timeout(None)
-        watch = _Watch(asyncio.current_task())
-        handle = loop.call_at(loop.time() + call.timeout, self._expire, deadline, watch)
+        scope = asyncio.Timeout(None)
+        watch = _Watch(scope, asyncio.current_task())
+        watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
+        watcher.add(watch)
         try:
             try:
-                async with deadline:
+                async with scope:
                     if how == _INVOKE:
                         return await self._invoke(call, watch)
                     if how == _PLAIN:
@@ -639,11 +654,10 @@ class Run:
                     watch.track(awaitable)
                     return await awaitable
             except BaseException as exc:
-                self._timed_out(exc, deadline, watch, call)
+                self._timed_out(exc, scope, watch, call)
                 raise
             finally:
-                handle.cancel()
-                watch.task = None
+                watcher.done(watch)
         except _FATAL as exc:
             if not task:
                 raise
@@ -694,21 +708,22 @@ class Run:
         if isinstance(exc, TimeoutError):
             raise_if_expired(deadline, call.timed_out, exc)
 
-    def _expire(self, deadline: asyncio.Timeout, watch: _Watch) -> None:
-        """A timed call reached its deadline: cancel it, then watch that it ends."""
-        if watch.task is None:
-            return
-        try:
-            deadline.reschedule(self.loop.time())  # asyncio's Timeout cancels the call
-        except RuntimeError:
-            return
+    def _watcher(self, seconds: float) -> Deadlines[_Watch]:
+        """The watcher of this run's timed calls that last ``seconds`` (created on first use)."""
+        watcher = self.watchers[seconds] = Deadlines(self.loop, seconds, self._expire)
+        return watcher
+
+    def _expire(self, watch: _Watch) -> None:
+        """A timed call reached its deadline (its ``Timeout`` now cancels it): watch it end."""
         self.loop.call_soon(self._overdue, watch, GRACE)
 
     def _overdue(self, watch: _Watch, left: int) -> None:
-        task = watch.task
-        if task is None:
+        if watch.scope is None:
             return  # the call ended
-        if not left and any(other.task is task for other in self.abandoned):
+        task = watch.task
+        if not left and any(
+            other.task is task and other.scope is not None for other in self.abandoned
+        ):
             left = GRACE  # an inner deadline of the same call is being abandoned: wait for it
         if left:
             self.loop.call_soon(self._overdue, watch, left - 1)
@@ -726,7 +741,7 @@ class Run:
         ``GeneratorExit`` too cannot be stopped: that is logged.
         """
         task = watch.task
-        if task is None:
+        if task is None or watch.scope is None:
             return
         self.abandoned.add(watch)
         for coro in reversed(watch.coros):
