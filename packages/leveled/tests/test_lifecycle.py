@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -96,3 +97,42 @@ async def test_a_dropped_runner_does_not_hold_aclose() -> None:
     del runner
     assert p.snapshot().running == 0
     await p.aclose()
+
+
+async def test_runs_and_retries_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from headrace_leveled import TaskFunction
+
+    calls = 0
+
+    async def flaky(ctx: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("once")
+
+    p = _processor(TaskFunction(flaky, retries=1, retry_on=(KeyError,), initial_delay=0.0))
+    failing = _processor(_boom)
+    with caplog.at_level(logging.DEBUG, logger="headrace.leveled"):
+        await p.process_tasks(None)
+        with pytest.raises(ProcessorError):
+            await failing.process_tasks(None)
+    by_event = {r.headrace_event: r for r in caplog.records if hasattr(r, "headrace_event")}
+    retry = by_event["retry"]
+    assert (retry.levelno, retry.headrace_attempt, retry.headrace_phase) == (
+        logging.DEBUG,
+        1,
+        "execute",
+    )
+    assert retry.headrace_error_type == "KeyError"
+    failed = by_event["run_failed"]
+    assert failed.levelno == logging.WARNING
+    assert failed.headrace_failures == 1
+    assert "execute of 'A'" in failed.getMessage()
+    assert by_event["run_succeeded"].levelno == logging.DEBUG
+
+
+async def test_nothing_is_logged_when_logging_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.CRITICAL, logger="headrace.leveled"):
+        with pytest.raises(ProcessorError):
+            await _processor(_boom).process_tasks(None)
+    assert [r for r in caplog.records if r.name == "headrace.leveled"] == []

@@ -31,6 +31,7 @@ from headrace_core.backoff import next_delay
 from headrace_core.lowlevel import Deadlines, Watched, raise_if_expired, safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
+from headrace_leveled._observe import event_logger, events
 from headrace_leveled._plan import PHASES, CallSpec, Plan
 from headrace_leveled._types import Phase, TaskFailure
 
@@ -606,6 +607,8 @@ class Run:
                     if delays is None:
                         delays = iter(call.backoff.delays(self.plan.rng))
                     delay = next_delay(delays, owner="TaskFunction(backoff=...)", cause=exc)
+                    if event_logger.isEnabledFor(logging.DEBUG):
+                        _log_retry(call, attempt, delay, exc)
                     await asyncio.sleep(delay)
         except _FATAL as exc:
             raise _Fatal(exc) from None
@@ -743,6 +746,14 @@ class Run:
         task = watch.task
         if task is None or watch.scope is None:
             return
+        if event_logger.isEnabledFor(logging.WARNING):
+            events.warning(
+                "a phase call ignored the cancel at its deadline (loop time %.3f): abandoned",
+                watch.when,
+                kind="Processor",
+                component=None,
+                event="phase_abandoned",
+            )
         self.abandoned.add(watch)
         for coro in reversed(watch.coros):
             if coro.cr_frame is None:
@@ -815,3 +826,22 @@ async def drive(run: Run, body: Coroutine[Any, Any, None]) -> None:
         run.log_unraised()
         raise
     driver.result()
+
+
+def _log_retry(call: CallSpec, attempt: int, delay: float, error: BaseException) -> None:
+    events.debug(
+        "%s of task %s failed (attempt %d, %s), retrying in %.3fs",
+        call.phase.value,
+        safe_repr(call.name),
+        attempt,
+        type(error).__name__,
+        delay,
+        kind="Processor",
+        component=None,
+        event="retry",
+        task=safe_repr(call.name),
+        phase=call.phase.value,
+        attempt=attempt,
+        delay=delay,
+        error_type=type(error).__name__,
+    )

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-from headrace_core.lowlevel import Lifecycle
+from headrace_core.lowlevel import EventLog, Lifecycle, safe_repr
 from headrace_core.stats import Listeners
 
 if TYPE_CHECKING:
     from headrace_leveled._report import RunReport
 
-__all__ = ["ProcessorEvent", "ProcessorSnapshot", "RunKind"]
+__all__ = ["ProcessorEvent", "ProcessorSnapshot", "RunKind", "event_logger", "events"]
+
+#: The package's event records on ``headrace.leveled``; a call site tests
+#: ``event_logger.isEnabledFor(level)`` first, so that disabled logging costs one call.
+events: Final = EventLog("headrace.leveled")
+event_logger: Final = events.logger
 
 RunKind = Literal["started", "succeeded", "failed", "cancelled"]
 
@@ -108,6 +114,9 @@ class Runs:
             kind = "failed"
             self.failed += 1
         self.life.leave()
+        level = logging.WARNING if kind == "failed" else logging.DEBUG
+        if event_logger.isEnabledFor(level):
+            _log_end(kind, level, report, error)
         if self.listeners.active:
             self.listeners.emit(ProcessorEvent(kind, loop.time(), report, error))
 
@@ -121,3 +130,24 @@ class Runs:
             failed=self.failed,
             cancelled=self.cancelled,
         )
+
+
+def _log_end(
+    kind: RunKind, level: int, report: RunReport[Any, Any] | None, error: BaseException | None
+) -> None:
+    failures = report.failures if report is not None else ()
+    if kind == "failed":
+        first = failures[0] if failures else None
+        events.log(
+            level,
+            "run failed: %d task phase(s) failed, first %s",
+            len(failures),
+            "none" if first is None else f"{first.phase.value} of {safe_repr(first.task)}",
+            kind="Processor",
+            component=None,
+            event="run_failed",
+            failures=len(failures),
+            error_type=type(error).__name__ if error is not None else None,
+        )
+    else:
+        events.log(level, "run %s", kind, kind="Processor", component=None, event=f"run_{kind}")
