@@ -165,8 +165,8 @@ class Admission:
         self.in_flight = 0
         #: Callers queued (cancelled entries still in :attr:`queue` are not counted).
         self.waiting = 0
-        #: ``(future, slot)`` per queued caller, head first.
-        self.queue: deque[tuple[asyncio.Future[None], Slot]] = deque()
+        #: The queued callers' slots, head first (each holds its turn, ``slot._turn``).
+        self.queue: deque[Slot] = deque()
         #: Whether admission needs no clock: no pacing, no pause, no budget.
         self.simple = True
         #: Whether an admission must note its start time (the first one always does).
@@ -243,19 +243,20 @@ class Admission:
             BaseException: an interrupt a ``resumed`` listener or the rng raised while the
                 call was being admitted (it holds nothing).
         """
-        gated = False
-        if not self.waiting and self.in_flight < self.limit:
-            if not self._enter(slot):
-                return None
+        if self.waiting or self.in_flight >= self.limit:
+            gated = False
+        elif not self._enter(slot):
+            return None
+        else:
             gated = True  # a free slot, but pacing, a pause or a budget holds it back
         loop = self.loop
         assert loop is not None
-        future: asyncio.Future[None] = loop.create_future()
-        self.queue.append((future, slot))
+        slot._turn = turn = loop.create_future()
+        self.queue.append(slot)
         self.waiting += 1
         if gated:
             self.dispatch()  # it is the head, gated by time: arm the timer
-        return future
+        return turn
 
     async def wait(self, future: asyncio.Future[None], slot: Slot) -> None:
         """Await the turn :meth:`admit` returned, abandoning it on any exception."""
@@ -360,7 +361,8 @@ class Admission:
                 self._set_drained()
             return
         while queue:
-            future, slot = queue[0]
+            slot = queue[0]
+            future = slot._turn
             if future.done():  # cancelled while queued
                 queue.popleft()
                 continue
@@ -469,7 +471,8 @@ class Admission:
         ``drained`` follows at the :meth:`dispatch` that finds nothing in flight.
         """
         self.closed = True
-        for future, _ in self.queue:
+        for slot in self.queue:
+            future = slot._turn
             if not future.done():
                 future.set_exception(error())
                 self.waiting -= 1

@@ -1,10 +1,20 @@
 """Rolling-window budgets: requests per window and tokens per window, kept in O(1) amortised.
 
-Each admitted call appends one charge ``[start, amount, in_window]`` to a deque and adds its amount
-to a running total. Charges leave from the left once ``start + window`` has passed, so
-every charge is appended once and removed once: the cost of a call does not depend on
-how many charges the window holds. A charge is changed in place when the call reports
-its real token count.
+Each admitted call appends one charge ``[start, amount, in_window]`` to the deque of each
+window and takes its amount from the window's room (its capacity less the charges it
+holds). A charge is changed in place when the call reports its real token count.
+Charges leave from the left once ``start + window`` has passed, so every charge is
+appended once and removed once: the cost of a call does not depend on how many charges
+the window holds.
+
+Removal is deferred to when it matters. Amounts are never negative, so the room left by
+the charges held is a lower bound of the room the window has: a call that fits it fits
+the window, and the check is one integer comparison per budget. The charges that have
+left the window are removed only when that bound would refuse (the call may fit once
+they are gone), when the usage is read, and, to bound memory, once per ``_SWEEP``
+charges added to the window (it holds at most ``_SWEEP`` charges more than at the
+previous sweep). Loop time never goes back, so each decision is the one that removing
+them at every call would make.
 
 :class:`LocalBudgets` is a throttle's set of in-memory budgets: the gate admission
 asks (does a call fit every window now, and if not, when), the charges of an admitted
@@ -20,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any, final
 
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number, within
+from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number
 from headrace_core.store import BudgetStore
 from headrace_throttle._errors import TokenBudgetExceeded
 from headrace_throttle._types import Slot
@@ -36,16 +46,103 @@ __all__ = [
 ]
 
 # A charge is a list ``[start, amount, in_window]``: cheaper to build than an object.
-# ``in_window`` turns False when the charge leaves the window; until then a reconcile
-# may change ``amount`` (a charge past its time but not yet removed is removed with its
-# reconciled amount, so the running total stays exact).
+# ``in_window`` turns False when the charge is removed from the window; until then a
+# reconcile may change ``amount`` (a charge past its time but not yet removed is removed
+# with its reconciled amount, so the running total stays exact).
 Charge = list[Any]
+
+# Charges added to a window between two sweeps of the charges that have left it. (A
+# sweep costs one look at the oldest charge plus one step per charge removed; below 256
+# the countdown is an int Python never allocates.)
+_SWEEP = 255
+
+
+@final
+class _Tally:
+    """The state of one window: its charges, oldest first, and the room they leave.
+
+    Both kinds of budget keep theirs in this one class, so the code that reads and
+    charges the windows of a call always meets the same type (the interpreter
+    specialises it).
+
+    Args:
+        capacity: the most the window holds.
+        window: the window's length in seconds.
+    """
+
+    __slots__ = ("cache", "capacity", "entries", "room", "sweep", "window")
+
+    def __init__(self, capacity: int, window: float) -> None:
+        self.capacity = capacity
+        self.window = window
+        self.entries: deque[Charge] = deque()
+        #: ``capacity`` minus the charges held: what is left in the window, less the
+        #: charges that have left it but are not removed yet (a lower bound of what is
+        #: left; exact after :meth:`expire`).
+        self.room = capacity
+        #: Charges still to add before the next sweep.
+        self.sweep = _SWEEP
+        #: The last answer of :meth:`wake_time`: ``(need, len(entries), when)``.
+        self.cache: tuple[int, int, float] | None = None
+
+    def expire(self, now: float) -> None:
+        """Remove the charges that have left the window at ``now``: :attr:`room` is exact."""
+        entries = self.entries
+        window = self.window
+        horizon = now + TIME_TOLERANCE  # ``within(start + window, now)``, inlined
+        while entries and entries[0][0] + window <= horizon:
+            entry = entries.popleft()
+            self.room += entry[1]
+            entry[2] = False  # gone from the window: a late reconcile must leave it alone
+            self.cache = None
+        self.sweep = _SWEEP
+
+    def fits(self, amount: int, now: float) -> bool:
+        """Whether ``amount`` fits at ``now``, looking exactly (:attr:`room` said no)."""
+        self.expire(now)
+        return amount <= self.room
+
+    def charge(self, amount: int, now: float) -> Charge:
+        """Add a charge of ``amount`` starting at ``now`` (sweeping first when one is due)."""
+        self.sweep -= 1
+        if not self.sweep:
+            self.expire(now)
+        entry: Charge = [now, amount, True]
+        self.entries.append(entry)
+        self.room -= amount
+        return entry
+
+    def adjust(self, entry: Charge, amount: int) -> None:
+        """Make ``entry`` a charge of ``amount`` (a charge removed from the window stays gone)."""
+        if entry[2]:
+            delta = amount - entry[1]
+            if delta:
+                entry[1] = amount
+                self.room -= delta
+                self.cache = None
+
+    def wake_time(self, amount: int, now: float) -> float:
+        """The earliest time at which ``amount`` fits, from the charges held (after ``expire``)."""
+        entries = self.entries
+        need = amount - self.room
+        cache = self.cache
+        if cache is not None and cache[0] == need and cache[1] == len(entries):
+            return cache[2]
+        freed = 0
+        when = now
+        for start, charged, _ in entries:
+            freed += charged
+            when = start + self.window
+            if freed >= need:
+                break
+        self.cache = (need, len(entries), when)
+        return when
 
 
 class _Window:
     """The shared machinery of both budgets (private; the public classes are final)."""
 
-    __slots__ = ("_cache", "_entries", "_used", "capacity", "name", "store", "window_seconds")
+    __slots__ = ("_tally", "name", "store")
 
     def __init__(
         self,
@@ -55,8 +152,8 @@ class _Window:
         store: BudgetStore | None,
         argument: str,
     ) -> None:
-        self.capacity = check_int(argument, capacity, ge=1)
-        self.window_seconds = check_number("window_seconds", window_seconds, gt=0)
+        capacity = check_int(argument, capacity, ge=1)
+        window_seconds = check_number("window_seconds", window_seconds, gt=0)
         if name is not None and not isinstance(name, str):
             raise ConfigurationError.argument_error("name", name, "must be a str or None")
         if store is not None:
@@ -77,21 +174,48 @@ class _Window:
                 check_name(name)
         self.name = name
         self.store = store
-        self._entries: deque[Charge] = deque()
-        self._used = 0
-        self._cache: tuple[int, int, float] | None = None
+        self._tally = _Tally(capacity, window_seconds)
+
+    @property
+    def capacity(self) -> int:
+        """The most the window holds: requests, or tokens."""
+        return self._tally.capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        tally = self._tally
+        tally.room += value - tally.capacity
+        tally.capacity = value
+
+    @property
+    def window_seconds(self) -> float:
+        """The window's length, in seconds."""
+        return self._tally.window
+
+    @window_seconds.setter
+    def window_seconds(self, value: float) -> None:
+        self._tally.window = value
+
+    # The window's charges and their running total (tests read and seed them).
+    @property
+    def _entries(self) -> deque[Charge]:
+        return self._tally.entries
+
+    @_entries.setter
+    def _entries(self, entries: deque[Charge]) -> None:
+        self._tally.entries = entries
+
+    @property
+    def _used(self) -> int:
+        tally = self._tally
+        return tally.capacity - tally.room
+
+    @_used.setter
+    def _used(self, used: int) -> None:
+        tally = self._tally
+        tally.room = tally.capacity - used
 
     # -- accounting (all O(1) amortised) ---------------------------------------------
-    def _expire(self, now: float) -> None:
-        entries = self._entries
-        window = self.window_seconds
-        horizon = now + TIME_TOLERANCE  # ``within(start + window, now)``, inlined
-        while entries and entries[0][0] + window <= horizon:
-            entry = entries.popleft()
-            self._used -= entry[1]
-            entry[2] = False  # gone from the window: a late reconcile must leave it alone
-            self._cache = None
-
     def used(self, now: float) -> int:
         """Return the amount charged in the window that ends at ``now``.
 
@@ -101,8 +225,9 @@ class _Window:
         Returns:
             The sum of the charges that started after ``now - window_seconds``.
         """
-        self._expire(now)
-        return self._used
+        tally = self._tally
+        tally.expire(now)
+        return tally.capacity - tally.room
 
     def remaining(self, now: float) -> int:
         """Return how much is left in the window at ``now`` (never negative).
@@ -115,37 +240,8 @@ class _Window:
         """
         return max(0, self.capacity - self.used(now))
 
-    def _wake_time(self, amount: int, now: float) -> float:
-        """The earliest time at which ``amount`` fits, from the charges held now."""
-        need = self._used + amount - self.capacity
-        cache = self._cache
-        if cache is not None and cache[0] == need and cache[1] == len(self._entries):
-            return cache[2]
-        freed = 0
-        when = now
-        for start, charged, _ in self._entries:
-            freed += charged
-            when = start + self.window_seconds
-            if freed >= need:
-                break
-        self._cache = (need, len(self._entries), when)
-        return when
-
     def _charge(self, amount: int, now: float) -> Charge:
-        entry: Charge = [now, amount, True]
-        self._entries.append(entry)
-        self._used += amount
-        return entry
-
-    def _adjust(self, entry: Charge, amount: int) -> None:
-        # A charge that has left the window is gone: leave it (and the total) alone.
-        if not entry[2]:
-            return
-        delta = amount - entry[1]
-        if delta:
-            entry[1] = amount
-            self._used += delta
-            self._cache = None
+        return self._tally.charge(amount, now)
 
     def __repr__(self) -> str:
         kind = type(self).__name__
@@ -275,12 +371,16 @@ class LocalBudgets:
         budgets: the budgets (none with a ``store``).
     """
 
-    __slots__ = ("_kinds", "_tokens", "budgets", "token_budget")
+    __slots__ = ("_kinds", "_tallies", "_tokens", "budgets", "token_budget")
 
     def __init__(self, budgets: tuple[Budget, ...]) -> None:
         self.budgets = budgets
-        self._kinds = tuple((b, isinstance(b, TokenBudget)) for b in budgets)
-        self._tokens = tuple(i for i, b in enumerate(budgets) if isinstance(b, TokenBudget))
+        self._tallies = tuple(b._tally for b in budgets)
+        self._kinds = tuple((b._tally, isinstance(b, TokenBudget)) for b in budgets)
+        # (the index of its charge, its tally) per token budget
+        self._tokens = tuple(
+            (i, b._tally) for i, b in enumerate(budgets) if isinstance(b, TokenBudget)
+        )
         #: The first token budget, whose window the throttle's snapshot shows.
         self.token_budget = next((b for b in budgets if isinstance(b, TokenBudget)), None)
 
@@ -292,20 +392,14 @@ class LocalBudgets:
         """
         tokens = slot.tokens
         kinds = self._kinds
-        horizon = now + TIME_TOLERANCE  # ``within(start + window, now)``, inlined
-        for budget, is_tokens in kinds:
-            entries = budget._entries
-            if entries and entries[0][0] + budget.window_seconds <= horizon:
-                budget._expire(now)
-            if budget._used + (tokens if is_tokens else 1) > budget.capacity:
+        for tally, is_tokens in kinds:
+            amount = tokens if is_tokens else 1
+            # ``room`` is a lower bound: only when it refuses is the window looked at.
+            if amount > tally.room and not tally.fits(amount, now):
                 return False
-        charges: list[Charge] = []
-        for budget, is_tokens in kinds:
-            entry: Charge = [now, tokens if is_tokens else 1, True]
-            budget._entries.append(entry)
-            budget._used += entry[1]
-            charges.append(entry)
-        slot._charges = charges
+        slot._charges = [
+            tally.charge(tokens if is_tokens else 1, now) for tally, is_tokens in kinds
+        ]
         return True
 
     def wake_time(self, tokens: int, now: float) -> float:
@@ -315,13 +409,10 @@ class LocalBudgets:
         that arrives exactly one window later passes at every clock magnitude.
         """
         wake = 0.0
-        for budget, is_tokens in self._kinds:
+        for tally, is_tokens in self._kinds:
             amount = tokens if is_tokens else 1
-            entries = budget._entries
-            if entries and within(entries[0][0] + budget.window_seconds, now):
-                budget._expire(now)
-            if budget._used + amount > budget.capacity:
-                when = budget._wake_time(amount, now)
+            if amount > tally.room and not tally.fits(amount, now):
+                when = tally.wake_time(amount, now)
                 if when > wake:
                     wake = when
         return wake
@@ -331,15 +422,14 @@ class LocalBudgets:
 
         Queued calls see the charge when they are next examined (it can only delay them).
         """
-        budgets = self.budgets
-        for i in self._tokens:
-            budgets[i]._charge(tokens, now)
+        for _, tally in self._tokens:
+            tally.charge(tokens, now)
 
     def charge(self, slot: Slot, now: float) -> None:
         """Charge ``slot``'s call in every budget (after :meth:`wake_time` said it fits)."""
         tokens = slot.tokens
         slot._charges = [
-            budget._charge(tokens if is_tokens else 1, now) for budget, is_tokens in self._kinds
+            tally.charge(tokens if is_tokens else 1, now) for tally, is_tokens in self._kinds
         ]
 
     def reconcile(self, slot: Slot, *, cancelled: bool = False) -> None:
@@ -355,9 +445,8 @@ class LocalBudgets:
         if charges is None or recorded is None:
             return  # nothing recorded: the estimate stays charged
         amount = max(recorded, slot.tokens) if cancelled else recorded
-        budgets = self.budgets
-        for i in self._tokens:
-            budgets[i]._adjust(charges[i], amount)
+        for i, tally in self._tokens:
+            tally.adjust(charges[i], amount)
 
     def refund(self, slot: Slot) -> None:
         """Give back every charge of a call that was admitted but never ran."""
@@ -365,8 +454,8 @@ class LocalBudgets:
         if charges is None:
             return
         slot._charges = None
-        for budget, entry in zip(self.budgets, charges, strict=True):
-            budget._adjust(entry, 0)
+        for tally, entry in zip(self._tallies, charges, strict=True):
+            tally.adjust(entry, 0)
 
     def token_usage(self, now: float) -> tuple[int | None, int | None]:
         """``(used, remaining)`` of the first token budget at ``now``, or ``(None, None)``."""

@@ -256,18 +256,18 @@ class Calls:
         admission = self._admission
         admission.release()
         self._progress.completed += 1
+        if self._local is not None:
+            self._local.reconcile(slot)
         if not self._feedback.quiet:
             self.account_success(slot)
         elif admission.queue or admission.closed:
             admission.dispatch()
 
     def account_success(self, slot: Slot) -> None:
-        """The rest of :meth:`finish_ok` when a success needs more than counting."""
+        """The rest of :meth:`finish_ok` when a success needs more than counting and reconciling."""
         # User code runs here (the limit, listeners, on_progress): whatever it raises, the
         # freed slot still goes to the next waiter.
         try:
-            if self._local is not None:
-                self._local.reconcile(slot)
             if self._feedback.sample_ok:
                 self._feedback.success(slot)
             if self._progress.reporting:

@@ -54,8 +54,8 @@ class Feedback:
         max_interval: the cap of the interval a decrease doubles.
         is_failure: which errors are congestion (a user's predicate).
         retry_after: a user's extractor of a server's hint from an error, or None.
-        accounting: successes need accounting whatever the limit does (the throttle has
-            in-memory budgets to reconcile, or reports progress).
+        accounting: successes need accounting whatever the limit does (the throttle
+            reports progress).
     """
 
     __slots__ = (

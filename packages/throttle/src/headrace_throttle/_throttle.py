@@ -266,7 +266,7 @@ class Throttle:
             max_interval=float(config.max_dispatch_interval),
             is_failure=config.is_failure or config.failure_predicate or _any_exception,
             retry_after=config.retry_after,
-            accounting=self._budgets is not None or self._progress.reporting,
+            accounting=self._progress.reporting,
         )
         retry = config.retry
         self._retry = retry.build(name=name) if isinstance(retry, RetryConfig) else retry
@@ -328,7 +328,7 @@ class Throttle:
         loop = get_running_loop()
         if loop is not admission.loop:
             self._calls.bind(loop)
-        if admission.simple and not admission.waiting and admission.in_flight < admission.limit:
+        if not admission.waiting and admission.simple and admission.in_flight < admission.limit:
             # The one inlined fast path, its way in: Admission.admit()'s uncontended
             # branch (no lock, no future, no task, no clock unless it is needed).
             admission.in_flight += 1
@@ -351,10 +351,12 @@ class Throttle:
         except BaseException as exc:
             self._calls.finish_error(slot, exc, hinted=self._runner is not None)
             raise
-        # ... and its way out: Calls.finish_ok() (Admission.release(), the counter, and
-        # dispatch() only when someone waits).
+        # ... and its way out: Calls.finish_ok() (Admission.release(), the counter, the
+        # budgets' reconciliation, and dispatch() only when someone waits).
         admission.in_flight -= 1
         self._progress.completed += 1
+        if self._budgets is not None:
+            self._budgets.reconcile(slot)
         if not self._feedback.quiet:
             self._calls.account_success(slot)
         elif admission.queue or admission.closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -205,6 +206,7 @@ class Slot:
         "_ran",
         "_recorded",
         "_start",
+        "_turn",
         "attempt",
         "tokens",
     )
@@ -218,12 +220,13 @@ class Slot:
         # in-memory budgets charge it (only they read it, and only on calls they
         # charged); ``_grants`` (shared-budget grants) and ``_ran`` (whether the function
         # was called: a breaker may refuse it) by the full admission (``acquire()``,
-        # shared budgets).
+        # shared budgets); ``_turn`` (the future of its turn) when it queues.
         self._epoch: int
         self._start: float
         self._charges: list[Any] | None
         self._grants: list[Any] | None
         self._ran: bool
+        self._turn: asyncio.Future[None]
 
     def record_tokens(self, count: int) -> None:
         """Report tokens this call consumed; the total replaces the estimate when it ends.
@@ -237,7 +240,8 @@ class Slot:
         Raises:
             ValueError: when ``count`` is not an int ``>= 0``.
         """
-        check_count("count", count)
+        if type(count) is not int or count < 0:
+            check_count("count", count)  # raises
         recorded = self._recorded
         self._recorded = count if recorded is None else recorded + count
 
