@@ -132,7 +132,9 @@ async def test_runs_and_retries_are_logged(caplog: pytest.LogCaptureFixture) -> 
 
 
 async def test_nothing_is_logged_when_logging_is_off(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.CRITICAL, logger="headrace.leveled"):
-        with pytest.raises(ProcessorError):
-            await _processor(_boom).process_tasks(None)
+    with (
+        caplog.at_level(logging.CRITICAL, logger="headrace.leveled"),
+        pytest.raises(ProcessorError),
+    ):
+        await _processor(_boom).process_tasks(None)
     assert [r for r in caplog.records if r.name == "headrace.leveled"] == []

@@ -31,7 +31,7 @@ from headrace_core.backoff import next_delay
 from headrace_core.lowlevel import Deadlines, Watched, raise_if_expired, safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
-from headrace_leveled._observe import event_logger, events
+from headrace_leveled._log import event_logger, events
 from headrace_leveled._plan import PHASES, CallSpec, Plan
 from headrace_leveled._types import Phase, TaskFailure
 

@@ -5,20 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
-from headrace_core.lowlevel import EventLog, Lifecycle, safe_repr
+from headrace_core.lowlevel import Lifecycle, safe_repr
 from headrace_core.stats import Listeners
+from headrace_leveled._log import event_logger, events
 
 if TYPE_CHECKING:
     from headrace_leveled._report import RunReport
 
-__all__ = ["ProcessorEvent", "ProcessorSnapshot", "RunKind", "event_logger", "events"]
-
-#: The package's event records on ``headrace.leveled``; a call site tests
-#: ``event_logger.isEnabledFor(level)`` first, so that disabled logging costs one call.
-events: Final = EventLog("headrace.leveled")
-event_logger: Final = events.logger
+__all__ = ["ProcessorEvent", "ProcessorSnapshot", "RunKind"]
 
 RunKind = Literal["started", "succeeded", "failed", "cancelled"]
 
