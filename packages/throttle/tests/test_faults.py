@@ -32,7 +32,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,7 @@ from shared.faults import (
     outcome,
     run_injection,
 )
+from shared.throttle_store import MemoryThrottleStore
 
 DEADLINE = 10.0  # the caller's own deadline, for HANG
 
@@ -688,6 +689,74 @@ async def drive_circuit_breaker(fault: Fault) -> None:
         await t.aclose()
 
 
+# -- a user's throttle store (the shared limit) ---------------------------------------------
+
+
+class FaultyThrottleStore(MemoryThrottleStore):
+    """Misbehaves once, in ``method``."""
+
+    def __init__(self, once: Once, method: str, wrong: object = None) -> None:
+        super().__init__()
+        self.once = once
+        self.method = method
+        self.wrong = wrong
+
+    async def throttle_admit(
+        self, name: str, lease_id: str, ttl: float, **config: Any
+    ) -> tuple[bool, float | None, Mapping[str, Any]]:
+        if self.method == "throttle_admit" and self.once.fire():
+            result: tuple[bool, float | None, Mapping[str, Any]] = await ainject(
+                self.once.fault, wrong=self.wrong
+            )
+            return result
+        return await super().throttle_admit(name, lease_id, ttl, **config)
+
+    async def throttle_done(
+        self, name: str, lease_id: str, outcome: str, epoch: int, **config: Any
+    ) -> Mapping[str, Any]:
+        if self.method == "throttle_done" and self.once.fire():
+            await super().throttle_done(name, lease_id, outcome, epoch, **config)  # it ran...
+            result: Mapping[str, Any] = await ainject(self.once.fault, wrong="garbage")
+            return result  # ... and then the reply misbehaves
+        return await super().throttle_done(name, lease_id, outcome, epoch, **config)
+
+
+async def drive_throttle_store_admit(fault: Fault) -> None:
+    # Admitting through the store misbehaves: the call fails with the store's error (a
+    # garbage answer with a clear one), holds nothing, and the next call goes through.
+    store = FaultyThrottleStore(Once(fault), "throttle_admit", wrong=("admitted", 1))
+    t = Throttle(2, name="api", store=store)
+    result = await outcome(t.execute(ok), DEADLINE)
+    if fault is Fault.WRONG:
+        check_error(result, HeadraceError, fault)
+        assert isinstance(result, TypeError)
+    elif fault is Fault.HANG:
+        check_error(result, TimeoutError, fault)
+    elif fault is Fault.CANCEL:
+        check_error(result, HeadraceError, fault)  # never mistaken for a cancellation
+        assert not isinstance(result, asyncio.CancelledError)
+    else:
+        check_error(result, raised(fault), fault)
+    check_idle(t)
+    await next_call_works(t)
+    await t.drain(timeout=60)
+    assert store.leases["api"] == set()  # every lease given back
+
+
+async def drive_throttle_store_done(fault: Fault) -> None:
+    # The outcome goes to the store without making the call wait: whatever the store
+    # does there is logged, a hang is cancelled by drain(timeout=); the call's own
+    # outcome stands.
+    store = FaultyThrottleStore(Once(fault), "throttle_done")
+    t = Throttle(2, name="api", store=store)
+    assert await outcome(t.execute(ok), DEADLINE) == "ok"
+    await settle()
+    check_idle(t)
+    await next_call_works(t)
+    assert await outcome(t.drain(timeout=60)) is None
+    assert store.leases["api"] == set()
+
+
 # -- a user's budget store ----------------------------------------------------------------
 
 
@@ -938,6 +1007,13 @@ POINTS = [
     ),
     Point("BudgetStore.reserve", ASYNC_FAULTS, drive_store_reserve, also=STORE_POINTS),
     Point("BudgetStore.adjust", ASYNC_FAULTS, drive_store_adjust),
+    Point(
+        "ThrottleStore.throttle_admit",
+        ASYNC_FAULTS,
+        drive_throttle_store_admit,
+        also=("Throttle.store", "ThrottleConfig.store"),
+    ),
+    Point("ThrottleStore.throttle_done", ASYNC_FAULTS, drive_throttle_store_done),
     Point("BudgetStore.check_name", SYNC_FAULTS, drive_store_check_name),
 ]
 

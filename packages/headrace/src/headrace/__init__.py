@@ -129,6 +129,7 @@ from headrace_throttle import Limit as Limit
 from headrace_throttle import RequestBudget as RequestBudget
 from headrace_throttle import RetryConfig as RetryConfig
 from headrace_throttle import ServerBusy as ServerBusy
+from headrace_throttle import SharedSnapshot as SharedSnapshot
 from headrace_throttle import Slot as Slot
 from headrace_throttle import Throttle as Throttle
 from headrace_throttle import ThrottleClosed as ThrottleClosed
@@ -226,6 +227,7 @@ __all__ = [
     "SdaxExecutionError",
     "SdaxTaskGroup",
     "ServerBusy",
+    "SharedSnapshot",
     "Slot",
     "SourceError",
     "Stage",

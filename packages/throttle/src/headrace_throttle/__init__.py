@@ -22,6 +22,7 @@ from headrace_throttle._limit import AIMD as AIMD
 from headrace_throttle._limit import Gradient as Gradient
 from headrace_throttle._limit import Limit as Limit
 from headrace_throttle._throttle import Throttle as Throttle
+from headrace_throttle._types import SharedSnapshot as SharedSnapshot
 from headrace_throttle._types import Slot as Slot
 from headrace_throttle._types import ThrottleEvent as ThrottleEvent
 from headrace_throttle._types import ThrottleSnapshot as ThrottleSnapshot
@@ -40,6 +41,7 @@ __all__ = [
     "RequestBudget",
     "RetryConfig",
     "ServerBusy",
+    "SharedSnapshot",
     "Slot",
     "Throttle",
     "ThrottleClosed",
@@ -60,6 +62,7 @@ for _obj in (
     RequestBudget,
     RetryConfig,
     ServerBusy,
+    SharedSnapshot,
     Slot,
     Throttle,
     ThrottleClosed,

@@ -12,6 +12,7 @@ other way (``acquire()``, calls with shared budgets or a breaker) comes through 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar, final
@@ -25,6 +26,7 @@ from headrace_throttle._errors import ThrottleClosed
 from headrace_throttle._feedback import NOT_A_HINT, Feedback
 from headrace_throttle._progress import Progress
 from headrace_throttle._shared import SharedBudgets
+from headrace_throttle._shared_limit import SharedLimit
 from headrace_throttle._types import Slot, ThrottleSnapshot
 
 __all__ = ["Acquire", "Calls"]
@@ -41,6 +43,7 @@ class Calls:
         budgets: every budget (the token cap and its error name them).
         local: the in-memory budgets (reconciled at the end of a call), or None.
         shared: the store-backed budgets, or None.
+        shared_limit: the limit shared through a store, or None.
         feedback: where outcomes and hints go.
         progress: the counters and progress reports.
         breaker: the composed circuit breaker, or None.
@@ -59,6 +62,7 @@ class Calls:
         "_progress",
         "_retry",
         "_shared",
+        "_shared_limit",
         "_snapshot",
         "token_cap",
     )
@@ -71,6 +75,7 @@ class Calls:
         local: LocalBudgets | None,
         shared: SharedBudgets | None,
         feedback: Feedback,
+        shared_limit: SharedLimit | None = None,
         progress: Progress,
         breaker: CircuitBreaker | None,
         retry: Retry | None,
@@ -81,6 +86,7 @@ class Calls:
         self._budgets = budgets
         self._local = local
         self._shared = shared
+        self._shared_limit = shared_limit
         self._feedback = feedback
         self._progress = progress
         self._breaker = breaker
@@ -146,32 +152,45 @@ class Calls:
         loop = asyncio.get_running_loop()
         if loop is not admission.loop:
             self.bind(loop)
-        if self._shared is not None:
+        if self._shared is not None or self._shared_limit is not None:
+            slot._lease = None
+            slot._hinted = False
             return self._enter_shared(slot)
         turn = admission.admit(slot)
         return None if turn is None else admission.wait(turn, slot)
 
     async def _enter_shared(self, slot: Slot) -> None:
+        # Shared budgets first, then the shared limit's lease, then a local slot: a call
+        # waiting for something shared holds nothing local.
         shared = self._shared
-        assert shared is not None
-        granted = await shared.reserve(slot)
-        slot._grants = granted
+        if shared is not None:
+            slot._grants = await shared.reserve(slot)
+        limit = self._shared_limit
         admission = self._admission
-        if admission.closed:  # closed while the call waited for a shared budget
-            slot._grants = None
-            error = ThrottleClosed(name=self._name)
-            await shared.give_back(granted, error)
-            raise error
         try:
+            if limit is not None:
+                slot._lease, slot._shared_epoch = await limit.admit()
+            if admission.closed:  # closed while the call waited for something shared
+                raise ThrottleClosed(name=self._name)
             turn = admission.admit(slot)
             if turn is not None:
                 await admission.wait(turn, slot)
         except BaseException as exc:
+            self._give_back_lease(slot)
             grants = slot._grants
             if grants:
                 slot._grants = None
+                assert shared is not None
                 await shared.give_back(grants, exc)
             raise
+
+    def _give_back_lease(self, slot: Slot, outcome: str = "neutral") -> None:
+        lease = slot._lease
+        if lease is not None:
+            slot._lease = None
+            limit = self._shared_limit
+            assert limit is not None
+            limit.done(lease, outcome, slot._shared_epoch)
 
     # -- through -----------------------------------------------------------------------
     async def execute(self, fn: Callable[[Slot], Awaitable[T]], tokens: int) -> T:
@@ -214,6 +233,10 @@ class Calls:
                 hint = feedback.hint(exc)
                 if hint != NOT_A_HINT:
                     feedback.apply_hint(hint, slot._epoch, exc)
+                    limit = self._shared_limit
+                    if limit is not None and slot._lease is not None:
+                        slot._hinted = True  # every process holds, and one decrease
+                        limit.hold(0.0 if math.isnan(hint) else hint, slot._shared_epoch)
                 raise
 
         if self._retry is not None:
@@ -233,9 +256,18 @@ class Calls:
         try:
             if exc is None:
                 self.finish_ok(slot)
+                if self._shared_limit is not None:
+                    self._give_back_lease(slot, "success")
             else:
-                self.finish_error(slot, exc, hinted=hinted)
+                congestion = self.finish_error(slot, exc, hinted=hinted)
+                if self._shared_limit is not None:
+                    hinted_here = slot._hinted
+                    self._give_back_lease(
+                        slot, "failure" if congestion and not hinted_here else "neutral"
+                    )
         except BaseException as error:  # an interrupt from a listener, the limit, ...
+            if self._shared_limit is not None:
+                self._give_back_lease(slot)
             if grants:
                 assert self._shared is not None
                 if ran:
@@ -277,10 +309,13 @@ class Calls:
             if admission.queue or admission.closed:
                 admission.dispatch()
 
-    def finish_error(self, slot: Slot, exc: BaseException, *, hinted: bool = False) -> None:
+    def finish_error(self, slot: Slot, exc: BaseException, *, hinted: bool = False) -> bool:
         """Account a call that raised ``exc``, and give its slot back.
 
         ``hinted``: its server hint was applied while it ran (:meth:`run`).
+
+        Returns:
+            Whether ``exc`` is congestion (see :meth:`Feedback.failure`).
         """
         self._admission.release()
         try:
@@ -290,12 +325,13 @@ class Calls:
                 # not being cancelled, is the callee's failure: counted below.)
                 if self._local is not None:
                     self._local.reconcile(slot, cancelled=True)
-                return
+                return False
             self._progress.failed += 1
             if self._local is not None:
                 self._local.reconcile(slot)
-            self._feedback.failure(exc, slot, hinted=hinted)
+            congestion = self._feedback.failure(exc, slot, hinted=hinted)
             self._progress.tick(self._snapshot)
+            return congestion
         finally:
             self._admission.dispatch()
 

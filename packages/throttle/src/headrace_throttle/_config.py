@@ -23,6 +23,7 @@ from typing import Any, Literal, final
 
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_callable, check_int, check_number
+from headrace_core.store import ThrottleStore
 from headrace_guards import CircuitBreaker, Retry
 from headrace_throttle._budget import RequestBudget, TokenBudget
 from headrace_throttle._compat import CircuitBreakerConfig, RetryConfig
@@ -83,6 +84,7 @@ class ThrottleConfig:
     progress_step: float = 10.0
     limit: AIMD | Gradient | Vegas | Limit | None = None
     name: str | None = None
+    store: ThrottleStore | None = None
     total_tasks: int | None = None
     failure_predicate: Callable[[BaseException], bool] | None = None
     on_state_change: Callable[[ThrottleEvent], object] | None = None
@@ -127,6 +129,15 @@ class ThrottleConfig:
         check_callable("on_progress", self.on_progress)
         check_callable("failure_predicate", self.failure_predicate)
         check_callable("on_state_change", self.on_state_change)
+        if self.store is not None:
+            if not isinstance(self.store, ThrottleStore):
+                raise ConfigurationError.argument_error(
+                    "store", self.store, "must be a ThrottleStore (e.g. a RedisStore)"
+                )
+            if self.name is None:
+                raise ConfigurationError.argument_error(
+                    "store", self.store, "needs name= (the key every process shares)"
+                )
         if self.retry is not None and not isinstance(self.retry, Retry | RetryConfig):
             raise ConfigurationError.argument_error(
                 "retry", self.retry, "must be a headrace_guards.Retry, a RetryConfig or None"

@@ -74,6 +74,7 @@ class Feedback:
         "limit",
         "quiet",
         "sample_ok",
+        "shared",
     )
 
     def __init__(
@@ -112,14 +113,25 @@ class Feedback:
         #: Whether a success needs nothing but counting: the limit has nothing to learn
         #: from it and there is no other ``accounting`` (the throttle's quick way out).
         self.quiet = False
+        #: Whether the limit is shared through a store: the store adapts it, this process
+        #: follows (:meth:`follow_shared`) and samples nothing itself.
+        self.shared = False
         self._refresh()
 
     def _refresh(self) -> None:
         admission = self._admission
-        self.sample_ok = self._aimd is None or (
-            admission.limit < self._high or admission.interval > self._min_interval or self.cooling
+        self.sample_ok = not self.shared and (
+            self._aimd is None
+            or admission.limit < self._high
+            or admission.interval > self._min_interval
+            or self.cooling
         )
         self.quiet = not (self.sample_ok or self._accounting)
+
+    def share(self) -> None:
+        """Leave the limit to a store from now on (see :meth:`follow_shared`)."""
+        self.shared = True
+        self._refresh()
 
     # -- outcomes ----------------------------------------------------------------------
     def success(self, slot: Slot | None, rtt: float | None = None) -> None:
@@ -133,12 +145,15 @@ class Feedback:
 
     def failure(
         self, exc: BaseException, slot: Slot | None = None, *, hinted: bool = False
-    ) -> None:
+    ) -> bool:
         """A call (``slot``, or one made outside the throttle: None) raised ``exc``.
 
         A hint pauses and decreases (unless ``hinted``: already applied while the call
         ran); an error that ``is_failure`` counts, of a call admitted in the current
         epoch, is a congestion sample. A ``CircuitOpenError`` is neither.
+
+        Returns:
+            Whether ``exc`` is congestion (a hint, or an error ``is_failure`` counts).
         """
         admission = self._admission
         epoch = admission.epoch if slot is None else slot._epoch
@@ -146,10 +161,12 @@ class Feedback:
         if hint != NOT_A_HINT:
             if not hinted:
                 self.apply_hint(hint, epoch, exc)
-        elif (
-            epoch == admission.epoch and not isinstance(exc, CircuitOpenError) and self.counts(exc)
-        ):
+            return True
+        if isinstance(exc, CircuitOpenError) or not self.counts(exc):
+            return False
+        if epoch == admission.epoch and not self.shared:
             self._sample(slot, dropped=True)
+        return True
 
     def counts(self, exc: BaseException) -> bool:
         """Whether ``exc`` is congestion, by ``is_failure`` (a failing predicate says yes)."""
@@ -215,7 +232,7 @@ class Feedback:
         """Pause for ``seconds`` (if a time was given) and decrease once (epoch rule)."""
         if not math.isnan(seconds) and seconds > 0:
             self._admission.pause(seconds, type(exc).__name__)
-        if epoch == self._admission.epoch:
+        if epoch == self._admission.epoch and not self.shared:
             self._congestion("server_busy")
 
     def _bad_hint(self, what: str, error: BaseException | None) -> None:
@@ -233,7 +250,7 @@ class Feedback:
             )
 
     # -- changes -----------------------------------------------------------------------
-    def set_concurrency(self, n: int) -> None:
+    def set_concurrency(self, n: int, *, reason: str = "manual") -> None:
         """Set the limit to ``n`` by hand (no new epoch; the interval stays).
 
         Raises:
@@ -254,18 +271,22 @@ class Feedback:
         admission.retune(n, interval, congestion=False)
         self._refresh()
         if event_logger.isEnabledFor(logging.INFO):
-            self._log_change(old, n, interval, interval, "manual", logging.INFO)
+            self._log_change(old, n, interval, interval, reason, logging.INFO)
         self._events.emit(
             "decreased" if n < old else "increased",
             {
                 "concurrency": (old, n),
                 "dispatch_interval": (interval, interval),
                 "interval": (interval, interval),
-                "reason": "manual",
+                "reason": reason,
                 "epoch": admission.epoch,
             },
             admission.now(),
         )
+
+    def follow_shared(self, n: int) -> None:
+        """Take the shared limit ``n`` as this process's (an event with reason ``shared``)."""
+        self.set_concurrency(min(self._high, max(self._low, n)), reason="shared")
 
     def _sample(self, slot: Slot | None, dropped: bool, rtt: float | None = None) -> None:
         admission = self._admission

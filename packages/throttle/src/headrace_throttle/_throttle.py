@@ -33,6 +33,7 @@ from headrace_core.lowlevel import (
     is_async_callable,
     safe_repr,
 )
+from headrace_core.store import ThrottleStore
 from headrace_guards import CircuitBreaker, GuardEvent, Retry
 from headrace_throttle._admission import Admission, Pacing
 from headrace_throttle._budget import LocalBudgets, RequestBudget, TokenBudget
@@ -44,6 +45,7 @@ from headrace_throttle._feedback import Feedback
 from headrace_throttle._limit import AIMD, Gradient, Limit, bind_limit
 from headrace_throttle._progress import Progress
 from headrace_throttle._shared import SharedBudgets
+from headrace_throttle._shared_limit import SharedLimit
 from headrace_throttle._types import (
     Events,
     Slot,
@@ -108,7 +110,11 @@ class Throttle:
         progress_step: percent between ``on_progress`` calls, in ``(0, 100]``.
         limit: the limit algorithm: None (AIMD from the arguments above), an
             :class:`AIMD`, a :class:`Gradient`, a :class:`Vegas` or your own :class:`Limit`.
-        name: a name for events, errors and snapshots.
+        name: a name for events, errors and snapshots (required with ``store``).
+        store: share the adaptive limit with every process that uses this ``name``
+            through a :class:`~headrace_core.store.ThrottleStore` (e.g.
+            ``headrace_guards.redis.RedisStore``): the concurrency ceiling, the AIMD
+            decreases and recoveries, a server's hint to hold off and the pacing.
         total_tasks: gentlify's name for ``total`` (0 means unknown).
         failure_predicate: gentlify's name for ``is_failure``.
         on_state_change: gentlify's callback: the same events in gentlify's words
@@ -129,10 +135,12 @@ class Throttle:
         "_config",
         "_events",
         "_feedback",
+        "_general",
         "_progress",
         "_retry",
         "_runner",
         "_shared",
+        "_shared_limit",
         "name",
     )
 
@@ -163,6 +171,7 @@ class Throttle:
         progress_step: float = _DEFAULT.progress_step,
         limit: AIMD | Gradient | Vegas | Limit | None = _DEFAULT.limit,
         name: str | None = _DEFAULT.name,
+        store: ThrottleStore | None = _DEFAULT.store,
         total_tasks: int | None = _DEFAULT.total_tasks,
         failure_predicate: Callable[[BaseException], bool] | None = _DEFAULT.failure_predicate,
         on_state_change: Callable[[ThrottleEvent], object] | None = _DEFAULT.on_state_change,
@@ -268,6 +277,13 @@ class Throttle:
             retry_after=config.retry_after,
             accounting=self._progress.reporting,
         )
+        self._shared_limit: SharedLimit | None = None
+        if config.store is not None:
+            assert name is not None  # the config requires it
+            feedback.share()
+            self._shared_limit = SharedLimit(
+                config.store, name, _shared_config(config), feedback.follow_shared
+            )
         retry = config.retry
         self._retry = retry.build(name=name) if isinstance(retry, RetryConfig) else retry
         if self._retry is not None:
@@ -282,6 +298,7 @@ class Throttle:
             budgets=budgets,
             local=self._budgets,
             shared=self._shared,
+            shared_limit=self._shared_limit,
             feedback=feedback,
             progress=self._progress,
             breaker=breaker,
@@ -291,8 +308,9 @@ class Throttle:
         )
         # Whether a call must be checked before admission: closed (set by close()), the
         # breaker, the shared budgets.
-        self._checked = breaker is not None or self._shared is not None
-        guarded = self._retry is not None or breaker is not None or self._shared is not None
+        self._general = self._shared is not None or self._shared_limit is not None
+        self._checked = breaker is not None or self._general
+        guarded = self._retry is not None or breaker is not None or self._general
         self._runner = calls.run if guarded else None
 
     # -- the main call ---------------------------------------------------------------
@@ -320,7 +338,7 @@ class Throttle:
         if self._checked:
             if admission.closed:
                 raise ThrottleClosed(name=self.name)
-            if self._shared is not None:
+            if self._general:
                 return await self._calls.execute(fn, tokens)
             if self._breaker is not None:
                 self._calls.check_breaker()
@@ -606,6 +624,8 @@ class Throttle:
             await self._shared.aclose(_left(loop, deadline))
         await self._events.listeners.aclose(_left(loop, deadline))
         await self._progress.listeners.aclose(_left(loop, deadline))
+        if self._shared_limit is not None:
+            await self._shared_limit.aclose(_left(loop, deadline))
         if self._shared is not None:
             self._shared.raise_interrupt()
 
@@ -668,6 +688,7 @@ class Throttle:
             paused_until=paused,
             epoch=admission.epoch,
             name=self.name,
+            shared=None if self._shared_limit is None else self._shared_limit.snapshot(),
         )
 
     @property
@@ -712,3 +733,18 @@ class Throttle:
 def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (never negative), or None without one."""
     return None if deadline is None else max(0.0, deadline - loop.time())
+
+
+def _shared_config(config: ThrottleConfig) -> dict[str, Any]:
+    """The settings a shared limit sends with every store call."""
+    return {
+        "max_concurrency": config.max_concurrency,
+        "min_concurrency": config.min_concurrency,
+        "initial_concurrency": config.initial_concurrency,
+        "failure_threshold": config.failure_threshold,
+        "failure_window": config.failure_window,
+        "decrease_factor": config.decrease_factor,
+        "cooling_period": config.cooling_period,
+        "increase_by": config.increase_by,
+        "min_dispatch_interval": config.min_dispatch_interval,
+    }

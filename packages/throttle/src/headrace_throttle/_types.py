@@ -11,7 +11,15 @@ from typing import Any, final
 from headrace_core.lowlevel import EventLog
 from headrace_core.stats import Listeners
 
-__all__ = ["Events", "Slot", "ThrottleEvent", "ThrottleSnapshot", "ThrottleState", "check_count"]
+__all__ = [
+    "Events",
+    "SharedSnapshot",
+    "Slot",
+    "ThrottleEvent",
+    "ThrottleSnapshot",
+    "ThrottleState",
+    "check_count",
+]
 
 #: The throttle's event records on ``headrace.throttle``; a call site tests
 #: ``event_logger.isEnabledFor(level)`` first, so that disabled logging costs one call.
@@ -22,6 +30,27 @@ _LEGACY_KINDS = {
     "decreased": "decelerated",
     "increased": "reaccelerated",
 }
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SharedSnapshot:
+    """What the store said last of a throttle shared between processes.
+
+    Attributes:
+        concurrency: the shared limit.
+        in_flight: the calls running in every process (leases held).
+        hold_until: the loop time (this process's) until which a server's hint holds
+            every process, or None.
+        epoch: the shared epoch (one per decrease).
+        decreases: the shared decreases so far.
+    """
+
+    concurrency: int
+    in_flight: int
+    hold_until: float | None
+    epoch: int
+    decreases: int
 
 
 @final
@@ -159,6 +188,8 @@ class ThrottleSnapshot:
         paused_until: loop time until which dispatch is paused, or None.
         epoch: the number of decreases so far (the admission-epoch counter).
         name: the throttle's name.
+        shared: what the store said last of the limit every process shares (None
+            without ``store=``, or before the first reply).
     """
 
     concurrency: int
@@ -178,6 +209,7 @@ class ThrottleSnapshot:
     paused_until: float | None
     epoch: int = 0
     name: str | None = None
+    shared: SharedSnapshot | None = None
 
     @property
     def completed_tasks(self) -> int:
@@ -203,8 +235,11 @@ class Slot:
         "_charges",
         "_epoch",
         "_grants",
+        "_hinted",
+        "_lease",
         "_ran",
         "_recorded",
+        "_shared_epoch",
         "_start",
         "_turn",
         "attempt",
@@ -220,13 +255,17 @@ class Slot:
         # in-memory budgets charge it (only they read it, and only on calls they
         # charged); ``_grants`` (shared-budget grants) and ``_ran`` (whether the function
         # was called: a breaker may refuse it) by the full admission (``acquire()``,
-        # shared budgets); ``_turn`` (the future of its turn) when it queues.
+        # shared budgets); ``_turn`` (the future of its turn) when it queues; ``_lease``,
+        # ``_shared_epoch`` and ``_hinted`` by a throttle whose limit is shared.
         self._epoch: int
         self._start: float
         self._charges: list[Any] | None
         self._grants: list[Any] | None
         self._ran: bool
         self._turn: asyncio.Future[None]
+        self._lease: str | None
+        self._shared_epoch: int
+        self._hinted: bool
 
     def record_tokens(self, count: int) -> None:
         """Report tokens this call consumed; the total replaces the estimate when it ends.
