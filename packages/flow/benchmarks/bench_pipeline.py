@@ -5,7 +5,9 @@ per stage; ``sleep-w64`` pushes SLEEP_ITEMS items through three stages whose mid
 sleeps 1 ms, with 64 workers per stage; ``ordered-w16`` compares ``ordered=True`` with
 unordered at 16 workers. Item counts are scaled down from the issue's 100k / 10k so that
 the slow peers finish within minutes (see ITEMS, SLEEP_ITEMS). ``--quick`` (a smoke run)
-pushes a twentieth of them through every row.
+pushes a twentieth of them through every row. ``--sleep-cpu [RUNS]`` runs no table: it
+interleaves the ``sleep-w64`` row's headrace and floor cases and prints the wall and CPU
+time per item of each run (see ``_sleep_cpu``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from headrace_flow import FixedScaling, flow, stage
-from shared.bench import Bench, Result
+from shared.bench import Bench, Result, import_pypeln
 
 BENCH = Bench("flow: three-stage pipelines")
 
@@ -122,29 +124,8 @@ async def aiostream_run(n: int, workers: int, middle: Any) -> None:
             pass
 
 
-def _import_pypeln() -> Any:
-    # pypeln imports stopit, which imports pkg_resources only to read its own version;
-    # newer environments ship no pkg_resources, so give it a stand-in
-    if "pkg_resources" not in sys.modules:
-        try:
-            import pkg_resources  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: F401
-        except ImportError:
-            import types
-
-            shim = types.ModuleType("pkg_resources")
-
-            def get_distribution(name: str) -> Any:
-                raise LookupError(name)
-
-            shim.get_distribution = get_distribution  # type: ignore[attr-defined]
-            sys.modules["pkg_resources"] = shim
-    import pypeln
-
-    return pypeln
-
-
 async def pypeln_run(n: int, workers: int, middle: Any) -> None:
-    pl = _import_pypeln()
+    pl = import_pypeln()
 
     stage1 = pl.task.map(inc, range(n), workers=workers, maxsize=1)
     stage2 = pl.task.map(middle, stage1, workers=workers, maxsize=1)
@@ -227,5 +208,58 @@ async def _run_scaled(
 
 BENCH.run_async = _run_scaled  # type: ignore[method-assign]
 
+
+# -- diagnostics: --sleep-cpu [RUNS] ---------------------------------------------------------------
+async def _sleep_cpu(runs: int) -> None:
+    """The sleep-w64 row's two cases, interleaved: wall and CPU time per item of each run.
+
+    A 1 ms sleep on asyncio's selector loop wakes no sooner than the next whole
+    millisecond of idle wait (epoll's resolution, rounded up). A pipeline whose loop goes
+    idle works in waves: all 64 sleepers wake together and each wave costs its CPU time
+    plus 1 ms, about 1000/64 + CPU µs per item. One whose loop never goes idle (its CPU
+    time per item near or above 1000/64 µs, and its sleeps spread out) runs at about its
+    CPU time per item; the floor falls into either regime from run to run. Each line
+    shows the regime a run was in (``waves`` when its wall time is nearer the first).
+    """
+    import gc
+    import statistics
+    import time
+
+    n = SLEEP_ITEMS
+    f = headrace_flow(64, nap)
+    cases: dict[str, Callable[[], Any]] = {
+        "headrace-flow": lambda: f.run(range(n)),
+        "asyncio.Queue pool": lambda: floor_pool(n, 64, nap),
+    }
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    for start in cases.values():  # warm up
+        await start()
+    for i in range(runs):
+        for name, start in cases.items():
+            gc.collect()
+            wall, cpu = time.perf_counter(), time.process_time()
+            await start()
+            wall = (time.perf_counter() - wall) / n * 1e6
+            cpu = (time.process_time() - cpu) / n * 1e6
+            walls[name].append(wall)
+            regime = "waves" if wall > cpu + 1000 / 128 else "no idle"
+            print(
+                f"run {i}: {name:20s} {wall:6.1f} µs/item wall, {cpu:5.1f} µs/item CPU "
+                f"({regime}; waves would take ~{1000 / 64 + cpu:.1f})"
+            )
+    medians = {name: statistics.median(w) for name, w in walls.items()}
+    print(
+        "median wall: "
+        + ", ".join(f"{name} {m:.1f} µs/item" for name, m in medians.items())
+        + f"; headrace items/s = {medians['asyncio.Queue pool'] / medians['headrace-flow']:.2f}"
+        " x the floor's"
+    )
+
+
 if __name__ == "__main__":
-    BENCH.main()
+    if "--sleep-cpu" in sys.argv:
+        at = sys.argv.index("--sleep-cpu")
+        given = sys.argv[at + 1 : at + 2]
+        asyncio.run(_sleep_cpu(int(given[0]) if given and given[0].isdigit() else 7))
+    else:
+        BENCH.main()

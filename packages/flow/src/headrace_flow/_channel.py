@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import heapq
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias, cast
@@ -14,6 +15,9 @@ from headrace_flow._queues import QueueFactory, QueueLike, fifo_queue, lifo_queu
 
 #: What an ordered stage's channel stores: the item's number in the stage, and the item.
 Numbered: TypeAlias = tuple[int, object]
+
+#: The gate of a channel that holds nothing back (see ``Channel.gate``).
+OPEN: Final = sys.maxsize
 
 
 class Signal(enum.Enum):
@@ -84,6 +88,11 @@ class Channel:
     channel of an ordered stage (``numbered``) numbers each item as it enters: its
     entries are ``(number, item)`` (one class for both, so the engine's call sites see
     one type).
+
+    A numbered FIFO channel also has a ``gate``: it hands out no item numbered ``gate``
+    or more (the ordered stage's window, see ``Reorder``). Such items stay stored, in
+    order, and getters wait meanwhile, even with entries stored; :meth:`hand_out` gives
+    them what a raised gate lets through. Every other channel's gate is ``OPEN``.
     """
 
     __slots__ = (
@@ -93,6 +102,7 @@ class Channel:
         "closed",
         "fifo",
         "finals",
+        "gate",
         "getters",
         "last_get",
         "last_put",
@@ -121,6 +131,7 @@ class Channel:
         self.lifo = factory is lifo_queue
         self.numbered = numbered
         self.seq = 0  # the number of the next item to enter (numbered channels)
+        self.gate = OPEN  # the number of the first item not to hand out (see the class)
         self.maxsize = maxsize
         self.size = 0
         self.getters: deque[asyncio.Future[object]] = deque()
@@ -143,16 +154,30 @@ class Channel:
     # -- putting ---------------------------------------------------------------------
     def try_put(self, item: object) -> bool:
         """Store or hand off ``item`` if that needs no wait; return whether it did."""
-        if self.numbered:
-            seq = self.seq
-            if self._offer((seq, item)):
-                self.seq = seq + 1
-                return True
-            return False  # (numbers stay contiguous: it is numbered when it enters)
-        # (the hot path: _offer written out once more, measured)
         now = self.loop.time()
         self.last_put = now
         getters = self.getters
+        if self.numbered:
+            seq = self.seq
+            entry = (seq, item)
+            # a getter is handed the entry unless it is past the gate, or stored entries
+            # wait for the gate to open (nothing passes them)
+            if not self.size and seq < self.gate:
+                while getters:
+                    fut = getters.popleft()
+                    if not fut.done():
+                        self.last_get = now
+                        fut.set_result(entry)
+                        self.seq = seq + 1
+                        return True
+            if self.maxsize and self.size >= self.maxsize:
+                return False  # (numbers stay contiguous: an item is numbered when it enters)
+            self._push(entry)
+            self.size += 1
+            self.times.append(now)
+            self.seq = seq + 1
+            return True
+        # (the same steps, without numbers or gate, written out: the hot path, measured)
         while getters:
             fut = getters.popleft()
             if not fut.done():
@@ -166,27 +191,13 @@ class Channel:
         self.times.append(now)
         return True
 
-    def _offer(self, entry: object) -> bool:
-        now = self.loop.time()
-        self.last_put = now
-        getters = self.getters
-        while getters:
-            fut = getters.popleft()
-            if not fut.done():
-                self.last_get = now
-                fut.set_result(entry)
-                return True
-        if self.maxsize and self.size >= self.maxsize:
-            return False
-        self._push(entry)
-        self.size += 1
-        self.times.append(now)
-        return True
-
     async def put(self, item: object) -> None:
         """Store ``item``, waiting for room."""
-        if self.try_put(item):
-            return
+        if not self.try_put(item):
+            await self.park(item)
+
+    async def park(self, item: object) -> None:
+        """Wait until ``item`` is stored: ``try_put`` just refused it (no room)."""
         fut: asyncio.Future[None] = self.loop.create_future()
         # (an ordered stage numbers the item when it enters the store, in take(): a
         # putter cancelled while it waits leaves no gap in the numbers)
@@ -227,30 +238,52 @@ class Channel:
                 break
         return entry
 
+    def ready(self) -> bool:
+        """Whether a stored entry may be taken now (one is, and the gate lets it through)."""
+        # (a gated channel is FIFO: its oldest stored entry is numbered seq - size; any
+        # other channel's gate is OPEN, past every number)
+        return bool(self.size) and self.seq - self.size < self.gate
+
     async def wait(self) -> object:
-        """Wait for an entry (the store is empty): return it, ``Finals``, ``EOF`` or ``RETIRE``."""
-        if self.size:
+        """Wait for an entry: return it, ``Finals``, ``EOF`` or ``RETIRE``."""
+        if self.ready():
             return self.take()
-        if self.closed:
-            if self.finals:
-                return self._take_finals()
-            return EOF
-        fut: asyncio.Future[object] = self.loop.create_future()
-        self.getters.append(fut)
+        if self.closed and not self.size:
+            return self.ended()
+        fut = self.getter()
         try:
             return await fut
         except asyncio.CancelledError:
-            if not fut.done():
-                with contextlib.suppress(ValueError):
-                    self.getters.remove(fut)
-            elif not fut.cancelled():
-                # handed an entry, then cancelled before resuming: give the entry back
-                got = fut.result()
-                if isinstance(got, Finals):
-                    self.finals.extendleft(reversed(got.values))
-                elif not isinstance(got, Signal):
-                    self._give_back(got)
+            self.abandon(fut)
             raise
+
+    def ended(self) -> object:
+        """What a getter of the closed, empty channel receives: its finals, else ``EOF``."""
+        if self.finals:
+            return self._take_finals()
+        return EOF
+
+    def getter(self) -> asyncio.Future[object]:
+        """Queue a getter (nothing may be taken now): the future ``wait`` awaits.
+
+        Whoever awaits it instead calls :meth:`abandon` when cancelled meanwhile.
+        """
+        fut: asyncio.Future[object] = self.loop.create_future()
+        self.getters.append(fut)
+        return fut
+
+    def abandon(self, fut: asyncio.Future[object]) -> None:
+        """Its getter was cancelled: drop ``fut``, or give back the entry it was handed."""
+        if not fut.done():
+            with contextlib.suppress(ValueError):
+                self.getters.remove(fut)
+        elif not fut.cancelled():
+            # handed an entry, then cancelled before resuming: give the entry back
+            got = fut.result()
+            if isinstance(got, Finals):
+                self.finals.extendleft(reversed(got.values))
+            elif not isinstance(got, Signal):
+                self._give_back(got)
 
     def _give_back(self, entry: object) -> None:
         getters = self.getters
@@ -278,13 +311,33 @@ class Channel:
         return True
 
     def close(self) -> None:
-        """No more items will come: waiting getters receive the finals, then ``EOF``."""
+        """No more items will come: waiting getters receive the finals, then ``EOF``.
+
+        (Entries still stored wait for the gate to open; :meth:`hand_out` ends the getters
+        left once the store is empty.)
+        """
         self.closed = True
+        if self.size:
+            return
         getters = self.getters
         while getters:
             fut = getters.popleft()
             if not fut.done():
                 fut.set_result(self._take_finals() if self.finals else EOF)
+
+    def hand_out(self) -> None:
+        """Give waiting getters the stored entries the gate lets through (it was raised).
+
+        Once the channel is closed and its store empty, the getters left receive the
+        finals, then ``EOF``.
+        """
+        getters = self.getters
+        while getters and self.ready():
+            fut = getters.popleft()
+            if not fut.done():
+                fut.set_result(self.take())
+        if self.closed:
+            self.close()
 
     def _take_finals(self) -> Finals:
         finals = Finals(list(self.finals))

@@ -321,6 +321,8 @@ class Run:
         scaler = st.scaler
         before = scaler.moved(wanted, now)
         wanted = scaler.target
+        if st.order is not None:
+            st.order.window(max(wanted, 1))  # an ordered stage's window follows the target
         if wanted < before:
             excess = st.live.workers - wanted
             while excess > 0 and st.input.retire_one():
@@ -436,8 +438,6 @@ class Run:
         dropped: list[tuple[str, object]] = []
         for other in cut:
             other.cut = True
-            if other.order is not None:
-                other.order.wake()  # ordered workers waiting for room see the cut
             dropped.extend((other.name, item) for item in other.input.drain_items())
             other.input.close()
         # everything below is synchronous up to the reports: a concurrent Last elsewhere

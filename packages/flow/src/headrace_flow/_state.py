@@ -117,7 +117,7 @@ class StageRun:
         self.call = call
         self.live = Counters()
         self.scaler = scaler
-        self.order = Reorder() if input.numbered else None
+        self.order = Reorder(input) if input.numbered else None
         self.tasks: set[asyncio.Task[None]] = set()
         self.finished = False
         self.cut = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeAlias, cast
 
 from headrace_core.lowlevel import being_cancelled, safe_repr
@@ -175,20 +175,23 @@ class Worker:
             note(exc, f"flow stage {st.name!r} has no worker left (context manager failed)")
             engine.abort(exc)
 
-    async def _serve(self, fn: Any) -> None:
-        """Run the loop with the handler of the stage's kind (``fn``: its item function)."""
+    def _serve(self, fn: Any) -> Coroutine[Any, Any, None]:
+        """The loop with the handler of the stage's kind (``fn``: its item function).
+
+        A plain function returning the loop's coroutine: the task awaits the loop
+        directly, one frame less to pass through at every resume (the hot path).
+        """
         st = self.st
         kind = st.plan.kind
         ch = st.input
         if kind is Kind.ROUTER:
             self.call = st.call or fn
-            await self._loop(ch, self._route, self._route_final, maps=False)
-            return
+            return self._loop(ch, self._route, self._route_final, maps=False)
         if kind is Kind.BATCHED:
             batching = st.plan.batching
             assert batching is not None
             self.batch = _Batch(batching.size, batching.max_wait)
-            await self._loop(
+            return self._loop(
                 ch,
                 self._batch,
                 self._batch_final,
@@ -196,17 +199,15 @@ class Worker:
                 wait=self._batch_wait,
                 end=self._flush_rest,
             )
-            return
         if st.order is not None:
             self.order = st.order
         if is_async_gen_callable(fn):
             self.gen = fn
             handle = self._fan_out if st.order is None else self._fan_out_ordered
-            await self._loop(ch, handle, self._fan_out_final, maps=False)
-            return
+            return self._loop(ch, handle, self._fan_out_final, maps=False)
         self.call = make_call(st.name, st.plan.calls, fn) if kind is Kind.CM else st.call or fn
         # a map stage's handler is its item function: the loop routes its result
-        await self._loop(ch, self.call, self._map_final, maps=True)
+        return self._loop(ch, self.call, self._map_final, maps=True)
 
     # -- the loop ----------------------------------------------------------------------
     async def _loop(
@@ -231,8 +232,8 @@ class Worker:
         ``maps``, ``handle`` is a map stage's item function: the loop counts the call,
         and routes its result (an output, ``DROP``, ``Last(value)``, a failure), in
         input order for an ordered stage; no handler frame per item, the hot path,
-        measured. An ordered stage with a FIFO input takes no entry while its window
-        (in-flight and held items) is full.
+        measured. An ordered stage with a FIFO input takes no entry past its window
+        (see ``Reorder``): its input's gate holds them back.
         """
         st = self.st
         live = self.live
@@ -246,32 +247,32 @@ class Worker:
         order = st.order if maps else None  # (the other handlers keep their own order)
         # the window bounds in-flight + held results; with a LIFO/priority queue the head
         # of the order may still wait in the queue, so only FIFO inputs bound it
-        window = st.order if ch.fifo else None
-        next_entry = ch.wait if wait is None else wait
+        gated = st.order is not None and ch.fifo
+        if gated:
+            assert st.order is not None
+            st.order.window(scaler.target or 1)  # (a new worker: the target may have moved)
         seq = 0
         while True:
             if live.workers > scaler.target or st.cut:
                 return
-            if window is not None and window.taken + window.getting - window.released >= max(
-                scaler.target, 1
-            ):
-                # the window is full (a worker waiting on the input will take an item too):
-                # wait for a release (or the cut)
-                waiter: asyncio.Future[None] = loop.create_future()
-                window.waiters.append(waiter)
-                await waiter
-                continue
-            if ch.size:
+            # (ch.ready() written out: the hot path)
+            if ch.size and (not gated or ch.seq - ch.size < ch.gate):
                 entry = ch.take()
             else:
-                if window is None:
-                    got = await next_entry()
+                if wait is not None:
+                    got = await wait()
+                elif ch.closed and not ch.size:
+                    got = ch.ended()
                 else:
-                    window.getting += 1
+                    # (the channel's wait written out, ch.getter() too: no coroutine and no
+                    # call per wait, the hot path)
+                    fut = loop.create_future()
+                    ch.getters.append(fut)
                     try:
-                        got = await next_entry()
-                    finally:
-                        window.getting -= 1
+                        got = await fut
+                    except asyncio.CancelledError:
+                        ch.abandon(fut)
+                        raise
                 if got is EOF or got is RETIRE:
                     break
                 if got.__class__ is Finals:  # (no isinstance: the hot path)
@@ -290,7 +291,6 @@ class Worker:
             if order is not None:
                 numbered: Any = entry  # (seq, item): unpacked with no cast, the hot path
                 seq, entry = numbered
-                order.taken += 1
             live.busy += 1
             if dynamic:
                 engine.scale(st, tick=False, enqueue=False)
@@ -315,17 +315,20 @@ class Worker:
             if order is not None:
                 if self.st.cut:  # (read again) a Last released before this item meanwhile:
                     return  # it is discarded
-                if result is DROP:
-                    self._filtered()
-                    result = HOLE
-                if (
-                    seq != order.released
-                    or order.emitting
-                    or result.__class__ is Last
-                    or result is HOLE
-                ):
-                    order.held[seq] = result
-                    if await self._release() is STOP:
+                # (no test of ``emitting``: while a worker releases, ``released`` is the
+                # number of an item it emits, which no other worker has)
+                if seq != order.released or result is DROP or result.__class__ is Last:
+                    if result is DROP:
+                        self._filtered()
+                        result = HOLE
+                    held = order.held
+                    held[seq] = result
+                    # (_release's own first test made here: no coroutine for nothing to do)
+                    if (
+                        not order.emitting
+                        and order.released in held
+                        and await self._release() is STOP
+                    ):
                         return
                     continue
                 # the head of the line: it goes out at once (below), then what it unblocked
@@ -340,20 +343,25 @@ class Worker:
                 tally.completed += 1
             elif not out.try_put(result):
                 if order is None:
-                    await out.put(result)
+                    await out.park(result)
                 else:
                     order.emitting = True  # nobody else releases while it waits for room
                     try:
-                        await out.put(result)
+                        await out.park(result)
                     finally:
                         order.emitting = False
             if scaled is not None:
                 engine.scale(scaled, tick=False, enqueue=True)
             if order is not None:
-                order.released += 1
-                if order.waiters:
-                    order.wake()
-                if order.held and await self._release() is STOP:
+                released = order.released + 1
+                order.released = released
+                if gated:
+                    # (order.window() written out: the hot path)
+                    ch.gate = released + (scaler.target or 1)
+                    if ch.getters and ch.size:
+                        ch.hand_out()
+                # (nobody else is releasing: _release's first test made here)
+                if released in order.held and await self._release() is STOP:
                     return
         if end is not None:
             await end()
@@ -381,7 +389,7 @@ class Worker:
             self.tally.completed += 1
             return
         if not out.try_put(value):
-            await out.put(value)
+            await out.park(value)
         if self.scaled is not None:
             self.engine.scale(self.scaled, tick=False, enqueue=True)
 
@@ -416,9 +424,9 @@ class Worker:
             while order.released in held:
                 result = held.pop(order.released)
                 if isinstance(result, Last):
+                    # (the stage is cut: its input is emptied and closed, its workers leave)
                     held.clear()
                     order.released += 1
-                    order.wake()
                     order.emitting = False
                     await self.engine.last(self.st, result.value)
                     return STOP
@@ -428,7 +436,7 @@ class Worker:
                 elif result is not HOLE:
                     await self._emit(result)
                 order.released += 1
-                order.wake()
+                order.window(self.st.scaler.target or 1)
         finally:
             order.emitting = False
         return NOTHING
@@ -502,7 +510,6 @@ class Worker:
     async def _fan_out_ordered(self, entry: object) -> Outcome:
         seq, item = cast("Numbered", entry)
         order = self.order
-        order.taken += 1
         outputs: list[object] = []
 
         async def hold(value: object) -> None:
@@ -564,7 +571,7 @@ class Worker:
         else:
             ch = target.input
             if not ch.try_put(item):
-                await ch.put(item)
+                await ch.park(item)
             if target.scaler.dynamic:
                 engine.scale(target, tick=False, enqueue=True)
 
