@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from typing import Any
 
 import pytest
 
@@ -53,3 +55,29 @@ async def test_closing_while_iterating_drains_without_waiting() -> None:
     assert seen[:3] == [0, 2, 4]
     assert len(seen) < 1000  # the source was not pulled to its end
     assert pipeline.stats().completed == len(seen)
+
+
+async def test_errors_drops_and_scaling_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def picky(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    seen: list[object] = []
+
+    async def handler(event: object) -> None:
+        seen.append(event)
+
+    with caplog.at_level(logging.DEBUG, logger="headrace.flow"):
+        await flow(picky, on_error=handler).run(range(4))
+        with pytest.raises(ValueError, match="two"):
+            await flow(picky).run(range(4))
+    records: list[Any] = [
+        r for r in caplog.records if getattr(r, "headrace_event", None) == "item_failed"
+    ]
+    handled, unhandled = records
+    assert (handled.levelno, handled.headrace_handled) == (logging.DEBUG, True)
+    assert (unhandled.levelno, unhandled.headrace_handled) == (logging.WARNING, False)
+    assert unhandled.headrace_stage == "picky"
+    assert unhandled.headrace_error_type == "ValueError"
+    assert "the run ends" in unhandled.getMessage()

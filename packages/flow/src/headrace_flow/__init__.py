@@ -7,6 +7,7 @@ from headrace_flow._errors import Dropped as Dropped
 from headrace_flow._errors import DropReason as DropReason
 from headrace_flow._errors import ErrorEvent as ErrorEvent
 from headrace_flow._errors import FlowClosed as FlowClosed
+from headrace_flow._errors import FlowEvent as FlowEvent
 from headrace_flow._errors import ScaleEvent as ScaleEvent
 from headrace_flow._errors import SourceError as SourceError
 from headrace_flow._errors import StageTimeout as StageTimeout
@@ -14,7 +15,6 @@ from headrace_flow._errors import TransformerError as TransformerError
 from headrace_flow._errors import log_and_continue as log_and_continue
 from headrace_flow._factory import flow as flow
 from headrace_flow._flow import Flow as Flow
-from headrace_flow._flow import FlowEvent as FlowEvent
 from headrace_flow._markers import DROP as DROP
 from headrace_flow._markers import Drop as Drop
 from headrace_flow._markers import Last as Last

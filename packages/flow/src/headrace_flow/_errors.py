@@ -7,29 +7,40 @@ import enum
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 from headrace_core import Closed, GuardTimeout
+from headrace_core.lowlevel import EventLog
 
 __all__ = [
     "DropReason",
     "Dropped",
     "ErrorEvent",
     "FlowClosed",
+    "FlowEvent",
     "ScaleEvent",
     "SourceError",
     "StageTimeout",
     "TransformerError",
+    "event_logger",
+    "events",
     "log_and_continue",
 ]
 
 logger = logging.getLogger("headrace.flow")
+#: The package's event records; a call site tests ``event_logger.isEnabledFor(level)``
+#: first, so that disabled logging costs one call.
+events: Final = EventLog("headrace.flow")
+event_logger: Final = events.logger
 
 
 if sys.version_info >= (3, 13):
 
     class FlowClosed(Closed, asyncio.QueueShutDown):
-        """A push handle was used after ``complete()``, after its block, or after the run ended.
+        """The flow is closed, or a push handle was used when it no longer could be.
+
+        Raised by a new run after ``aclose()``, and by a push handle used after
+        ``complete()``, after its block, or after the run ended.
 
         On Python 3.13+ it is also an ``asyncio.QueueShutDown``, what flowrhythm raises
         there for a ``send()`` into a stopped flow.
@@ -38,7 +49,10 @@ if sys.version_info >= (3, 13):
 else:
 
     class FlowClosed(Closed):
-        """A push handle was used after ``complete()``, after its block, or after the run ended.
+        """The flow is closed, or a push handle was used when it no longer could be.
+
+        Raised by a new run after ``aclose()``, and by a push handle used after
+        ``complete()``, after its block, or after the run ended.
 
         On Python 3.13+ it is also an ``asyncio.QueueShutDown``, what flowrhythm raises
         there for a ``send()`` into a stopped flow.
@@ -135,6 +149,9 @@ class ScaleEvent:
 
 ErrorEvent: TypeAlias = TransformerError | SourceError | Dropped
 """What an error handler receives."""
+
+FlowEvent: TypeAlias = ErrorEvent | ScaleEvent
+"""What a flow's listeners receive: an ``ErrorEvent`` or a ``ScaleEvent``."""
 
 
 async def log_and_continue(event: ErrorEvent) -> None:

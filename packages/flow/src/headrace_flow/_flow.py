@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import MappingProxyType
-from typing import Any, Self, TypeAlias, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
 from headrace_core.lowlevel import Deadline, being_cancelled, check_optional_number, safe_repr
@@ -14,22 +14,19 @@ from headrace_core.stats import Listeners
 from headrace_flow._channel import EOF, Finals
 from headrace_flow._compile import bake, compile_parts, resolve, settings
 from headrace_flow._dump import dump
-from headrace_flow._errors import FlowClosed
+from headrace_flow._errors import FlowClosed, FlowEvent
 from headrace_flow._on_error import Form, adapt, handler_form, normalize_handler
 from headrace_flow._plan import NO_SETTINGS, Graph, Plan, Settings
 from headrace_flow._push import PushHandle
 from headrace_flow._queues import QueueFactory
-from headrace_flow._run import Event, Run
+from headrace_flow._run import Run
 from headrace_flow._scaling import as_strategy
 from headrace_flow._source import normalize_source
 from headrace_flow._stages import Composite, Stage, as_stage, stage
 from headrace_flow._state import user_cancelled
 from headrace_flow._stats import FlowStats, StageStats
 
-FlowEvent: TypeAlias = Event
-"""What a flow's listeners receive: an ``ErrorEvent`` or a ``ScaleEvent``."""
-
-__all__ = ["Flow", "FlowEvent"]
+__all__ = ["Flow"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -68,7 +65,7 @@ class Flow(Composite[In, Out]):
         self._handler = normalize_handler(on_error)
         self._run: Run | None = None
         self._last: FlowStats | None = None
-        self._listeners: Listeners[Event] = Listeners("headrace.flow", "flow")
+        self._listeners: Listeners[FlowEvent] = Listeners("headrace.flow", "flow")
         self._task: asyncio.Task[FlowStats | _Interrupt] | None = None
         self._closed = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from types import MappingProxyType
 
 from headrace_core.lowlevel import being_cancelled, safe_repr
@@ -16,9 +17,12 @@ from headrace_flow._errors import (
     DropReason,
     ErrorEvent,
     FlowClosed,
+    FlowEvent,
     ScaleEvent,
     SourceError,
     TransformerError,
+    event_logger,
+    events,
 )
 from headrace_flow._plan import Kind, Plan
 from headrace_flow._queues import fifo_queue
@@ -26,9 +30,6 @@ from headrace_flow._source import Items, Source
 from headrace_flow._state import Aborted, Handler, StageRun, Tally, note, user_cancelled
 from headrace_flow._stats import FlowStats
 from headrace_flow._worker import Worker
-
-#: What listeners receive.
-Event = ErrorEvent | ScaleEvent
 
 
 class Run:
@@ -39,7 +40,7 @@ class Run:
         plan: Plan,
         *,
         handler: Handler | None,
-        listeners: Listeners[Event],
+        listeners: Listeners[FlowEvent],
         output: bool,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -232,6 +233,8 @@ class Run:
             tally.drops[event.reason] = tally.drops.get(event.reason, 0) + 1
         elif isinstance(event, SourceError):
             tally.source_errors += 1
+        if event_logger.isEnabledFor(logging.WARNING):
+            _log_event(event, handled=self.handler is not None)
         if self.listeners:
             try:
                 self.listeners.emit(event)
@@ -331,6 +334,19 @@ class Run:
         # target went up again) are replaced
         while st.live.workers < wanted:
             self._spawn(st)
+        if wanted != before and event_logger.isEnabledFor(logging.INFO):
+            events.info(
+                "stage %r scaled from %d to %d workers",
+                st.name,
+                before,
+                wanted,
+                kind="Flow",
+                component=None,
+                event="scaled",
+                stage=st.name,
+                workers=wanted,
+                old_workers=before,
+            )
         if wanted != before and self.listeners:
             try:
                 self.listeners.emit(ScaleEvent(st.name, before, wanted, now))
@@ -462,3 +478,41 @@ class Run:
             self.tally.completed += 1
         else:
             out.add_final(value)
+
+
+def _log_event(event: ErrorEvent, *, handled: bool) -> None:
+    """One item's error or drop at DEBUG; an error that ends the run (no handler) at WARNING."""
+    if isinstance(event, Dropped):
+        if not event_logger.isEnabledFor(logging.DEBUG):
+            return
+        events.debug(
+            "item dropped by %r (%s)",
+            event.stage,
+            event.reason.name,
+            kind="Flow",
+            component=None,
+            event="dropped",
+            stage=event.stage,
+            reason=event.reason.name,
+        )
+        return
+    level = logging.DEBUG if handled else logging.WARNING
+    if not event_logger.isEnabledFor(level):
+        return
+    if isinstance(event, TransformerError):
+        where, stage = f"stage {event.stage!r}", event.stage
+    else:
+        where, stage = "the source", None
+    events.log(
+        level,
+        "%s raised %s%s",
+        where,
+        type(event.exception).__name__,
+        "" if handled else ": the run ends",
+        kind="Flow",
+        component=None,
+        event="item_failed" if stage is not None else "source_failed",
+        stage=stage,
+        error_type=type(event.exception).__name__,
+        handled=handled,
+    )
