@@ -116,7 +116,8 @@ async def test_runs_and_retries_are_logged(caplog: pytest.LogCaptureFixture) -> 
         await p.process_tasks(None)
         with pytest.raises(ProcessorError):
             await failing.process_tasks(None)
-    by_event = {r.headrace_event: r for r in caplog.records if hasattr(r, "headrace_event")}
+    records: list[Any] = caplog.records
+    by_event = {r.headrace_event: r for r in records if hasattr(r, "headrace_event")}
     retry = by_event["retry"]
     assert (retry.levelno, retry.headrace_attempt, retry.headrace_phase) == (
         logging.DEBUG,

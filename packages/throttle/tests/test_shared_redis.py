@@ -123,9 +123,12 @@ def workers(
 def results(processes: list[subprocess.Popen[bytes]]) -> list[dict[str, int]]:
     out = []
     for process in processes:
-        stdout, _ = process.communicate(timeout=60)
-        assert process.returncode == 0
-        out.append(json.loads(stdout.splitlines()[-1]))
+        assert process.stdout is not None
+        # Read through the pipe's buffer (readline() may already hold the last line).
+        lines = process.stdout.read().splitlines()
+        process.stdout.close()
+        assert process.wait(60) == 0
+        out.append(json.loads(lines[-1]))
     return out
 
 
