@@ -14,7 +14,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, final
+from typing import Any, Literal, ParamSpec, TypeVar, final
 
 from headrace_core import CircuitState, ConfigurationError
 from headrace_core.backoff import Backoff
@@ -37,7 +37,6 @@ from headrace_guards._common import (
     check_store,
     compile_spec,
     now_of,
-    raise_if_not_async,
 )
 from headrace_guards._policies import Consecutive, CountWindow, Policy, TimeWindow
 
@@ -93,6 +92,18 @@ class BreakerSnapshot:
 
 
 @final
+class _Shared:
+    """What a breaker whose state is in a store keeps as ``_local``: never on a fast path."""
+
+    __slots__ = ()
+    fast: Literal[False] = False
+    checked: Literal[False] = False
+
+
+_SHARED = _Shared()
+
+
+@final
 class CircuitBreaker(GuardBase):
     """Stop calling a failing service for a while, then probe it before closing again.
 
@@ -121,7 +132,9 @@ class CircuitBreaker(GuardBase):
         open_backoff: when set, each re-open from HALF_OPEN lasts the schedule's next delay
             (the schedule restarts when the breaker closes). A schedule that runs out or
             yields a bad delay re-opens for ``recovery_timeout`` instead and raises
-            :class:`~headrace_core.BackoffError` to the caller that re-opened it.
+            :class:`~headrace_core.BackoffError` to the caller that re-opened it. With a
+            ``store``, its first 16 delays are walked here and shared through the store
+            (a bad schedule then fails here, with ``ConfigurationError``).
         store: shared state (e.g. ``headrace_guards.redis.RedisStore``); default in memory.
             The store's optional ``check_name(name)`` is called here.
         clock: a zero-argument callable returning seconds; default the loop's time.
@@ -136,7 +149,6 @@ class CircuitBreaker(GuardBase):
         "_clock",
         "_entered",
         "_local",
-        "_result_check",
         "_store",
         "policy",
         "recovery_timeout",
@@ -181,7 +193,6 @@ class CircuitBreaker(GuardBase):
         record_spec = compile_spec("record", record)
         ignore_spec = compile_spec("ignore", ignore)
         check_callable("failure_on_result", failure_on_result)
-        self._result_check = failure_on_result
         slow_after = check_optional_number("slow_call_duration", slow_call_duration, gt=0)
         slow_rate = check_number("slow_call_rate", slow_call_rate, gt=0, le=1)
         if open_backoff is not None and not callable(getattr(open_backoff, "delays", None)):
@@ -210,12 +221,14 @@ class CircuitBreaker(GuardBase):
             failure_on_result=failure_on_result,
         )
         # _local is _backend when the state is in this process: the fast path and
-        # async with use it without a protocol call (and without an await).
-        self._local: MemoryState | None = None
+        # async with use it without a protocol call (and without an await). With a store,
+        # it is _SHARED, never on a fast path (so the fast path tests one flag).
+        self._local: MemoryState | _Shared
         self._backend: BreakerState
         if self._store is None:
             self._backend = self._local = MemoryState(settings)
         else:
+            self._local = _SHARED
             self._backend = StoreState(settings, self._store, self._background)
         self._entered: dict[asyncio.Task[Any], list[tuple[int, CircuitState, bool, float]]] = {}
 
@@ -239,7 +252,7 @@ class CircuitBreaker(GuardBase):
     @property
     def _ho_ok(self) -> int:
         local = self._local
-        return 0 if local is None else local.half_open_ok  # a store counts its own probes
+        return local.half_open_ok if isinstance(local, MemoryState) else 0  # a store counts its own
 
     # -- the call --------------------------------------------------------------------
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -258,43 +271,41 @@ class CircuitBreaker(GuardBase):
             Exception: the callee's own error, unchanged (after it was recorded).
         """
         local = self._local
+        if local.fast is True:  # (``is True`` narrows ``local`` to a MemoryState)
+            # CLOSED, consecutive policy, no slow-call timing, no result predicate: no clock
+            # read, no lock, no allocation (MemoryState describes it; aclose() turns
+            # ``fast`` off for good: a closed breaker never gets here).
+            gen = next(local.tickets)  # counts the call in (see MemoryState)
+            try:
+                # (without keyword arguments, fn(*args) spares copying an empty dict)
+                result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
+            except BaseException as exc:
+                local.fast_error(fn, gen, exc)
+                raise
+            local.budget -= 1
+            if not local.budget:
+                local.fast_success(gen)
+            return result
         life = self._life
-        if local is not None and local.fast:
-            # CLOSED, consecutive policy, no slow-call timing: no clock read, no lock.
-            # (aclose() turns ``fast`` off for good: a closed breaker never gets here.)
-            life.running += 1
+        if life.closed:
+            raise life.refuse()
+        life.running += 1
+        try:
+            if local.checked is not True:
+                return await self._backend.call(fn, args, kwargs)  # type: ignore[no-any-return]
+            # The same path, with a ``failure_on_result`` predicate on the value.
             gen = local.gen
             try:
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    if isinstance(exc, TypeError):
-                        raise_if_not_async(fn, exc)
-                    local.closed_error(gen, exc)
-                    raise
-                check = self._result_check
-                if check is not None:
-                    try:
-                        failed = bool(check(result))
-                    except BaseException:
-                        local.closed_failure(gen)
-                        raise
-                    if failed:
-                        local.closed_failure(gen)
-                        return result
-                local.successes += 1
-                if local.streak and gen == local.gen:
-                    local.streak = 0
-                return result
-            finally:
-                life.running -= 1
-                if not life.running and life.idle:
-                    life.wake()
-        life.enter()
-        try:
-            return await self._backend.call(fn, args, kwargs)  # type: ignore[no-any-return]
+                result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
+            except BaseException as exc:
+                local.closed_raised(fn, gen, exc)
+                raise
+            local.closed_result(gen, result)
+            return result
         finally:
-            life.leave()
+            life.running -= 1
+            if not life.running and life.idle:
+                life.wake()
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an ``async def`` so every call runs through the breaker.
@@ -313,34 +324,24 @@ class CircuitBreaker(GuardBase):
         if not is_async_callable(fn):
             raise TypeError(f"CircuitBreaker decorates async functions only, got {fn!r}")
         local = self._local
-        if local is None or self._result_check is not None:
+        if not isinstance(local, MemoryState):
             return super().__call__(fn)  # no fast path to inline: every call is call()
         call = self.call
-
-        life = self._life
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             if not local.fast:
                 return await call(fn, *args, **kwargs)
-            life.running += 1
-            gen = local.gen
+            gen = next(local.tickets)  # counts the call in (see MemoryState)
             try:
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    if isinstance(exc, TypeError):
-                        raise_if_not_async(fn, exc)
-                    local.closed_error(gen, exc)
-                    raise
-                local.successes += 1
-                if local.streak and gen == local.gen:
-                    local.streak = 0
-                return result
-            finally:
-                life.running -= 1
-                if not life.running and life.idle:
-                    life.wake()
+                result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
+            except BaseException as exc:
+                local.fast_error(fn, gen, exc)
+                raise
+            local.budget -= 1
+            if not local.budget:
+                local.fast_success(gen)
+            return result
 
         return guarded
 
@@ -353,7 +354,7 @@ class CircuitBreaker(GuardBase):
         try:
             start = now_of(self._clock)
             local = self._local
-            if local is not None:
+            if isinstance(local, MemoryState):
                 gen, state, permit = local.admit(start)
             else:
                 gen, state, permit = await self._backend.enter(start)
@@ -378,7 +379,7 @@ class CircuitBreaker(GuardBase):
             del self._entered[task]  # type: ignore[arg-type]
         local = self._local
         try:
-            if local is not None:
+            if isinstance(local, MemoryState):
                 local.leave(gen, state, permit, start, exc)
             else:
                 await self._backend.exit(gen, state, permit, start, exc)
@@ -462,8 +463,9 @@ class CircuitBreaker(GuardBase):
 
     def _closing(self) -> None:
         local = self._local
-        if local is not None:
-            local.close_fast_path()
+        if isinstance(local, MemoryState):  # its fast calls in flight: the lifecycle's now
+            life = self._life
+            life.running += local.close_fast_path(life.leave)
 
     async def _closed_background(self) -> None:
         await self._background.aclose()

@@ -8,8 +8,11 @@ construction (:class:`Settings`) and is the only code that changes its state.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import operator
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, final
@@ -37,6 +40,12 @@ HALF_OPEN = CircuitState.HALF_OPEN
 NEUTRAL = 0
 SUCCESS = 1
 FAILURE = 2
+
+#: Successes the fast path counts alone between two folds (see :class:`MemoryState`): at
+#: most this many, so ``budget`` stays a small int the hot path never allocates.
+FAST_BATCH = 128
+#: Tickets of one generation (``MemoryState.tickets``): more than any process takes.
+_TICKETS = sys.maxsize
 
 
 @final
@@ -77,7 +86,6 @@ class BreakerState(Protocol):
     state: CircuitState
     #: Incremented by every transition.
     gen: int
-    successes: int
     failures: int
     ignored: int
     slow: int
@@ -89,6 +97,11 @@ class BreakerState(Protocol):
     open_until: float
     #: Half-open probes this process runs now (meaningful while HALF_OPEN).
     half_open_in_flight: int
+
+    @property
+    def successes(self) -> int:
+        """Calls that counted as successes."""
+        ...
 
     def refresh(self, now: float) -> CircuitState:
         """Make the lazy transition due at ``now``, if any; return the state."""
@@ -225,20 +238,46 @@ class MemoryState:
     """A breaker's state machine in this process (the default: no ``store=``).
 
     Everything is synchronous: admission is atomic with the state check, and each
-    transition is complete before its event is emitted. The breaker's closed-state fast
-    path reads ``fast`` and ``gen`` and counts a success itself (``successes``, and a
-    ``streak`` back to 0); an outcome that may trip goes to :meth:`closed_error` or
-    :meth:`closed_failure`. Every other call goes through :meth:`call`, or :meth:`admit`
-    and :meth:`leave` (``async with``).
+    transition is complete before its event is emitted. Every call that is not on the
+    closed-state fast path goes through :meth:`call`, or :meth:`admit` and :meth:`leave`
+    (``async with``).
+
+    The closed-state fast path (``CircuitBreaker.call``, the breaker's decorator and a
+    pipeline inline it while ``fast`` is true) is, for a call of ``fn``::
+
+        gen = next(state.tickets)
+        try:
+            result = await fn(...)
+        except BaseException as exc:
+            state.fast_error(fn, gen, exc)
+            raise
+        state.budget -= 1
+        if not state.budget:
+            state.fast_success(gen)
+
+    A fast call takes a ticket: ``tickets`` yields the current generation (a new iterator
+    at each transition), and counts the tickets taken in C, so entering costs no int
+    arithmetic. ``budget`` counts the successes down from ``_base``; :meth:`fast_success`,
+    the slow exit taken when it reaches 0, folds them into ``successes``, so it stays a
+    small int and a success allocates nothing. :meth:`fast_in_flight` is the tickets taken
+    less the calls that left. ``budget`` is 1 whenever a success has more to do than be
+    counted (a streak to end, a closed breaker to tell), so that the next success takes
+    the slow exit. The result-predicate variant (``checked``) and the slow exits share
+    :meth:`closed_raised`, :meth:`closed_result`, :meth:`closed_error` and
+    :meth:`closed_failure`.
     """
 
     __slots__ = (
+        "_base",
         "_clock",
         "_fast_ok",
         "_ho_max",
         "_ho_since",
         "_ho_timeout",
         "_ignore",
+        "_issued",
+        "_left",
+        "_on_exit",
         "_open_backoff",
         "_open_delays",
         "_record",
@@ -247,8 +286,11 @@ class MemoryState:
         "_settings",
         "_slow_after",
         "_slow_rate",
+        "_successes",
         "_threshold",
         "_window",
+        "budget",
+        "checked",
         "disabled",
         "failures",
         "fast",
@@ -263,7 +305,7 @@ class MemoryState:
         "slow",
         "state",
         "streak",
-        "successes",
+        "tickets",
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -282,12 +324,25 @@ class MemoryState:
         self._record = settings.record
         self._ignore = settings.ignore
         self._result_check = settings.failure_on_result
-        # The fast path needs a consecutive policy and no slow-call timing.
+        # The fast path needs a consecutive policy and no slow-call timing (and an open
+        # breaker: close_fast_path() turns it off for good).
         self._fast_ok = self._window is None and self._slow_after is None
-        #: Whether the breaker's fast path applies now (CLOSED, and not disabled).
-        self.fast = self._fast_ok
+        #: Whether the breaker's fast path applies now (CLOSED, not disabled, and no
+        #: ``failure_on_result``).
+        self.fast = False
+        #: Whether the same path with a ``failure_on_result`` predicate applies now.
+        self.checked = False
+        #: Fast successes left before the slow exit (counted down from ``_base``).
+        self.budget = self._base = FAST_BATCH
+        # The tickets taken in the generations before, and the fast calls that left (that
+        # raised, or whose success was folded).
+        self._issued = self._left = 0
+        # Called as each fast call in flight when the breaker was closed leaves.
+        self._on_exit: Callable[[], object] | None = None
         self.state = CLOSED
         self.gen = 0
+        #: A fast call's ticket in: each is the generation it runs in (see the class).
+        self.tickets: Iterator[int] = itertools.repeat(0, _TICKETS)
         self.forced = False
         self.disabled = False
         self.open_until = 0.0
@@ -297,19 +352,111 @@ class MemoryState:
         self.half_open_ok = 0
         #: The consecutive failures (and slow calls) of the current generation.
         self.streak = 0
-        self.successes = 0
+        self._successes = 0
         self.failures = 0
         self.ignored = 0
         self.slow = 0
         self.rejected = 0
         self.last_reason: str | None = None
+        self._lanes()
 
-    def close_fast_path(self) -> None:
-        """Turn the fast path off for good (the breaker was closed: calls take the slow path)."""
+    @property
+    def successes(self) -> int:
+        """Calls that counted as successes (the fast path's, counted down, included)."""
+        return self._successes + self._base - self.budget
+
+    def close_fast_path(self, on_exit: Callable[[], object]) -> int:
+        """Turn the fast path off for good (the breaker was closed: calls take the slow path).
+
+        Returns:
+            The fast calls still in flight; ``on_exit()`` is called as each of them leaves.
+        """
         self._fast_ok = False
-        self.fast = False
+        self._on_exit = on_exit
+        self._lanes()
+        self._arm()  # every fast success now takes the slow exit
+        return self.fast_in_flight()
+
+    def fast_in_flight(self) -> int:
+        """The fast calls in flight: the tickets taken, less the calls that left."""
+        taken = self._issued + _TICKETS - operator.length_hint(self.tickets)
+        return taken - self._left - (self._base - self.budget)
+
+    def _lanes(self) -> None:
+        """Set ``fast`` and ``checked`` from the state (after every change to their inputs)."""
+        closed = self.state is CLOSED and self._fast_ok and not self.disabled
+        self.fast = closed and self._result_check is None
+        self.checked = closed and self._result_check is not None
+
+    def _arm(self) -> None:
+        """Fold the fast successes counted so far; set how many more the hot path may count.
+
+        One at a time while a success has more to do (a streak to end, ``_on_exit``).
+        """
+        done = self._base - self.budget
+        self._successes += done
+        self._left += done
+        self.budget = self._base = 1 if self.streak or self._on_exit is not None else FAST_BATCH
+
+    def _set_streak(self, streak: int) -> None:
+        was = self.streak
+        self.streak = streak
+        if (not was) != (not streak):
+            self._arm()  # the hot path must (or need no longer) end the streak
 
     # -- the closed-state fast path's slow exits -----------------------------------------
+    def fast_success(self, gen: int) -> None:
+        """The success of a fast call of generation ``gen`` that used up ``budget``."""
+        if self.streak and gen == self.gen:
+            self._set_streak(0)
+        self._arm()
+        if self._on_exit is not None:
+            self._on_exit()
+
+    def fast_error(self, fn: object, gen: int, exc: BaseException) -> None:
+        """Settle a fast call of ``fn`` (generation ``gen``) that raised ``exc``.
+
+        The caller raises ``exc`` again; this raises instead when ``fn`` is not async
+        (:class:`NotAsyncError`) or a ``record``/``ignore`` predicate raised.
+        """
+        try:
+            self.closed_raised(fn, gen, exc)
+        finally:
+            self._left += 1
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def closed_raised(self, fn: object, gen: int, exc: BaseException) -> None:
+        """Record a closed-state call of ``fn`` (generation ``gen``) that raised ``exc``.
+
+        A cancel-like exception is neutral; an ``Exception`` goes to :meth:`closed_error`,
+        after a misuse check (the caller raises ``exc`` again).
+        """
+        if isinstance(exc, Exception):
+            if isinstance(exc, TypeError):
+                raise_if_not_async(fn, exc)
+            self.closed_error(gen, exc)
+
+    def closed_result(self, gen: int, result: Any) -> None:
+        """Record a closed-state call of generation ``gen`` that returned ``result``.
+
+        ``failure_on_result`` decides; when it raises, the call is a failure and its error
+        propagates.
+        """
+        check = self._result_check
+        assert check is not None
+        try:
+            failed = bool(check(result))
+        except BaseException:
+            self.closed_failure(gen)
+            raise
+        if failed:
+            self.closed_failure(gen)
+            return
+        self._successes += 1
+        if self.streak and gen == self.gen:
+            self._set_streak(0)
+
     def closed_error(self, gen: int, exc: Exception) -> None:
         """Record a fast-path call of generation ``gen`` that raised ``exc``."""
         try:
@@ -323,15 +470,18 @@ class MemoryState:
         if failed:
             self.closed_failure(gen, exc)
         else:
-            self.successes += 1
-            if self.streak and gen == self.gen:
-                self.streak = 0
+            self._closed_success(gen)
+
+    def _closed_success(self, gen: int) -> None:
+        self._successes += 1
+        if self.streak and gen == self.gen:
+            self._set_streak(0)
 
     def closed_failure(self, gen: int, cause: BaseException | None = None) -> None:
         """Record a failed fast-path call of generation ``gen``; open at the threshold."""
         self.failures += 1
         if gen == self.gen:
-            self.streak += 1
+            self._set_streak(self.streak + 1)
             if self.streak >= self._threshold:
                 self._transition(OPEN, "failures", now_of(self._clock), cause=cause)
 
@@ -497,7 +647,7 @@ class MemoryState:
         if failure:
             self.failures += 1
         else:
-            self.successes += 1
+            self._successes += 1
         if slow:
             self.slow += 1
         if not current or self.disabled:
@@ -515,11 +665,11 @@ class MemoryState:
         window = self._window
         if window is None:
             if failure or slow:
-                self.streak += 1
+                self._set_streak(self.streak + 1)
                 if self.streak >= self._threshold:
                     self._transition(OPEN, "failures" if failure else "slow", end)
             else:
-                self.streak = 0
+                self._set_streak(0)
             return
         window.add(failure, slow, end)
         reason = window.verdict(self._slow_rate)
@@ -558,6 +708,9 @@ class MemoryState:
         old = self.state
         self.state = new
         self.gen += 1
+        # The fast calls from now on take tickets of the new generation.
+        self._issued += _TICKETS - operator.length_hint(self.tickets)
+        self.tickets = itertools.repeat(self.gen, _TICKETS)
         self.last_reason = reason
         if new is OPEN:
             self.open_until = math.inf if forced else now + duration
@@ -567,12 +720,12 @@ class MemoryState:
             self.half_open_in_flight = 0
             self.half_open_ok = 0
         else:
-            self.streak = 0
+            self._set_streak(0)
             if self._window is not None:
                 self._window.clear()
             self._open_delays = None
             self.forced = False
-        self.fast = new is CLOSED and self._fast_ok and not self.disabled
+        self._lanes()
         emit_change(self._settings, now, old, new, reason)
         if failed is not None:
             raise failed
@@ -591,7 +744,8 @@ class MemoryState:
     async def reset(self) -> None:
         """Close, clear the counters and the window, and clear forced-open."""
         self.forced = False
-        self.successes = self.failures = self.ignored = self.slow = self.rejected = 0
+        self._arm()  # the fast successes counted so far are folded, then cleared
+        self._successes = self.failures = self.ignored = self.slow = self.rejected = 0
         self._transition(CLOSED, "reset", manual_now(self._clock))
 
     async def force_open(self) -> None:
@@ -606,4 +760,4 @@ class MemoryState:
     def enable(self) -> None:
         """Undo :meth:`disable`."""
         self.disabled = False
-        self.fast = self.state is CLOSED and self._fast_ok
+        self._lanes()

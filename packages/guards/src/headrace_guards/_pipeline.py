@@ -11,6 +11,7 @@ from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar, final, runtime_c
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import being_cancelled
 from headrace_guards._common import GuardBase, GuardEvent, raise_if_not_async
+from headrace_guards._fused import Fused, fuse
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,7 +43,9 @@ class Pipeline(GuardBase):
     """Guards composed into one: ``pipeline(a, b, c).call(fn)`` is ``a(b(c(fn)))``.
 
     Build it with :func:`pipeline`. It is itself a guard (``call``, decorator,
-    ``snapshot()``, ``add_listener``), without ``async with``.
+    ``snapshot()``, ``add_listener``), without ``async with``. Each run of
+    ``[Retry] [CircuitBreaker] Timeout [Bulkhead]`` in it runs in one coroutine frame
+    instead of one per guard, with the same outcomes.
 
     Args:
         *guards: the guards, outermost first; nested pipelines are flattened in order.
@@ -52,7 +55,7 @@ class Pipeline(GuardBase):
         ConfigurationError: when an argument is not a guard.
     """
 
-    __slots__ = ("_calls", "_outer_is_ours", "guards")
+    __slots__ = ("_calls", "_outer", "_outer_is_ours", "_whole", "guards")
 
     def __init__(self, *guards: Any, name: str | None = None) -> None:
         flat: list[Any] = []
@@ -66,10 +69,16 @@ class Pipeline(GuardBase):
                     "guards", guard, "must be a guard (with call, snapshot and add_listener)"
                 )
         self.guards: tuple[Any, ...] = tuple(flat)
-        # Bound ``call`` methods, innermost first (all but the outermost).
-        self._calls = tuple(g.call for g in reversed(self.guards[1:]))
+        # What runs a call: the guards, each run of them that fuse() knows as one Fused.
+        runs = fuse(flat)
+        # The outermost, and the bound ``call`` methods of the others, innermost first.
+        self._outer: Any = runs[0] if runs else None
+        self._calls = tuple(r.call for r in reversed(runs[1:]))
         # A guard of this package returns a coroutine from call(); another one is checked.
-        self._outer_is_ours = bool(flat) and isinstance(flat[0], GuardBase)
+        self._outer_is_ours = isinstance(self._outer, GuardBase | Fused)
+        # The pipeline when it is one fused run (it then calls Fused.run directly).
+        whole = runs[0] if len(runs) == 1 else None
+        self._whole: Fused | None = whole if isinstance(whole, Fused) else None
         self._init_base(name)
 
     def __repr__(self) -> str:
@@ -95,18 +104,22 @@ class Pipeline(GuardBase):
         Raises:
             Exception: (when awaited) whatever the guards or ``fn`` raise.
         """
-        guards = self.guards
-        if self._life.closed:
-            return _refused(self._life.refuse())
-        if not guards:
+        life = self._life
+        if life.closed:
+            return _refused(life.refuse())
+        whole = self._whole
+        if whole is not None:
+            return whole.run(fn, args, kwargs)
+        outer = self._outer
+        if outer is None:
             return _direct(fn, args, kwargs)
         inner: Callable[..., Awaitable[Any]] = fn
         partial = functools.partial
         for call in self._calls:
             inner = partial(call, inner)
         if self._outer_is_ours:
-            return guards[0].call(inner, *args, **kwargs)  # type: ignore[no-any-return]
-        return _direct(partial(guards[0].call, inner), args, kwargs)
+            return outer.call(inner, *args, **kwargs)  # type: ignore[no-any-return]
+        return _direct(partial(outer.call, inner), args, kwargs)
 
     def snapshot(self) -> PipelineSnapshot:
         """Return every guard's snapshot, outermost first.

@@ -43,6 +43,10 @@ class _Deadlines:
     ``asyncio.Timeout`` (entered with no deadline) does the cancelling and the
     ``uncancel()`` bookkeeping exactly as ``asyncio.timeout()`` does. A call that
     finishes in time costs no timer handle of its own.
+
+    An entry is ``[deadline, cm]``: ``cm`` becomes None when its call is done, and
+    ``deadline`` None once it passed and ``cm`` was rescheduled (only then can ``cm`` have
+    expired, so a call asks ``cm.expired()`` on its way out only then).
     """
 
     __slots__ = ("entries", "handle", "loop", "seconds")
@@ -72,13 +76,15 @@ class _Deadlines:
         now = self.loop.time()
         entries = self.entries
         while entries:
-            deadline, cm = entries[0]
+            entry = entries[0]
+            deadline, cm = entry
             if cm is not None:
                 if deadline > now:
                     self.handle = self.loop.call_at(deadline, self.fire)
                     return
                 # In the past: its own timeout fires next. A context already left has
                 # nothing to cancel.
+                entry[0] = None
                 with contextlib.suppress(RuntimeError):
                     cm.reschedule(deadline)
             entries.popleft()
@@ -204,7 +210,7 @@ class Timeout(GuardBase):
                 entry[1] = None
                 while entries and entries[0][1] is None:
                     entries.popleft()
-            if cm.expired():
+            if entry[0] is None and cm.expired():
                 # The callee swallowed the cancellation and returned late.
                 return await self._timed_out(None, args, kwargs)  # type: ignore[no-any-return]
             return result
