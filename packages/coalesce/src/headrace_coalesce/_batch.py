@@ -13,7 +13,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overloa
 
 from headrace_coalesce._collect import COLLECT, drive, no_collect
 from headrace_coalesce._core import PROMOTE, Batch, Core, close
-from headrace_coalesce._lane import Options, filled, finish, require_async, start
+from headrace_coalesce._lane import Options, filled, require_async
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats
 from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_callable
@@ -60,19 +60,20 @@ class BatchFunction(Generic[P, R]):
         life = core.life
         if life.closed:
             raise life.refuse()
-        life.running += 1
+        core.calls.value += 1  # also counts the call in flight, until ``ended`` counts it
         try:
-            core.calls.value += 1
             instance = self._instance
-            if instance is None:
+            if instance is not None:
+                coro = core.fn(instance, *args, **kwargs)
+            elif kwargs:
                 coro = core.fn(*args, **kwargs)
             else:
-                coro = core.fn(instance, *args, **kwargs)
+                coro = core.fn(*args)
             try:
                 box = coro.send(None)
             except StopIteration:
                 raise RuntimeError(no_collect(core.name)) from None
-            if type(box) is not list or box[0] is not COLLECT:
+            if type(box) is not tuple or not box or box[0] is not COLLECT:  # not collect()'s
                 try:
                     box = await drive(coro, box, core.name)
                 except asyncio.CancelledError:
@@ -81,29 +82,19 @@ class BatchFunction(Generic[P, R]):
             loop = _get_running_loop()
             batch: Batch | None = None  # bound on every path that reaches the code after the try
             try:
-                if core.plain_lane and instance is None:  # the loop's default lane
-                    last = core.last  # one read: another thread may replace it meanwhile
-                    if last is not None and last[0]() is loop:
-                        lane = last[1]
-                    else:
-                        lane = core.default_lane(loop)
+                last = core.last  # one read: another thread may replace it meanwhile
+                if last is not None and instance is None and last[0]() is loop:
+                    lane = last[1]
                 else:
                     lane = core.lane_for(loop, instance, args, kwargs)
                 batch = lane.open
-                item = box[1]
                 if batch is None:
-                    batch = Batch(lane, core.dedupe, core.key is not None)
-                    start(batch, loop)
-                    try:
-                        core.join(batch, item)  # key(item), hash and == may raise
-                    except BaseException:
-                        finish(batch)  # nobody leads it: the lane opens a new one next time
-                        raise
-                    batch.futs.append(None)
-                    return await core.lead(batch, coro, box, 0, loop)  # type: ignore[no-any-return]
+                    batch = core.open(lane, box[1], loop)
+                    return await core.lead(batch, coro, 0, loop)  # type: ignore[no-any-return]
                 if core.inline_join:  # default options (dedupe by the item): the join inlined
-                    keys: dict[Any, int] = batch.keys  # type: ignore[assignment]
+                    item = box[1]
                     items = batch.items
+                    keys: dict[Any, int] = batch.keys  # type: ignore[assignment]
                     n = len(items)
                     try:
                         entry = keys.setdefault(item, n)
@@ -113,12 +104,12 @@ class BatchFunction(Generic[P, R]):
                         items.append(item)
                         if batch.entries is not None:
                             batch.entries.append(n)
-                        if n + 1 == core.max_size:
+                        if n == core.last_entry:
                             filled(batch)
                     else:
                         core.duplicate(batch, entry)
                 else:
-                    core.join(batch, item)
+                    core.join(batch, box[1])
             except BaseException:
                 close(coro)
                 raise
@@ -134,7 +125,7 @@ class BatchFunction(Generic[P, R]):
                 raise
             if value is PROMOTE:
                 pos = batch.futs.index(fut)
-                return await core.lead(batch, coro, box, pos, loop)  # type: ignore[no-any-return]
+                return await core.lead(batch, coro, pos, loop)  # type: ignore[no-any-return]
             try:
                 coro.close()
             except RuntimeError:  # the body awaited in a finally block: its value still stands
@@ -142,8 +133,8 @@ class BatchFunction(Generic[P, R]):
                     raise
             return value  # type: ignore[no-any-return]
         finally:
-            life.running -= 1
-            if not life.running and life.idle:
+            core.ended += 1
+            if life.idle and core.ended == core.calls.value:  # aclose() waits: none in flight
                 life.wake()
 
     @overload
@@ -166,6 +157,7 @@ class BatchFunction(Generic[P, R]):
         # a method: calls through the class (Class.method(obj, ...)) batch per instance too
         self._core.method = True
         self._core.plain_lane = False
+        self._core.last = None
 
     def stats(self) -> CoalesceStats:
         """Return a frozen snapshot of the counters (shared by every instance and loop).
@@ -209,7 +201,7 @@ class BatchFunction(Generic[P, R]):
         core = self._core
         if core.life.close():
             core.flush(asyncio.get_running_loop())
-        await core.life.wait_idle()
+        await core.wait_idle()
         await core.rec.aclose()
 
     async def __aenter__(self) -> BatchFunction[P, R]:

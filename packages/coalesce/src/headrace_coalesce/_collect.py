@@ -1,20 +1,21 @@
 """``collect()``: how a ``@batch`` body hands its item to the wrapper that drives it.
 
 The wrapper starts the decorated body by hand (``coro.send(None)``) and runs it up to
-``await collect(item)``, which yields a small box holding the item back to the wrapper
-instead of suspending the task. The leader's body is resumed later with the batch's items
-in the box (:class:`Resume`); a follower's suspended body is closed once its result is in.
+``await collect(item)``, which yields the pair ``(COLLECT, item)`` back to the wrapper
+instead of suspending the task. The leader's body is resumed later (:func:`resume`) with
+the batch's items; a follower's suspended body is closed once its result is in.
 A body that awaits something before ``collect()`` is driven by :func:`drive`, which passes
 those awaits on to the task.
 """
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-__all__ = ["COLLECT", "Resume", "collect", "drive", "no_collect"]
+__all__ = ["COLLECT", "Box", "collect", "drive", "no_collect", "resume"]
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
 else:
 
-    def collect(item: Any) -> _Collect:
+    def collect(item: Any) -> Box:
         """Add ``item`` to the current batch and wait for the batch.
 
         Await it exactly once in the body of a ``@batch`` function. Code before it runs in
@@ -80,43 +81,45 @@ else:
             RuntimeError: when awaited outside a ``@batch`` body, twice in one call, or in
                 another task than the call's own.
         """
-        return _Collect([COLLECT, item])
+        return Box((COLLECT, item), 1)
 
 
-class _Collect:
-    """What ``await collect(item)`` awaits: it yields the box to the wrapper once.
+if TYPE_CHECKING:
+    _Repeat = itertools.repeat[tuple[_Marker, Any]]
+else:
+    _Repeat = itertools.repeat  # not subscriptable at run time
 
-    The wrapper that drives the body takes the box; for the leader it stores the items in
-    ``box[1]`` before resuming, and the await returns them. A parked follower is closed
-    with its body: this iterator has no ``close()``, so that costs nothing here. Outside a
-    ``@batch`` body the task gets the box instead and throws "bad yield" back: ``throw``
-    says what went wrong.
+
+class Box(_Repeat):
+    """What ``await collect(item)`` awaits: it yields the pair ``(COLLECT, item)`` once.
+
+    An ``itertools.repeat`` of that pair, once: awaiting the box and its first step are the
+    C iterator's own, so a call of ``collect()`` runs no frame of ours past ``collect``
+    itself. The wrapper that drives the body takes the pair. For the leader,
+    :func:`resume` stores the batch's items in ``items`` and makes the box a
+    :class:`_Filled`, whose next step returns them. A parked follower is closed with its
+    body: the box has no ``close()``, so that costs nothing here. Outside a ``@batch`` body
+    the task gets the pair instead and throws "bad yield" back: ``throw`` says what went
+    wrong.
     """
 
-    __slots__ = ("box", "yielded")
+    __slots__ = ("items",)
 
-    def __init__(self, box: list[Any]) -> None:
-        self.box = box
-        self.yielded = False
+    items: list[Any]
 
-    def __await__(self) -> _Collect:
-        return self
+    if TYPE_CHECKING:
 
-    def __iter__(self) -> _Collect:
-        return self
+        def __await__(self) -> Box: ...
 
-    def __next__(self) -> list[Any]:
-        if self.yielded:
-            raise StopIteration(self.box[1])
-        self.yielded = True
-        return self.box
+    else:
+        __await__ = itertools.repeat.__iter__  # the box is its own iterator: no frame of ours
 
-    def send(self, value: object) -> list[Any]:
+    def send(self, value: object) -> Any:
         return self.__next__()
 
     def throw(
         self, error: BaseException | type[BaseException], value: object = None, *_: object
-    ) -> list[Any]:
+    ) -> Any:
         if isinstance(error, type):  # the old (type, value, traceback) form
             error = value if isinstance(value, BaseException) else error()
         if isinstance(error, RuntimeError) and "bad yield" in str(error):
@@ -124,20 +127,57 @@ class _Collect:
         raise error
 
 
-class Resume:
-    """Await a coroutine that was started by hand (plain ``await`` refuses it)."""
+class _Filled(Box):
+    """A leader's box once its batch is sent: the next step returns the items."""
 
-    __slots__ = ("iterator",)
+    __slots__ = ()
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.iterator = coro.__await__()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self.iterator
+    def __next__(self) -> Any:
+        raise StopIteration(self.items)
 
 
 @types.coroutine
-def drive(coro: Coroutine[Any, Any, Any], value: Any, name: str) -> Generator[Any, Any, list[Any]]:
+def resume(coro: Coroutine[Any, Any, T], items: list[Any]) -> Generator[Any, Any, T]:
+    """Resume a leader's body at its ``collect()`` with ``items``, and await the body.
+
+    The body was started by hand (plain ``await`` refuses it); ``yield from`` takes it as it
+    stands, and the task then drives it directly. The box is found along the body's awaits
+    (``collect()`` may be awaited in a coroutine that the body awaits).
+    """
+    box: Any = getattr(coro, "cr_await", None)
+    while type(box) is not Box:
+        if box is None:  # an awaitable of another kind in between: throw the items down
+            return (yield from _forward(coro, StopIteration(items)))
+        box = getattr(box, "cr_await", None) or getattr(box, "gi_yieldfrom", None)
+    box.items = items
+    box.__class__ = _Filled
+    body: Any = coro  # a coroutine: ``yield from`` delegates to it as to a generator
+    return (yield from body)  # type: ignore[no-any-return]
+
+
+def _forward(coro: Coroutine[Any, Any, T], error: BaseException) -> Generator[Any, Any, T]:
+    """Throw ``error`` into ``coro``, then pass its awaits on to the task until it returns."""
+    try:
+        while True:
+            value = coro.throw(error)
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # a cancellation (or a throw) goes to the body
+                    error = exc
+                    break
+                value = coro.send(sent)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+@types.coroutine
+def drive(
+    coro: Coroutine[Any, Any, Any], value: Any, name: str
+) -> Generator[Any, Any, tuple[_Marker, Any]]:
     """Forward a body's awaits to the task until it reaches ``collect()`` (slow path)."""
     while True:
         try:
@@ -155,7 +195,7 @@ def drive(coro: Coroutine[Any, Any, Any], value: Any, name: str) -> Generator[An
                 value = coro.send(sent)
             except StopIteration:
                 raise RuntimeError(no_collect(name)) from None
-        if type(value) is list and value and value[0] is COLLECT:
+        if type(value) is tuple and value and value[0] is COLLECT:
             return value
 
 

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Final
 
-from headrace_coalesce._collect import Resume
+from headrace_coalesce._collect import resume
 from headrace_coalesce._lane import (
     DONE,
     OPEN,
@@ -28,6 +28,7 @@ from headrace_coalesce._lane import (
     filled,
     finish,
     sleep0,
+    start,
 )
 from headrace_coalesce._routing import as_error, describe, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import _Recorder
@@ -43,7 +44,9 @@ class Batch(BatchBase):
 
     __slots__ = ("dead", "entries", "futs", "ids", "items", "keys", "leader")
 
-    def __init__(self, lane: Lane, dedupe: bool, keyed: bool) -> None:
+    def __init__(
+        self, lane: Lane, items: list[Any], keys: dict[Hashable, int] | None, ids: list[Any] | None
+    ) -> None:
         # window state (see _lane.BatchBase; set inline: this runs once per batch)
         self.lane = lane
         self.state = OPEN
@@ -52,11 +55,11 @@ class Batch(BatchBase):
         self.queued = False
         self.wake: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.items: list[Any] = []  # unique items, call order
-        self.keys: dict[Hashable, int] | None = {} if dedupe else None  # key -> entry
-        self.ids: list[Any] | None = [] if keyed else None  # key(item) per entry
+        self.items = items  # unique items, call order
+        self.keys = keys  # key -> entry (None: no de-duplication)
+        self.ids = ids  # key(item) per entry (None: no key=)
         # per caller, call order: a follower's future (None for the first leader)
-        self.futs: list[asyncio.Future[Any] | None] = []
+        self.futs: list[asyncio.Future[Any] | None] = [None]
         self.entries: list[int] | None = None  # caller -> entry; None: identity
         self.dead = 0  # callers cancelled (including leaders)
         self.leader = 0  # position of the caller that leads now (-1: none)
@@ -76,13 +79,14 @@ class Core:
     __slots__ = (
         "calls",
         "dedupe",
+        "ended",
         "fn",
         "group_by",
         "inline_join",
         "key",
         "last",
+        "last_entry",
         "life",
-        "max_size",
         "method",
         "name",
         "options",
@@ -109,8 +113,12 @@ class Core:
         self.per_loop: PerLoop[_LoopState] = PerLoop(lambda: _LoopState(options))
         self.rec = _Recorder(self.name)
         self.life = Lifecycle(f"@batch function {self.name}")
+        # the calls made (``calls.value``) and those that ended: the difference is the calls
+        # in flight, which aclose() waits for (the lifecycle's ``running``, one update less)
         self.calls = self.rec.calls
-        self.max_size = options.max_size
+        self.ended = 0
+        # the entry whose arrival fills a batch (max_size - 1), or -1: compared to an int
+        self.last_entry = -1 if options.max_size is None else options.max_size - 1
         self.zero_config = not options.max_wait and options.max_concurrent is None
         self.plain_lane = group_by is None  # the loop's default lane serves unbound calls
         self.method = False  # set by BatchFunction.__set_name__ in a class body
@@ -126,6 +134,15 @@ class Core:
                     if lane.open is not None:
                         filled(lane.open)
 
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight (``Lifecycle.wait_idle`` on this count)."""
+        life = self.life
+        while self.calls.value != self.ended:
+            idle = life.idle
+            if idle is None:
+                idle = life.idle = asyncio.Event()
+            await idle.wait()
+
     def default_lane(self, loop: asyncio.AbstractEventLoop) -> Lane:
         lane = self.per_loop.get(loop).lane
         self.last = (weakref.ref(loop), lane)
@@ -138,6 +155,14 @@ class Core:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Lane:
+        """The lane of one call: per loop, and per instance and group when they apply.
+
+        Raises:
+            TypeError: when ``group_by`` returns an unhashable group key.
+            Exception: what ``group_by`` raised.
+        """
+        if self.plain_lane and instance is None:  # the loop's default lane
+            return self.default_lane(loop)
         state = self.per_loop.get(loop)
         group: Hashable = None
         if self.group_by is not None:
@@ -161,6 +186,34 @@ class Core:
         if lane is None:
             lane = lanes[key] = Lane(self.options, lanes, key, instance)
         return lane
+
+    def open(self, lane: Lane, item: Any, loop: asyncio.AbstractEventLoop) -> Batch:
+        """Open the lane's next batch with its first caller's item (slot 0, the leader).
+
+        Raises:
+            Exception: what ``key(item)``, ``hash`` or ``==`` raised; no batch is left open.
+        """
+        if self.inline_join:  # items are their own keys
+            batch = Batch(lane, [item], {}, None)
+            start(batch, loop)
+            try:
+                batch.keys[item] = 0  # type: ignore[index]
+            except TypeError:  # unhashable: allowed, never de-duplicated
+                pass
+            except BaseException:
+                finish(batch)  # nobody leads it: the lane opens a new one next time
+                raise
+            if not self.last_entry:  # max_size=1
+                filled(batch)
+            return batch
+        batch = Batch(lane, [], {} if self.dedupe else None, [] if self.key is not None else None)
+        start(batch, loop)
+        try:
+            self.join(batch, item)  # key(item), hash and == may raise (a first item: no duplicate)
+        except BaseException:
+            finish(batch)  # nobody leads it: the lane opens a new one next time
+            raise
+        return batch
 
     def join(self, batch: Batch, item: Any) -> None:
         """Add one caller's item (its future, if any, is appended by the caller)."""
@@ -199,7 +252,6 @@ class Core:
         self,
         batch: Batch,
         coro: Coroutine[Any, Any, Any],
-        box: list[Any],
         pos: int,
         loop: asyncio.AbstractEventLoop,
     ) -> Any:
@@ -236,7 +288,6 @@ class Core:
         else:
             sent, remap = self.live(batch)
         size = len(sent)
-        box[1] = sent
         rec.dispatched(size)
         if rec.listening:
             try:
@@ -250,11 +301,10 @@ class Core:
                 finally:
                     self.leader_lost(batch, pos)
                 raise
-        gauge = rec.in_flight
         try:
-            result = await Resume(coro)
+            result = await resume(coro, sent)
         except asyncio.CancelledError as exc:
-            gauge.value -= 1
+            rec.settled += 1
             rec.cancelled.value += 1
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -263,10 +313,10 @@ class Core:
                 self.fail(batch, exc, pos, size)
             raise
         except BaseException as exc:
-            gauge.value -= 1
+            rec.settled += 1
             self.fail(batch, exc, pos, size)
             raise
-        gauge.value -= 1
+        rec.settled += 1
         return self.route(batch, result, sent, remap, pos)
 
     def live(self, batch: Batch) -> tuple[list[Any], list[int]]:

@@ -71,6 +71,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         self._fn = load_fn
         self._name = f"Loader({getattr(load_fn, '__qualname__', None) or describe(load_fn)})"
         self._options = options
+        self._limit = -1 if options.max_size is None else options.max_size
         self._caching = cache
         self._cache_errors = cache_errors
         self._keyfn = key
@@ -239,8 +240,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
             raise self._unhashable(key, ck, exc) from exc
         if not self._caching or (existing is not None and not force):
             return
-        entry = Entry(key, ck, None)
-        entry.waiters = None
+        entry = Entry(key, ck, None, None, None)
         if isinstance(value, BaseException):
             entry.error = as_error(value)
         else:

@@ -44,14 +44,21 @@ class Entry:
 
     __slots__ = ("batch", "cached", "ck", "error", "key", "loop", "value", "waiters")
 
-    def __init__(self, key: Any, ck: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self,
+        key: Any,
+        ck: Any,
+        loop: asyncio.AbstractEventLoop | None,
+        batch: LoadBatch | None,
+        waiters: list[asyncio.Future[Any]] | None,
+    ) -> None:
         self.key = key
         self.ck = ck
         self.loop = loop
         self.value: Any = None
         self.error: BaseException | None = None
-        self.waiters: list[asyncio.Future[Any]] | None = []
-        self.batch: LoadBatch | None = None
+        self.waiters = waiters
+        self.batch = batch
         self.cached = False
 
 
@@ -88,6 +95,7 @@ class LoaderMachinery:
         "_keyfn",
         "_last",
         "_life",
+        "_limit",
         "_name",
         "_options",
         "_per_loop",
@@ -101,6 +109,7 @@ class LoaderMachinery:
     _fn: Callable[[list[Any]], Awaitable[Any]]
     _keyfn: Callable[[Any], Hashable] | None
     _last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None
+    _limit: int  # max_size (keys per batch), or -1
     _life: Lifecycle
     _name: str
     _options: Options
@@ -153,32 +162,30 @@ class LoaderMachinery:
             self._last = (weakref.ref(loop), lane)
         batch: LoadBatch | None = lane.open
         fut: asyncio.Future[Any] = loop.create_future()
-        caching = self._caching
         created = None
         # Everything that hashes ck (and may raise) comes before the first state change.
         try:
-            if batch is not None and batch.index is not None:  # cache=False: dedupe per batch
+            if batch is None:
+                batch = created = LoadBatch(lane, not self._caching)  # not started yet
+            elif batch.index is not None:  # cache=False: identical keys of a batch load once
                 same = batch.index.get(ck)
                 if same is not None:
                     self._rec.deduplicated.value += 1
                     same.waiters.append(fut)  # type: ignore[union-attr]
                     return same, fut, None
-            entry = Entry(key, ck, loop)
-            if batch is None:
-                batch = created = LoadBatch(lane, not caching)
-            if caching:
+            entry = Entry(key, ck, loop, batch, [fut])
+            if batch.index is None:  # caching
                 self._cache[ck] = entry
                 entry.cached = True
             else:
-                batch.index[ck] = entry  # type: ignore[index]
+                batch.index[ck] = entry
         except TypeError as exc:
             raise self._unhashable(key, ck, exc) from exc
-        entry.waiters.append(fut)  # type: ignore[union-attr]
         if created is not None:
             start_window(batch, loop)
-        entry.batch = batch
-        batch.entries.append(entry)
-        if len(batch.entries) == self._options.max_size:
+        entries = batch.entries
+        entries.append(entry)
+        if len(entries) == self._limit:
             filled(batch)
         return entry, fut, created
 
@@ -289,19 +296,22 @@ class LoaderMachinery:
         try:
             result = await self._fn([entry.key for entry in live])
         except asyncio.CancelledError as exc:
-            rec.in_flight.dec()
+            rec.settled += 1
             if being_cancelled():
                 raise
             self._fail(batch, exc)
             return
         except BaseException as exc:
-            rec.in_flight.dec()
+            rec.settled += 1
             self._fail(batch, exc)
             return
-        rec.in_flight.dec()
+        rec.settled += 1
         resolve = self._resolve
         try:
-            sequence = is_sequence(result, size, self._name)
+            if type(result) is list and len(result) == size:
+                sequence = True
+            else:
+                sequence = is_sequence(result, size, self._name)
             if sequence:
                 for entry, value in zip(live, result):  # noqa: B905 - length checked
                     if isinstance(value, BaseException):
@@ -315,8 +325,9 @@ class LoaderMachinery:
                         if not w.done():
                             w.set_result(value)
             else:
+                mapping: Any = result  # a Mapping when not a sequence (lookup() checks)
                 for entry in live:
-                    resolve(entry, lookup(result, entry.ck))
+                    resolve(entry, lookup(mapping, entry.ck))
         except BaseException as exc:
             # a mis-shaped result (BatchRoutingError), or a result whose __len__,
             # __getitem__ or __iter__ failed: every key not yet answered gets the error

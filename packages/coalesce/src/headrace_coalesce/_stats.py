@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, final
 
-from headrace_core.stats import Counter, Gauge, Listener, Listeners
+from headrace_core.stats import Counter, Listener, Listeners
 
 __all__ = ["CoalesceEvent", "CoalesceStats"]
 
@@ -66,54 +66,46 @@ class CoalesceEvent:
 
 
 class _Recorder:
-    """The counters behind ``stats()``; hot paths bump ``.value`` directly."""
+    """The counters behind ``stats()``; hot paths bump them directly.
+
+    A bulk call is counted twice: in ``sizes`` (size -> bulk calls of that size) when it
+    starts, and in ``settled`` when it ends. ``batches``, ``items`` and ``in_flight`` are
+    derived from the two when a snapshot is taken, so a bulk call costs two updates.
+    """
 
     __slots__ = (
-        "batches",
         "cache_hits",
         "calls",
         "cancelled",
         "deduplicated",
         "failed",
-        "in_flight",
-        "items",
         "listeners",
         "listening",
         "name",
+        "settled",
         "sizes",
     )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.calls = Counter()
-        self.batches = Counter()
-        self.items = Counter()
         self.deduplicated = Counter()
         self.failed = Counter()
         self.cancelled = Counter()
         self.cache_hits = Counter()
-        self.in_flight = Gauge()
-        self.sizes: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}  # bulk calls started, by size
+        self.settled = 0  # bulk calls ended (however they ended)
         self.listeners: Listeners[CoalesceEvent] = Listeners("headrace.coalesce", name)
         self.listening = False  # a plain flag: the hot paths check it twice per batch
 
     def dispatched(self, size: int) -> None:
         """Count a bulk call that starts now (the caller emits the event)."""
-        self.batches.value += 1
-        self.items.value += size
         sizes = self.sizes
         sizes[size] = sizes.get(size, 0) + 1
-        gauge = self.in_flight
-        gauge.value += 1
-        if gauge.value > gauge.peak:
-            gauge.peak = gauge.value
 
     def undispatched(self, size: int) -> None:
         """Take back :meth:`dispatched` for a bulk call that was never made."""
-        self.batches.value -= 1
-        self.items.value -= size
         self.sizes[size] -= 1
-        self.in_flight.value -= 1
 
     def emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:
         """Fire an event; raises only a listener's ``KeyboardInterrupt``/``SystemExit``."""
@@ -137,14 +129,16 @@ class _Recorder:
         return remove_listener
 
     def snapshot(self) -> CoalesceStats:
+        sizes = sorted(self.sizes.items())
+        batches = sum(n for _, n in sizes)
         return CoalesceStats(
             calls=self.calls.value,
-            batches=self.batches.value,
-            items=self.items.value,
+            batches=batches,
+            items=sum(size * n for size, n in sizes),
             deduplicated=self.deduplicated.value,
             failed_batches=self.failed.value,
             cancelled=self.cancelled.value,
-            in_flight=int(self.in_flight.value),
-            batch_sizes={k: v for k, v in sorted(self.sizes.items()) if v},
+            in_flight=batches - self.settled,
+            batch_sizes={size: n for size, n in sizes if n},
             cache_hits=self.cache_hits.value,
         )
