@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import pytest
 
@@ -77,3 +79,21 @@ async def test_a_cancelled_caller_is_not_counted_as_running() -> None:
             await call
     await fetch.aclose()  # returns: nobody is left in flight
     assert fetch.closed
+
+
+async def test_batches_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    @batch
+    async def double(x: int) -> list[int]:
+        items = await collect(x)
+        return [2 * i for i in items]
+
+    with caplog.at_level(logging.DEBUG, logger="headrace.coalesce"):
+        assert await asyncio.gather(double(1), double(2)) == [2, 4]
+    records: list[Any] = [r for r in caplog.records if r.name == "headrace.coalesce"]
+    assert [r.headrace_event for r in records] == ["dispatched", "completed"]
+    assert {r.headrace_kind for r in records} == {"@batch"}
+    assert records[0].headrace_size == 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="headrace.coalesce"):
+        await asyncio.gather(double(1), double(2))
+    assert [r for r in caplog.records if r.name == "headrace.coalesce"] == []

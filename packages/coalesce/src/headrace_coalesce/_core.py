@@ -31,7 +31,7 @@ from headrace_coalesce._lane import (
     start,
 )
 from headrace_coalesce._routing import as_error, describe, is_sequence, lookup, unhashable
-from headrace_coalesce._stats import _Recorder
+from headrace_coalesce._stats import _Recorder, logging_events
 from headrace_core.lowlevel import Lifecycle, PerLoop
 
 __all__ = ["PROMOTE", "Batch", "Core", "close"]
@@ -111,7 +111,7 @@ class Core:
         self.dedupe = dedupe
         self.group_by = group_by
         self.per_loop: PerLoop[_LoopState] = PerLoop(lambda: _LoopState(options))
-        self.rec = _Recorder(self.name)
+        self.rec = _Recorder(self.name, "@batch")
         self.life = Lifecycle(f"@batch function {self.name}")
         # the calls made (``calls.value``) and those that ended: the difference is the calls
         # in flight, which aclose() waits for (the lifecycle's ``running``, one update less)
@@ -289,7 +289,7 @@ class Core:
             sent, remap = self.live(batch)
         size = len(sent)
         rec.dispatched(size)
-        if rec.listening:
+        if rec.listening or logging_events():
             try:
                 rec.emit("dispatched", size)
             except BaseException:
@@ -393,7 +393,7 @@ class Core:
                 discard_if_idle(lane)
         else:
             finish(batch)
-        if self.rec.listening:
+        if self.rec.listening or logging_events():
             # a listener's KeyboardInterrupt/SystemExit reaches the leader, after routing
             self.rec.emit("completed", size)
         if isinstance(own, BaseException):
@@ -417,7 +417,7 @@ class Core:
             else:
                 fut.set_exception(carried)
         finish(batch)
-        if self.rec.listening:
+        if self.rec.listening or logging_events():
             self.rec.emit("failed", size, error)
 
     def leader_lost(self, batch: Batch, pos: int) -> None:
@@ -432,12 +432,12 @@ class Core:
             if p != pos and fut is not None and not fut.done():
                 batch.leader = p
                 fut.set_result(PROMOTE)
-                if self.rec.listening:
+                if self.rec.listening or logging_events():
                     self.rec.emit("handed_over", len(batch.items))
                 return
         batch.leader = -1
         finish(batch)
-        if self.rec.listening:
+        if self.rec.listening or logging_events():
             self.rec.emit("dropped", len(batch.items))
 
     def follower_failed(self, batch: Batch, fut: asyncio.Future[Any], error: BaseException) -> None:

@@ -77,7 +77,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         self._keyfn = key
         self._cache: dict[Hashable, Entry] = {}
         self._per_loop: PerLoop[Lane] = PerLoop(lambda: Lane(options))
-        self._rec = _Recorder(self._name)
+        self._rec = _Recorder(self._name, "Loader")
         self._runners: set[asyncio.Task[None]] = set()
         self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
         self._life = Lifecycle(self._name)

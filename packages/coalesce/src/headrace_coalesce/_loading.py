@@ -31,7 +31,7 @@ from headrace_coalesce._lane import (
 )
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
-from headrace_coalesce._stats import EventKind, _Recorder
+from headrace_coalesce._stats import EventKind, _Recorder, logging_events
 from headrace_core.lowlevel import Lifecycle, PerLoop, being_cancelled
 
 __all__ = ["Entry", "LoadBatch", "LoaderMachinery"]
@@ -283,7 +283,7 @@ class LoaderMachinery:
         rec = self._rec
         size = len(live)
         rec.dispatched(size)
-        if rec.listening:
+        if rec.listening or logging_events():
             try:
                 rec.emit("dispatched", size)
             except BaseException as exc:
@@ -334,7 +334,7 @@ class LoaderMachinery:
             self._fail(batch, exc)
             return
         finish(batch)
-        if rec.listening:
+        if rec.listening or logging_events():
             self._emit("completed", size)
 
     def _resolve(self, entry: Entry, value: Any) -> None:
@@ -358,7 +358,7 @@ class LoaderMachinery:
         """The load failed: every caller still waiting gets ``error``; nothing is cached."""
         self._rec.failed.value += 1
         self._reject(batch, error)
-        if self._rec.listening:
+        if self._rec.listening or logging_events():
             self._emit("failed", len(batch.entries), error)
 
     def _reject(self, batch: LoadBatch, error: BaseException) -> None:
@@ -390,7 +390,7 @@ class LoaderMachinery:
                 w.cancel()
             self._forget(entry)
         finish(batch)
-        if self._rec.listening:
+        if self._rec.listening or logging_events():
             self._emit("dropped", len(batch.entries))
 
     def _emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:

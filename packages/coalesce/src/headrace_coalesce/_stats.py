@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, final
+from typing import Final, Literal, final
 
+from headrace_core.lowlevel import EventLog
 from headrace_core.stats import Counter, Listener, Listeners
 
-__all__ = ["CoalesceEvent", "CoalesceStats"]
+__all__ = ["CoalesceEvent", "CoalesceStats", "logging_events"]
+
+#: The package's event records on ``headrace.coalesce``.
+events: Final = EventLog("headrace.coalesce")
+_enabled = events.logger.isEnabledFor
+
+
+def logging_events() -> bool:
+    """Whether batch events are logged now (DEBUG on ``headrace.coalesce``): one call."""
+    return _enabled(logging.DEBUG)
+
 
 EventKind = Literal["dispatched", "completed", "failed", "handed_over", "dropped"]
 
@@ -79,6 +91,7 @@ class _Recorder:
         "cancelled",
         "deduplicated",
         "failed",
+        "kind",
         "listeners",
         "listening",
         "name",
@@ -86,8 +99,9 @@ class _Recorder:
         "sizes",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: str) -> None:
         self.name = name
+        self.kind = kind  # "@batch" or "Loader", in log records
         self.calls = Counter()
         self.deduplicated = Counter()
         self.failed = Counter()
@@ -109,6 +123,20 @@ class _Recorder:
 
     def emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:
         """Fire an event; raises only a listener's ``KeyboardInterrupt``/``SystemExit``."""
+        if _enabled(logging.DEBUG):
+            events.debug(
+                "batch %s: %d item(s)%s",
+                kind,
+                size,
+                "" if error is None else f" ({type(error).__name__})",
+                kind=self.kind,
+                component=self.name,
+                event=kind,
+                size=size,
+                error_type=None if error is None else type(error).__name__,
+            )
+        if not self.listeners:
+            return
         try:
             at = asyncio.get_running_loop().time()
         except RuntimeError:  # pragma: no cover - events are emitted inside a loop
