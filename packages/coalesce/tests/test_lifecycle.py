@@ -88,7 +88,7 @@ async def test_batches_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> 
         return [2 * i for i in items]
 
     with caplog.at_level(logging.DEBUG, logger="headrace.coalesce"):
-        assert await asyncio.gather(double(1), double(2)) == [2, 4]
+        assert list(await asyncio.gather(double(1), double(2))) == [2, 4]
     records: list[Any] = [r for r in caplog.records if r.name == "headrace.coalesce"]
     assert [r.headrace_event for r in records] == ["dispatched", "completed"]
     assert {r.headrace_kind for r in records} == {"@batch"}
