@@ -10,7 +10,14 @@ import pytest
 
 from headrace_core import ConfigurationError
 from headrace_core.testing import VirtualClock
-from headrace_throttle import ServerBusy, SharedSnapshot, Slot, Throttle, ThrottleEvent
+from headrace_throttle import (
+    ServerBusy,
+    SharedSnapshot,
+    Slot,
+    Throttle,
+    ThrottleClosed,
+    ThrottleEvent,
+)
 from shared.throttle_store import MemoryThrottleStore
 
 pytestmark = pytest.mark.virtual_clock()
@@ -134,3 +141,21 @@ async def test_a_store_needs_a_name_and_a_store() -> None:
     with pytest.raises(ConfigurationError, match="store"):
         Throttle(name="api", store=object())  # type: ignore[arg-type]
     assert Throttle().snapshot().shared is None
+
+
+async def test_a_call_waiting_for_a_shared_lease_is_refused_at_close() -> None:
+    store = MemoryThrottleStore()
+    holder, waiter = pair(store, max_concurrency=1)
+    release = asyncio.Event()
+    held = asyncio.ensure_future(holder.execute(lambda slot: release.wait()))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.ensure_future(waiter.execute(lambda slot: asyncio.sleep(0)))
+    await asyncio.sleep(0.5)  # polling the store: the shared limit is full
+    waiter.close()
+    with pytest.raises(ThrottleClosed):
+        await waiting  # refused at its next look, not left polling
+    release.set()
+    await held
+    await holder.aclose()
+    await waiter.aclose()
+    assert store.leases["api"] == set()

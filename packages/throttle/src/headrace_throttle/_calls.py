@@ -169,7 +169,9 @@ class Calls:
         admission = self._admission
         try:
             if limit is not None:
-                slot._lease, slot._shared_epoch = await limit.admit()
+                leased = await limit.admit(lambda: admission.closed)
+                if leased is not None:
+                    slot._lease, slot._shared_epoch = leased
             if admission.closed:  # closed while the call waited for something shared
                 raise ThrottleClosed(name=self._name)
             turn = admission.admit(slot)

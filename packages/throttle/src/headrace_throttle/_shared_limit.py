@@ -83,8 +83,11 @@ class SharedLimit:
         if old is None or old.concurrency != view.concurrency:
             self._follow(view.concurrency)
 
-    async def admit(self) -> tuple[str, int]:
+    async def admit(self, closed: Callable[[], bool]) -> tuple[str, int] | None:
         """Wait for a lease: ``(lease id, the shared epoch it was admitted in)``.
+
+        Returns None, holding nothing, as soon as ``closed()`` says the throttle was
+        closed while the call waited.
 
         Raises:
             Rejected: when the store cannot be reached and fails closed.
@@ -105,6 +108,8 @@ class SharedLimit:
             admitted, wait, reply = self._checked(answer)
             if admitted:
                 return lease, int(reply.get("epoch", -1)) if reply else -1
+            if closed():
+                return None
             if wait is None:
                 await asyncio.sleep(poll)
                 poll = min(poll * 2, _POLL_MAX)
