@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import pytest_asyncio
@@ -246,6 +247,18 @@ class RedisClusterServers:
             node.stop()
 
 
+_Server = TypeVar("_Server", "RedisServer", "RedisClusterServers")
+
+
+def _running(server: _Server) -> Iterator[_Server]:
+    """Start ``server``, give it to the test, and stop it however the test ends."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 def _redis_binary() -> str:
     binary = _find_redis_server()
     if binary is None:
@@ -259,12 +272,7 @@ def _redis_binary() -> str:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server for the session; skips (naming the server) when none can be had."""
-    server = RedisServer(_redis_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(RedisServer(_redis_binary()))
 
 
 @pytest.fixture
@@ -278,42 +286,22 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
     """A real three-master Redis Cluster on loopback, for the session."""
-    cluster = RedisClusterServers(_redis_binary())
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(RedisClusterServers(_redis_binary()))
 
 
 @pytest.fixture
 def private_redis_cluster() -> Iterator[RedisClusterServers]:
     """A Redis Cluster of this test alone, whose nodes it may kill."""
-    cluster = RedisClusterServers(_redis_binary())
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(RedisClusterServers(_redis_binary()))
 
 
 @pytest.fixture
 def private_redis_server() -> Iterator[RedisServer]:
     """A redis-server of this test alone, which it may kill and restart freely."""
-    server = RedisServer(_redis_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(RedisServer(_redis_binary()))
 
 
 @pytest.fixture(scope="session")
 def redis_password_server() -> Iterator[RedisServer]:
     """A redis-server that requires a password (``--requirepass``), for the session."""
-    server = RedisServer(_redis_binary(), password="headrace-test-secret")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(RedisServer(_redis_binary(), password="headrace-test-secret"))

@@ -69,6 +69,15 @@ class ThrottlePart(LeasePart):
             values.append(repr(float(value)) if isinstance(value, float) else str(value))
         return values
 
+    def _view_of(self, reply: Any, operation: str) -> Mapping[str, Any]:
+        """The view in ``reply``: empty when Redis failed; a clear error when malformed."""
+        if reply is DOWN:
+            return {}
+        try:
+            return _view(reply)
+        except MALFORMED:
+            raise self._malformed(operation, reply) from None
+
     async def throttle_admit(
         self, name: str, lease_id: str, ttl: float, **config: Any
     ) -> tuple[bool, float | None, Mapping[str, Any]]:
@@ -154,11 +163,7 @@ class ThrottlePart(LeasePart):
             raise
         if reply is DOWN:
             self._lose("th", name, [*lost, lease_id])
-            return {}
-        try:
-            return _view(reply)
-        except MALFORMED:
-            raise self._malformed("throttle_done", reply) from None
+        return self._view_of(reply, "throttle_done")
 
     async def throttle_hold(
         self, name: str, seconds: float, epoch: int | None = None, **config: Any
@@ -179,12 +184,7 @@ class ThrottlePart(LeasePart):
         args = [*self._throttle_args(config), repr(max(0.0, float(seconds)))]
         args.append("-1" if epoch is None else str(int(epoch)))
         reply = await self._run(_HOLD, keys, args)
-        if reply is DOWN:
-            return {}
-        try:
-            return _view(reply)
-        except MALFORMED:
-            raise self._malformed("throttle_hold", reply) from None
+        return self._view_of(reply, "throttle_hold")
 
     async def throttle_view(self, name: str, **config: Any) -> Mapping[str, Any]:
         """Return the shared state of ``name`` (empty when Redis failed).
@@ -199,9 +199,4 @@ class ThrottlePart(LeasePart):
         """
         keys = self._keys_of("th", name, _TH_FIELDS)
         reply = await self._run(_VIEW, keys, self._throttle_args(config))
-        if reply is DOWN:
-            return {}
-        try:
-            return _view(reply)
-        except MALFORMED:
-            raise self._malformed("throttle_view", reply) from None
+        return self._view_of(reply, "throttle_view")
