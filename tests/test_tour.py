@@ -94,3 +94,16 @@ async def test_shared_scene_three_processes_share_one_rate(redis_url: str) -> No
     assert total <= RATE * span + 2
     assert total < 3 * RATE * seconds
     assert total >= RATE * seconds * 0.5
+
+
+async def test_streams_scene_shares_a_stream_and_redelivers_what_a_stop_left(
+    redis_url: str,
+) -> None:
+    from headrace._tour.streams import ORDERS, share
+
+    result = await share(redis_url)
+    assert result["total"] == ORDERS  # every order processed
+    assert result["alpha"] > 0
+    assert result["beta"] >= 8
+    assert result["pending"] > 0  # beta was stopped mid-item
+    assert result["redelivered"] == result["pending"]  # and took them first on its restart

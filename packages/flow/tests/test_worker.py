@@ -29,6 +29,7 @@ class Engine:
         self.tally = Tally()
         self.ended = False
         self.draining = False
+        self.tracked = False
         self.events: list[ErrorEvent] = []
         self.lasts: list[object] = []
         self.exits: list[str] = []

@@ -6,7 +6,8 @@ import asyncio
 import enum
 import functools
 import math
-from typing import Any, final
+from collections.abc import Awaitable
+from typing import Any, TypeVar, final
 
 __all__ = [
     "BulkheadFull",
@@ -20,6 +21,8 @@ __all__ = [
     "RateLimited",
     "Rejected",
 ]
+
+T = TypeVar("T")
 
 
 class HeadraceError(Exception):
@@ -94,6 +97,36 @@ def safe_repr(value: object, limit: int | None = 200) -> str:
     if limit is None or len(text) <= limit:
         return text
     return text[: max(limit - 3, 0)] + "..."
+
+
+async def keep_cancel(awaitable: Awaitable[T], client: str = "the client") -> T:
+    """Await a client's ``awaitable``; raise a cancellation of this task that it swallowed.
+
+    Some clients (redis-py 8.0 to 8.2 on Python 3.11) return a reply, or raise another
+    error, when the task is cancelled while a reply is read: the cancellation would be
+    lost. The task's cancellation count still shows it was asked for, so it is raised
+    again here. A ``CancelledError`` that the client raises while this task is not being
+    cancelled is the client's failure: it is raised as a ``HeadraceError`` chaining it
+    (naming ``client``), so that no caller mistakes it for its own cancellation.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    try:
+        result = await awaitable
+    except asyncio.CancelledError as exc:
+        if task.cancelling() > cancelling:
+            raise
+        raise HeadraceError(
+            f"{client} raised CancelledError while the task was not being cancelled"
+        ) from exc
+    except Exception as exc:
+        if task.cancelling() > cancelling:
+            raise asyncio.CancelledError from exc
+        raise
+    if task.cancelling() > cancelling:
+        raise asyncio.CancelledError
+    return result
 
 
 def callable_name(fn: object) -> str:

@@ -19,7 +19,8 @@ waits with their bounds, and talk about user code safely:
   one loop timer for many deadlines of one length.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
-  cancellation from a ``CancelledError`` that user code raised.
+  cancellation from a ``CancelledError`` that user code raised; :func:`keep_cancel`:
+  await a client that may swallow the task's cancellation.
 - :class:`Lifecycle`: the family's one ``aclose()`` contract (closed or open, the calls
   running, waiting until none is).
 - :class:`EventLog`: structured, rate-limited log records of a component's events, on
@@ -31,6 +32,7 @@ from headrace_core._deadline import bounded as bounded
 from headrace_core._deadline import raise_if_expired as raise_if_expired
 from headrace_core._errors import being_cancelled as being_cancelled
 from headrace_core._errors import callable_name as callable_name
+from headrace_core._errors import keep_cancel as keep_cancel
 from headrace_core._errors import safe_repr as safe_repr
 from headrace_core._lifecycle import Lifecycle as Lifecycle
 from headrace_core._listeners import finish_tasks as finish_tasks
@@ -70,6 +72,7 @@ __all__ = [
     "check_optional_number",
     "finish_tasks",
     "is_async_callable",
+    "keep_cancel",
     "loop_time",
     "raise_if_expired",
     "safe_repr",
@@ -93,6 +96,7 @@ for _obj in (
     check_optional_number,
     finish_tasks,
     is_async_callable,
+    keep_cancel,
     loop_time,
     raise_if_expired,
     safe_repr,

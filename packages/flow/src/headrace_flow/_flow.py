@@ -15,6 +15,7 @@ from headrace_flow._channel import EOF, Finals
 from headrace_flow._compile import bake, compile_parts, resolve, settings
 from headrace_flow._dump import dump
 from headrace_flow._errors import FlowClosed, FlowEvent
+from headrace_flow._lineage import Tracked, finish
 from headrace_flow._on_error import Form, adapt, handler_form, normalize_handler
 from headrace_flow._plan import NO_SETTINGS, Graph, Plan, Settings
 from headrace_flow._push import PushHandle
@@ -387,10 +388,18 @@ class Flow(Composite[In, Out]):
                             if isinstance(item, Finals):
                                 for value in item.values:
                                     run.tally.completed += 1
-                                    yield cast("Out", value)  # (typed by flow())
+                                    if isinstance(value, Tracked):
+                                        yield cast("Out", value.item)
+                                        finish(value)  # the consumer came back for more
+                                    else:
+                                        yield cast("Out", value)  # (typed by flow())
                                 continue
                         run.tally.completed += 1
-                        yield cast("Out", item)
+                        if isinstance(item, Tracked):
+                            yield cast("Out", item.item)
+                            finish(item)  # the consumer came back for more
+                        else:
+                            yield cast("Out", item)
                 finally:
                     await run.teardown()
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from types import MappingProxyType
@@ -24,6 +25,7 @@ from headrace_flow._errors import (
     event_logger,
     events,
 )
+from headrace_flow._lineage import Tracked, TrackedSource, finish
 from headrace_flow._plan import Kind, Plan
 from headrace_flow._queues import fifo_queue
 from headrace_flow._source import Items, Source
@@ -54,6 +56,8 @@ class Run:
         self.draining = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.source: Source | None = None
+        self.tracker: TrackedSource | None = None  # a source acknowledging its items
+        self.tracked = False
         self.source_done = False  # the source (or push handle) will put no more items
         self.finished = asyncio.Event()
         self.done: asyncio.Future[None] = self.loop.create_future()
@@ -94,6 +98,9 @@ class Run:
         Raises:
             Exception: what a strategy's ``initial_workers()`` raised (in the caller's task).
         """
+        if isinstance(items, TrackedSource):
+            self.tracker = items
+            self.tracked = True
         for st in self.stages:
             scaler = st.scaler
             scaler.target = scaler.initial()
@@ -189,6 +196,22 @@ class Run:
                 await self.listeners.aclose(timeout=5.0)
             except asyncio.CancelledError:
                 cancelled = True
+        tracker = self.tracker
+        if tracker is not None:
+            self.tracker = None
+            try:
+                await tracker.settle()
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    cancelled = True
+                elif self.error is None:
+                    self.error = user_cancelled(asyncio.CancelledError())
+            except BaseException as exc:
+                # the acknowledgements of completed items were not sent: they will be
+                # delivered again, and the run says so (an interrupt reaches the caller)
+                note(exc, "raised while the flow's source acknowledged the completed items")
+                if self.error is None or not isinstance(exc, Exception):
+                    self.error = exc
         for st in self.stages:
             st.live.busy = 0  # a worker that ended by an error or a cancel was busy
         tally = self.tally
@@ -229,6 +252,10 @@ class Run:
             Aborted: the event ended the run (no handler, or the handler raised).
         """
         tally = self.tally
+        ticket = None
+        if not isinstance(event, SourceError) and isinstance(event.item, Tracked):
+            ticket = event.item.ticket
+            event = dataclasses.replace(event, item=event.item.item)
         if isinstance(event, Dropped):
             tally.drops[event.reason] = tally.drops.get(event.reason, 0) + 1
         elif isinstance(event, SourceError):
@@ -244,6 +271,8 @@ class Run:
         handler = self.handler
         if handler is None:
             if isinstance(event, Dropped):
+                if ticket is not None:
+                    ticket.done()
                 return
             exc = event.exception
             if isinstance(event, TransformerError):
@@ -264,6 +293,8 @@ class Run:
             note(exc, f"raised by the flow's error handler on {type(event).__name__}")
             self.abort(exc)
             raise Aborted from None
+        if ticket is not None:
+            ticket.done()  # the handler let the run go on: the item has left the pipeline
 
     async def failed_item(self, st: StageRun, item: object, exc: BaseException) -> None:
         """Count ``item`` as failed at ``st`` and report it."""
@@ -476,6 +507,7 @@ class Run:
         out = st.out
         if out is None:
             self.tally.completed += 1
+            finish(value)
         else:
             out.add_final(value)
 

@@ -175,6 +175,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def tracked(self) -> bool:
+        """Whether items travel with their lineage (a source that acknowledges them)."""
+        ...
+
+    @property
     def draining(self) -> bool:
         """Whether the source must stop pulling."""
         ...

@@ -11,6 +11,7 @@ from headrace_core.lowlevel import being_cancelled, safe_repr
 from headrace_flow._calls import ItemCall, make_call
 from headrace_flow._channel import EOF, RETIRE, Channel, Finals, Numbered
 from headrace_flow._errors import Dropped, DropReason, TransformerError
+from headrace_flow._lineage import Tracked, batch_of, carry, spread, unwrap
 from headrace_flow._markers import DROP, Last
 from headrace_flow._plan import Kind
 from headrace_flow._reorder import HOLE, Outputs, Reorder
@@ -184,8 +185,11 @@ class Worker:
         st = self.st
         kind = st.plan.kind
         ch = st.input
+        tracked = self.engine.tracked
         if kind is Kind.ROUTER:
             self.call = st.call or fn
+            if tracked:
+                self.call = unwrap(self.call)
             return self._loop(ch, self._route, self._route_final, maps=False)
         if kind is Kind.BATCHED:
             batching = st.plan.batching
@@ -202,10 +206,12 @@ class Worker:
         if st.order is not None:
             self.order = st.order
         if is_async_gen_callable(fn):
-            self.gen = fn
+            self.gen = spread(fn) if tracked else fn
             handle = self._fan_out if st.order is None else self._fan_out_ordered
             return self._loop(ch, handle, self._fan_out_final, maps=False)
         self.call = make_call(st.name, st.plan.calls, fn) if kind is Kind.CM else st.call or fn
+        if tracked:
+            self.call = carry(self.call)
         # a map stage's handler is its item function: the loop routes its result
         return self._loop(ch, self.call, self._map_final, maps=True)
 
@@ -341,6 +347,8 @@ class Worker:
             # -- hand the output on ----------------------------------------------------------
             if out is None:
                 tally.completed += 1
+                if type(result) is Tracked:
+                    result.ticket.done()
             elif not out.try_put(result):
                 if order is None:
                     await out.park(result)
@@ -387,6 +395,8 @@ class Worker:
         out = self.out
         if out is None:
             self.tally.completed += 1
+            if type(value) is Tracked:
+                value.ticket.done()
             return
         if not out.try_put(value):
             await out.park(value)
@@ -398,6 +408,8 @@ class Worker:
         out = self.out
         if out is None:
             self.tally.completed += 1
+            if type(value) is Tracked:
+                value.ticket.done()
         else:
             out.add_final(value)
 
@@ -612,10 +624,11 @@ class Worker:
         batch.items = []
         self.tally.extra -= len(items) - 1  # many items in, one unit out
         self.live.processed += 1
+        unit: object = batch_of(items) if self.engine.tracked else items
         if batch.final:
-            self._pass_final(items)
+            self._pass_final(unit)
         else:
-            await self._emit(items)
+            await self._emit(unit)
 
     async def _flush_rest(self) -> None:
         # a partial batch is flushed at the end; cancelled, its units stay counted as
