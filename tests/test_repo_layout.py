@@ -27,6 +27,7 @@ ROOT_CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"
 PUBLIC_SUBMODULES = {
     "headrace_core": {"testing", "backoff", "stats", "store", "otel", "prometheus", "lowlevel"},
     "headrace_guards": {"compat", "redis", "backoff"},
+    "headrace_flow": {"redis"},
 }
 
 

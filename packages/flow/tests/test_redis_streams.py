@@ -792,3 +792,33 @@ def test_a_consumer_killed_mid_item_has_its_entries_redelivered_to_the_others(
         lost - {d["item"] for d in done if d["by"] == "victim"}
     )
     assert all(s["in_flight"] == 0 for s in stats)
+
+
+async def test_source_and_sink_on_a_redis_cluster(redis_cluster: Any) -> None:
+    from redis.asyncio import RedisCluster
+
+    client: Any = RedisCluster.from_url(redis_cluster.url)
+    try:
+        stream = f"cluster-{uuid.uuid4().hex}"
+        await flow(redis_stream_sink(client, stream)).run([1, 2, "{bad", 4])
+        await client.xadd(stream, {"data": "{not json"})
+        got: list[Any] = []
+
+        async def keep(x: Any) -> None:
+            got.append(x)
+
+        src = redis_stream_source(
+            client, stream, "g", "c", block=0.01, claim_idle=1.0, dead_letter=f"{stream}-dead"
+        )
+        f = flow(stage(keep))
+        task = asyncio.create_task(f.run(src))
+        while src.stats().acked < 4 or src.stats().dead_lettered < 1:
+            await asyncio.sleep(0.005)
+        await f.drain()
+        await task
+        assert got == [1, 2, "{bad", 4]
+        assert src.stats().dead_lettered == 1
+        assert src.stats().acked == 4
+        assert await pending(client, stream, "g") == 0
+    finally:
+        await client.aclose()

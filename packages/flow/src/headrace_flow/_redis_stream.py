@@ -375,10 +375,10 @@ class RedisStreamSource(TrackedSource):
         record["headrace-id"] = _text(entry_id)
         record["headrace-stream"] = self.stream
         record["headrace-error"] = f"{type(exc).__name__}: {safe_repr(exc, 500)}"
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._dead_letter, record)
-            pipe.xack(self.stream, self.group, entry_id)
-            await keep_cancel(pipe.execute(), "the Redis client")
+        # two commands, not one transaction: the streams may live in different cluster
+        # slots (a crash in between dead-letters the entry again: at least once)
+        await keep_cancel(self._client.xadd(self._dead_letter, record), "the Redis client")
+        await keep_cancel(self._client.xack(self.stream, self.group, entry_id), "the Redis client")
         self._dead += 1
         events.warning(
             "entry %s of Redis stream %r was not decodable (%s): moved to %r",
