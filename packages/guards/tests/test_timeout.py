@@ -321,6 +321,57 @@ def test_timeout_guard_works_across_asyncio_run() -> None:
     assert asyncio.run(main()) == "done"
 
 
+def test_a_new_loop_cancels_the_old_loops_idle_timer() -> None:
+    guard = Timeout(5)
+    handles: list[asyncio.TimerHandle] = []
+
+    async def main() -> str:
+        result = await guard.call(asyncio.sleep, 0, "done")
+        deadlines = guard._deadlines
+        assert deadlines is not None
+        assert deadlines.loop is asyncio.get_running_loop()
+        assert deadlines.handle is not None  # kept for a later call
+        handles.append(deadlines.handle)
+        return result
+
+    assert asyncio.run(main()) == "done"
+    assert asyncio.run(main()) == "done"
+    first, second = handles
+    assert first.cancelled()
+    assert second is not first
+
+
+def timer(guard: Timeout) -> asyncio.TimerHandle | None:
+    """The loop timer watching the guard's deadlines, if one is armed."""
+    deadlines = guard._deadlines
+    assert deadlines is not None
+    return deadlines.handle
+
+
+async def test_aclose_cancels_the_timer_after_the_calls_in_flight() -> None:
+    guard = Timeout(5)
+    with VirtualClock() as clock:
+        start = clock.now()
+        assert await guard.call(asyncio.sleep, 1, "ok") == "ok"
+        assert timer(guard) is not None  # armed for the first call's deadline
+        slow = asyncio.create_task(guard.call(asyncio.sleep, 100))
+        await asyncio.sleep(0)
+        await guard.aclose()  # the call in flight keeps its deadline
+        assert clock.now() == start + 1 + 5
+        with pytest.raises(GuardTimeout):
+            await slow
+        assert timer(guard) is None
+        await guard.aclose()  # idempotent
+
+        fresh = Timeout(5)
+        assert await fresh.call(asyncio.sleep, 0, "ok") == "ok"
+        handle = timer(fresh)
+        assert handle is not None
+        await fresh.aclose()
+        assert handle.cancelled()  # a closed guard leaves nothing scheduled
+        assert timer(fresh) is None
+
+
 async def test_injected_clock_is_for_events_only() -> None:
     events: list[GuardEvent] = []
     guard = Timeout(5, clock=lambda: 1234.5)

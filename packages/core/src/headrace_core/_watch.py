@@ -5,33 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
-__all__ = ["Deadlines", "Watched"]
+__all__ = ["Deadlines"]
 
-
-class Watched:
-    """One deadline that a :class:`Deadlines` watches: a call's ``asyncio.Timeout``.
-
-    Subclass it to carry what ``on_expire`` needs (with ``__slots__``).
-
-    Attributes:
-        scope: the call's ``asyncio.Timeout``; ``None`` once :meth:`Deadlines.done` ran.
-        when: the deadline in loop time (set by :meth:`Deadlines.add`).
-    """
-
-    __slots__ = ("scope", "when")
-
-    def __init__(self, scope: asyncio.Timeout) -> None:
-        self.scope: asyncio.Timeout | None = scope
-        self.when = 0.0
-
-
-W = TypeVar("W", bound=Watched)
+T = TypeVar("T")
 
 
 @final
-class Deadlines(Generic[W]):
+class Deadlines(Generic[T]):
     """The deadlines of one length on one loop, watched by one loop timer.
 
     Each deadline belongs to a call that enters an ``asyncio.Timeout(None)`` of its own
@@ -41,29 +23,59 @@ class Deadlines(Generic[W]):
     them; one ``loop.call_at`` timer is armed for the oldest live one. When a deadline is
     due, its call's ``Timeout`` is rescheduled to now, so asyncio itself cancels the call
     and keeps the ``cancelling()``/``uncancel()`` bookkeeping exactly as
-    ``asyncio.timeout()`` does; then ``on_expire(watched)`` runs. A call that ends in time
+    ``asyncio.timeout()`` does; then ``on_expire(entry)`` runs. A call that ends in time
     (:meth:`done`) costs no timer handle of its own.
+
+    A deadline is an *entry*, the list ``[when, scope, owner]`` (a list: the cheapest
+    record to make, and hot paths make one per call):
+
+    - ``entry[0]``: the deadline in loop time; ``None`` once it expired, that is once its
+      scope was rescheduled to expire (``scope.when()`` then tells when). Only then can the
+      scope have expired, so a call asks ``scope.expired()`` only then.
+    - ``entry[1]``: the call's ``asyncio.Timeout``; ``None`` once :meth:`done` ran.
+    - ``entry[2]``: the owner given to :meth:`add`, for ``on_expire``.
 
     The timer stays armed while no deadline is live (a later deadline reuses it), until
     :meth:`close`. Use it from its loop only, as every ``asyncio.Timeout``.
 
+    A hot path may write :meth:`add` and :meth:`done` out in place, on the public
+    ``entries``, ``handle`` and ``fire``, exactly as they are::
+
+        entry = [loop.time() + deadlines.seconds, scope, owner]  # add
+        entries = deadlines.entries
+        entries.append(entry)
+        if deadlines.handle is None:
+            deadlines.handle = loop.call_at(entry[0], deadlines.fire)
+        ...
+        entry[1] = None  # done
+        while entries and entries[0][1] is None:
+            entries.popleft()
+
     Args:
         loop: the loop whose clock the deadlines read (the running loop of every call).
         seconds: the length of every deadline, in loop seconds.
-        on_expire: called with each :class:`Watched` whose deadline expired while its
-            call was still in its ``Timeout``, right after that ``Timeout`` was
-            rescheduled; it must not raise.
+        on_expire: called with each entry whose deadline expired while its call was still
+            in its ``Timeout``, right after that ``Timeout`` was rescheduled; it must not
+            raise.
+
+    Attributes:
+        loop: the loop of the deadlines.
+        seconds: the length of every deadline.
+        on_expire: the ``on_expire`` argument.
+        entries: the entries, oldest first, from the oldest live one on (the entries of
+            calls that are done leave it once no older entry is live).
+        handle: the timer, or ``None`` while none is armed.
 
     Example::
 
         deadlines = Deadlines(loop, 2.0)
-        watched = Watched(asyncio.Timeout(None))
-        deadlines.add(watched)
+        scope = asyncio.Timeout(None)
+        entry = deadlines.add(scope, None)
         try:
-            async with watched.scope:
+            async with scope:
                 await work()
         finally:
-            deadlines.done(watched)
+            deadlines.done(entry)
     """
 
     __slots__ = ("entries", "handle", "loop", "on_expire", "seconds")
@@ -72,26 +84,37 @@ class Deadlines(Generic[W]):
         self,
         loop: asyncio.AbstractEventLoop,
         seconds: float,
-        on_expire: Callable[[W], object] | None = None,
+        on_expire: Callable[[list[Any]], object] | None = None,
     ) -> None:
         self.loop = loop
         self.seconds = seconds
         self.on_expire = on_expire
-        self.entries: deque[W] = deque()
+        self.entries: deque[list[Any]] = deque()
         self.handle: asyncio.TimerHandle | None = None
 
-    def add(self, watched: W) -> None:
-        """Watch the deadline of ``watched``: ``seconds`` from now."""
-        when = watched.when = self.loop.time() + self.seconds
-        self.entries.append(watched)
+    def add(self, scope: asyncio.Timeout, owner: T) -> list[Any]:
+        """Watch the deadline of the call in ``scope``: ``seconds`` from now.
+
+        Args:
+            scope: the call's ``asyncio.Timeout(None)``, entered right after (no ``await``
+                in between).
+            owner: what the entry carries for ``on_expire`` (its ``entry[2]``).
+
+        Returns:
+            The entry ``[when, scope, owner]``, for :meth:`done`.
+        """
+        when = self.loop.time() + self.seconds
+        entry = [when, scope, owner]
+        self.entries.append(entry)
         if self.handle is None:
             self.handle = self.loop.call_at(when, self.fire)
+        return entry
 
-    def done(self, watched: W) -> None:
-        """Stop watching ``watched`` (its call left its ``Timeout``)."""
-        watched.scope = None
+    def done(self, entry: list[Any]) -> None:
+        """Stop watching ``entry`` (its call left its ``Timeout``)."""
+        entry[1] = None
         entries = self.entries
-        while entries and entries[0].scope is None:
+        while entries and entries[0][1] is None:
             entries.popleft()
 
     def fire(self) -> None:
@@ -106,10 +129,10 @@ class Deadlines(Generic[W]):
         entries = self.entries
         on_expire = self.on_expire
         while entries:
-            watched = entries[0]
-            scope = watched.scope
-            if scope is not None and watched.when > due:
-                self.handle = loop.call_at(watched.when, self.fire)
+            entry = entries[0]
+            when, scope = entry[0], entry[1]
+            if scope is not None and when > due:
+                self.handle = loop.call_at(when, self.fire)
                 return
             entries.popleft()
             if scope is None:
@@ -118,8 +141,9 @@ class Deadlines(Generic[W]):
                 scope.reschedule(now)  # asyncio's Timeout cancels the call
             except RuntimeError:
                 continue  # the call already left its Timeout: nothing to cancel
+            entry[0] = None
             if on_expire is not None:
-                on_expire(watched)
+                on_expire(entry)
 
     def close(self) -> None:
         """Cancel the timer, unless a deadline is still live (when its owner is done with it)."""

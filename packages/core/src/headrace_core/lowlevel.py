@@ -15,8 +15,8 @@ waits with their bounds, and talk about user code safely:
   type of a ``clock=`` argument.
 - :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones.
 - :class:`Deadline`, :func:`bounded`, :func:`raise_if_expired`: ``asyncio.timeout``
-  whose expiry raises a component's own error; :class:`Deadlines` and :class:`Watched`:
-  one loop timer for many deadlines of one length.
+  whose expiry raises a component's own error; :class:`Deadlines`: one loop timer for
+  many deadlines of one length, each call keeping asyncio's own ``Timeout``.
 - :func:`safe_repr`, :func:`callable_name`, :func:`being_cancelled`: show a user's object
   without calling a raising ``__repr__``, name a callback, and tell a task's own
   cancellation from a ``CancelledError`` that user code raised; :func:`keep_cancel`:
@@ -50,7 +50,6 @@ from headrace_core._validate import check_number as check_number
 from headrace_core._validate import check_optional_number as check_optional_number
 from headrace_core._validate import is_async_callable as is_async_callable
 from headrace_core._watch import Deadlines as Deadlines
-from headrace_core._watch import Watched as Watched
 
 __all__ = [
     "TIME_TOLERANCE",
@@ -61,7 +60,6 @@ __all__ = [
     "Lifecycle",
     "LoopBinding",
     "PerLoop",
-    "Watched",
     "being_cancelled",
     "bounded",
     "callable_name",
@@ -101,7 +99,6 @@ for _obj in (
     raise_if_expired,
     safe_repr,
     within,
-    Watched,
 ):
     _obj.__module__ = __name__
 del _obj

@@ -27,12 +27,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, final
 
 from headrace_core import Closed
+from headrace_core.lowlevel import Deadlines
 from headrace_guards._bulkhead import Bulkhead, _Slots
 from headrace_guards._circuit import CircuitBreaker
 from headrace_guards._circuit_state import MemoryState
 from headrace_guards._common import now_of, raise_if_not_async
 from headrace_guards._retry import _NOTHING, Retry
-from headrace_guards._timeout import Timeout, _Deadlines
+from headrace_guards._timeout import Timeout
 
 
 @final
@@ -75,7 +76,7 @@ class Fused:
         self._after_breaker = None if breaker is None else Fused(None, None, timeout, bulkhead)
         # The bulkhead's slots on the timeout's loop, with the timeout's deadlines there:
         # the same deadlines, the same loop, the same slots (no loop lookup per call).
-        self._slots_of: tuple[_Deadlines, _Slots] | None = None
+        self._slots_of: tuple[Deadlines[None], _Slots] | None = None
 
     def __repr__(self) -> str:
         guards = (self.retry, self.breaker, self.timeout, self.bulkhead)
@@ -127,7 +128,7 @@ class Fused:
                             if deadlines is None or deadlines.loop is not loop:
                                 deadlines = timeout._bind()
                             cm = asyncio.Timeout(None)
-                            entry: list[Any] = [loop.time() + timeout.seconds, cm]
+                            entry: list[Any] = [loop.time() + timeout.seconds, cm, None]
                             entries = deadlines.entries
                             entries.append(entry)
                             if deadlines.handle is None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -15,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar, final
 from headrace_core import GuardTimeout
 from headrace_core.lowlevel import (
     Clock,
+    Deadlines,
     LoopBinding,
     check_callable,
     check_number,
@@ -32,62 +31,6 @@ from headrace_guards._common import (
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class _Deadlines:
-    """The deadlines of one guard on one loop, watched by one loop timer.
-
-    Every call of a guard lasts the same ``seconds``, so deadlines arrive in increasing
-    order and a deque holds them. One ``loop.call_at`` timer is armed for the oldest
-    live deadline; a call that expires gets ``cm.reschedule(deadline)``, so its own
-    ``asyncio.Timeout`` (entered with no deadline) does the cancelling and the
-    ``uncancel()`` bookkeeping exactly as ``asyncio.timeout()`` does. A call that
-    finishes in time costs no timer handle of its own.
-
-    An entry is ``[deadline, cm]``: ``cm`` becomes None when its call is done, and
-    ``deadline`` None once it passed and ``cm`` was rescheduled (only then can ``cm`` have
-    expired, so a call asks ``cm.expired()`` on its way out only then).
-    """
-
-    __slots__ = ("entries", "handle", "loop", "seconds")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        self.loop = loop
-        self.seconds = seconds
-        self.entries: deque[list[Any]] = deque()
-        self.handle: asyncio.TimerHandle | None = None
-
-    def add(self, cm: asyncio.Timeout) -> list[Any]:
-        deadline = self.loop.time() + self.seconds
-        entry = [deadline, cm]
-        self.entries.append(entry)
-        if self.handle is None:
-            self.handle = self.loop.call_at(deadline, self.fire)
-        return entry
-
-    def done(self, entry: list[Any]) -> None:
-        entry[1] = None
-        entries = self.entries
-        while entries and entries[0][1] is None:
-            entries.popleft()
-
-    def fire(self) -> None:
-        self.handle = None
-        now = self.loop.time()
-        entries = self.entries
-        while entries:
-            entry = entries[0]
-            deadline, cm = entry
-            if cm is not None:
-                if deadline > now:
-                    self.handle = self.loop.call_at(deadline, self.fire)
-                    return
-                # In the past: its own timeout fires next. A context already left has
-                # nothing to cancel.
-                entry[0] = None
-                with contextlib.suppress(RuntimeError):
-                    cm.reschedule(deadline)
-            entries.popleft()
 
 
 @final
@@ -157,7 +100,7 @@ class Timeout(GuardBase):
         self._calls = 0
         self._timeouts = 0
         self._entered: dict[asyncio.Task[Any], list[tuple[asyncio.Timeout, list[Any]]]] = {}
-        self._deadlines: _Deadlines | None = None
+        self._deadlines: Deadlines[None] | None = None
         self._binding = LoopBinding(self._describe())
 
     def __repr__(self) -> str:
@@ -190,8 +133,8 @@ class Timeout(GuardBase):
             if deadlines is None or deadlines.loop is not loop:
                 deadlines = self._bind()
             cm = asyncio.Timeout(None)
-            # _Deadlines.add and .done, inlined: this is the per-call fast path.
-            entry: list[Any] = [loop.time() + self.seconds, cm]
+            # Deadlines.add and .done, written out: this is the per-call fast path.
+            entry: list[Any] = [loop.time() + self.seconds, cm, None]
             entries = deadlines.entries
             entries.append(entry)
             if deadlines.handle is None:
@@ -219,10 +162,13 @@ class Timeout(GuardBase):
             if not life.running and life.idle:
                 life.wake()
 
-    def _bind(self) -> _Deadlines:
+    def _bind(self) -> Deadlines[None]:
         """Watch deadlines on the running loop (the guard moved to a new loop)."""
         loop, _ = self._binding.check()  # RuntimeError if the old loop runs in another thread
-        deadlines = self._deadlines = _Deadlines(loop, self.seconds)
+        old = self._deadlines
+        if old is not None:
+            old.close()  # the old loop is not running (checked above): cancel its idle timer
+        deadlines = self._deadlines = Deadlines(loop, self.seconds)
         return deadlines
 
     async def _timed_out(
@@ -260,7 +206,7 @@ class Timeout(GuardBase):
         cm = asyncio.Timeout(None)
         await cm.__aenter__()
         self._calls += 1
-        self._entered.setdefault(task, []).append((cm, deadlines.add(cm)))
+        self._entered.setdefault(task, []).append((cm, deadlines.add(cm, None)))
         return self
 
     async def __aexit__(
@@ -305,6 +251,21 @@ class Timeout(GuardBase):
         if self._listeners:
             self._emit(error)
         return error
+
+    async def aclose(self) -> None:
+        """Close the guard for good (the family's one ``aclose()``; idempotent).
+
+        New calls raise :class:`~headrace_core.Closed`; calls already running keep their
+        deadline and finish normally. Returns once they have ended, then once pending
+        async listeners have ended (under a deadline, ``asyncio.timeout``, those still
+        running are cancelled); the loop timer that watched the deadlines is cancelled,
+        so a closed guard leaves nothing scheduled. ``snapshot()`` and ``add_listener()``
+        keep working.
+        """
+        await super().aclose()
+        deadlines = self._deadlines
+        if deadlines is not None and deadlines.loop is asyncio.get_running_loop():
+            deadlines.close()
 
     def snapshot(self) -> TimeoutSnapshot:
         """Return the guard's counters (O(1), no await).

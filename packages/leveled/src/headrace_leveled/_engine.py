@@ -28,7 +28,7 @@ from typing import Any
 
 from headrace_core import HeadraceError
 from headrace_core.backoff import next_delay
-from headrace_core.lowlevel import Deadlines, Watched, raise_if_expired, safe_repr
+from headrace_core.lowlevel import Deadlines, raise_if_expired, safe_repr
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._log import event_logger, events
@@ -67,24 +67,16 @@ class _Fatal(Exception):
         self.error = error
 
 
-class _Watch(Watched):
-    """One timed call under its deadline, watched by the run's :class:`Deadlines`.
+# What a run holds of a timed call, the owner of the call's entry in its watcher
+# (``[when, scope, held]``, see :class:`Deadlines`), is the list ``[task, *coroutines]``:
+# the task awaiting the call, then the coroutines the call runs, closed if it is abandoned
+# (see ``Run._abandon``). A list, since every timed call makes one.
 
-    ``scope`` is the call's ``asyncio.Timeout`` (``None`` once the call ended), ``task``
-    the task awaiting the call and ``coros`` the coroutines it runs (closed if the call is
-    abandoned).
-    """
 
-    __slots__ = ("coros", "task")
-
-    def __init__(self, scope: asyncio.Timeout, task: asyncio.Task[Any] | None) -> None:
-        self.scope = scope  # and ``when``, set by Deadlines.add
-        self.task = task
-        self.coros: list[Any] = []
-
-    def track(self, awaitable: Any) -> None:
-        if isinstance(awaitable, CoroutineType):  # inspect.iscoroutine(), one call less
-            self.coros.append(awaitable)
+def _track(held: list[Any], awaitable: Any) -> None:
+    """Add ``awaitable`` to what a timed call runs (``held``), if it is a coroutine."""
+    if isinstance(awaitable, CoroutineType):  # inspect.iscoroutine(), one call less
+        held.append(awaitable)
 
 
 class _PhaseGroup(asyncio.TaskGroup):
@@ -96,9 +88,9 @@ class _PhaseGroup(asyncio.TaskGroup):
     is that child's failure rather than being dropped.
     """
 
-    def __init__(self, watch: _Watch | None) -> None:
+    def __init__(self, held: list[Any] | None) -> None:
         super().__init__()
-        self._watch = watch
+        self._held = held
 
     def create_task(  # type: ignore[override]
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None, context: Any = None
@@ -112,8 +104,8 @@ class _PhaseGroup(asyncio.TaskGroup):
             wrapped.close()
             coro.close()
             raise
-        if self._watch is not None:
-            self._watch.coros.append(coro)
+        if self._held is not None:
+            self._held.append(coro)
         return task
 
 
@@ -228,9 +220,10 @@ class Run:
         self.inline = -1
         self.driver: asyncio.Task[None] | None = None
         self.driver_cancelled = False
-        self.abandoned: set[_Watch] = set()
+        # The abandoned calls' entries by scope, until the calls' frames take them back.
+        self.abandoned: dict[asyncio.Timeout, list[Any]] = {}
         # The timed calls' deadlines, one watcher (one loop timer) per timeout length.
-        self.watchers: dict[float, Deadlines[_Watch]] = {}
+        self.watchers: dict[float, Deadlines[list[Any]]] = {}
         self.started = loop.time()
         self.ended = self.started
 
@@ -426,19 +419,19 @@ class Run:
                     # _timed() written out: one coroutine less per inline call.
                     assert call.timeout is not None
                     scope = asyncio.Timeout(None)
-                    watch = _Watch(scope, self.driver)
+                    held = [self.driver]
                     watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
-                    watcher.add(watch)
+                    entry = watcher.add(scope, held)
                     try:
                         async with scope:
                             coro = call.function(self.ctx)
-                            watch.track(coro)
+                            _track(held, coro)
                             result = await coro
                     except BaseException as exc:
-                        self._timed_out(exc, scope, watch, call)
+                        self._timed_out(exc, scope, call)
                         raise
                     finally:
-                        watcher.done(watch)
+                        watcher.done(entry)
                 else:
                     result = await self._call(k, call)
         except asyncio.CancelledError as exc:
@@ -642,39 +635,39 @@ class Run:
         """
         assert call.timeout is not None
         scope = asyncio.Timeout(None)
-        watch = _Watch(scope, asyncio.current_task())
+        held = [asyncio.current_task()]
         watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
-        watcher.add(watch)
+        entry = watcher.add(scope, held)
         try:
             try:
                 async with scope:
                     if how == _INVOKE:
-                        return await self._invoke(call, watch)
+                        return await self._invoke(call, held)
                     if how == _PLAIN:
                         awaitable = call.function(self.ctx)
                     else:
                         awaitable = self._through_guards(call)
-                    watch.track(awaitable)
+                    _track(held, awaitable)
                     return await awaitable
             except BaseException as exc:
-                self._timed_out(exc, scope, watch, call)
+                self._timed_out(exc, scope, call)
                 raise
             finally:
-                watcher.done(watch)
+                watcher.done(entry)
         except _FATAL as exc:
             if not task:
                 raise
             # Raised by the phase, or by the task name's __repr__ in the PhaseTimeout.
             raise _Fatal(exc) from None
 
-    async def _invoke(self, call: CallSpec, watch: _Watch | None) -> Any:
+    async def _invoke(self, call: CallSpec, held: list[Any] | None) -> Any:
         if call.task_group:
             try:
-                async with _PhaseGroup(watch) as group:
+                async with _PhaseGroup(held) as group:
                     result = call.function(self.ctx, group)
                     if inspect.isawaitable(result):
-                        if watch is not None:
-                            watch.track(result)
+                        if held is not None:
+                            _track(held, result)
                         result = await result
             except BaseExceptionGroup as group_error:
                 _unfatal(group_error)
@@ -682,14 +675,12 @@ class Run:
             return result
         result = call.function(self.ctx)
         if inspect.isawaitable(result):
-            if watch is not None:
-                watch.track(result)
+            if held is not None:
+                _track(held, result)
             result = await result
         return result
 
-    def _timed_out(
-        self, exc: BaseException, deadline: asyncio.Timeout, watch: _Watch, call: CallSpec
-    ) -> None:
+    def _timed_out(self, exc: BaseException, deadline: asyncio.Timeout, call: CallSpec) -> None:
         """Raise what a timed call that raised ``exc`` raises instead, if anything.
 
         A call abandoned at its deadline raises ``PhaseTimeout(abandoned=True)`` with no
@@ -699,9 +690,9 @@ class Run:
         """
         if isinstance(exc, GeneratorExit):
             return  # an outer call is being closed: let it close
-        if watch in self.abandoned:
+        if deadline in self.abandoned:
             assert call.timeout is not None
-            self.abandoned.discard(watch)
+            del self.abandoned[deadline]
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the cancel that woke this task after its call was closed
@@ -711,29 +702,29 @@ class Run:
         if isinstance(exc, TimeoutError):
             raise_if_expired(deadline, call.timed_out, exc)
 
-    def _watcher(self, seconds: float) -> Deadlines[_Watch]:
+    def _watcher(self, seconds: float) -> Deadlines[list[Any]]:
         """The watcher of this run's timed calls that last ``seconds`` (created on first use)."""
         watcher = self.watchers[seconds] = Deadlines(self.loop, seconds, self._expire)
         return watcher
 
-    def _expire(self, watch: _Watch) -> None:
+    def _expire(self, entry: list[Any]) -> None:
         """A timed call reached its deadline (its ``Timeout`` now cancels it): watch it end."""
-        self.loop.call_soon(self._overdue, watch, GRACE)
+        self.loop.call_soon(self._overdue, entry, GRACE)
 
-    def _overdue(self, watch: _Watch, left: int) -> None:
-        if watch.scope is None:
+    def _overdue(self, entry: list[Any], left: int) -> None:
+        if entry[1] is None:
             return  # the call ended
-        task = watch.task
+        task = entry[2][0]
         if not left and any(
-            other.task is task and other.scope is not None for other in self.abandoned
+            other[2][0] is task and other[1] is not None for other in self.abandoned.values()
         ):
             left = GRACE  # an inner deadline of the same call is being abandoned: wait for it
         if left:
-            self.loop.call_soon(self._overdue, watch, left - 1)
+            self.loop.call_soon(self._overdue, entry, left - 1)
         else:
-            self._abandon(watch)
+            self._abandon(entry)
 
-    def _abandon(self, watch: _Watch) -> None:
+    def _abandon(self, entry: list[Any]) -> None:
         """Stop waiting for a timed call that swallowed the cancellation sent at its deadline.
 
         Its coroutines are closed (``GeneratorExit`` is raised where each one waits, so its
@@ -743,19 +734,21 @@ class Run:
         no task is left pending when the run returns. A coroutine that ignores
         ``GeneratorExit`` too cannot be stopped: that is logged.
         """
-        task = watch.task
-        if task is None or watch.scope is None:
+        scope: asyncio.Timeout | None = entry[1]
+        held: list[Any] = entry[2]
+        task = held[0]
+        if task is None or scope is None:
             return
         if event_logger.isEnabledFor(logging.WARNING):
             events.warning(
                 "a phase call ignored the cancel at its deadline (loop time %.3f): abandoned",
-                watch.when,
+                scope.when(),
                 kind="Processor",
                 component=None,
                 event="phase_abandoned",
             )
-        self.abandoned.add(watch)
-        for coro in reversed(watch.coros):
+        self.abandoned[scope] = entry
+        for coro in reversed(held[1:]):
             if coro.cr_frame is None:
                 continue
             try:
