@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -438,3 +439,160 @@ async def test_store_max_wait_at_the_bound_does_not_flip(clock_start: float) -> 
             await bulkhead.call(asyncio.sleep, 0)
         assert clock.now() - before == pytest.approx(0.3)
         assert bulkhead.snapshot().waiting == 0
+
+
+# -- a store whose acquire carries releases ----------------------------------------------
+
+
+class CarryingStore(LeaseStore):
+    """A LeaseStore whose ``acquire`` gives back the leases of ``release=`` first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.carried: list[list[str]] = []
+
+    async def acquire(
+        self, name: str, limit: int, lease_id: str, ttl: float, *, release: Sequence[str] = ()
+    ) -> bool:
+        self.calls.append("acquire")
+        self.carried.append(list(release))
+        for lease in release:
+            self.released.append(lease)
+            self.leases.discard(lease)
+        return await super().acquire(name, limit, lease_id, ttl)
+
+    async def release(self, name: str, lease_id: str) -> None:
+        self.calls.append("release")
+        await super().release(name, lease_id)
+
+
+async def test_a_carrying_store_gets_one_call_per_call_and_no_caller_waits() -> None:
+    store = CarryingStore()
+    store.release_delay = 5.0  # a slow release
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, name="carry-one", max_wait=0, store=store)
+        for i in range(5):
+            # One slot and no wait: refused, were the slot before still held.
+            assert await bulkhead.call(asyncio.sleep, 0, i) == i
+        assert clock.now() == 0  # nobody waited for a release
+        assert store.calls == ["acquire"] * 5
+        assert [len(carried) for carried in store.carried] == [0, 1, 1, 1, 1]
+        assert len(store.leases) == 1  # the last slot given back: no acquire carried it
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.completed) == (0, 5)
+        await bulkhead.aclose()  # waits for its release, sent on its own
+        assert store.calls == [*["acquire"] * 5, "release"]
+        assert clock.now() == pytest.approx(5.0)
+        assert store.leases == set()
+
+
+async def test_a_store_without_release_keeps_the_caller_waiting_for_its_release() -> None:
+    store = LeaseStore()
+    store.release_delay = 5.0
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, name="plain-store", max_wait=0, store=store)
+        assert await bulkhead.call(asyncio.sleep, 0, "x") == "x"
+        assert clock.now() == pytest.approx(5.0)  # the release was awaited
+        assert store.leases == set()
+        assert await bulkhead.call(asyncio.sleep, 0, "y") == "y"  # the slot is free
+        await bulkhead.aclose()
+
+
+class _Positional:
+    async def acquire(
+        self, name: str, limit: int, lease_id: str, ttl: float, release: Any = ()
+    ) -> bool:
+        return True
+
+    async def release(self, name: str, lease_id: str) -> None:
+        return None
+
+
+class _Keywords:
+    async def acquire(self, name: str, limit: int, lease_id: str, ttl: float, **kw: Any) -> bool:
+        return True
+
+    async def release(self, name: str, lease_id: str) -> None:
+        return None
+
+
+class _NoSignature:
+    acquire = staticmethod(max)  # a builtin whose signature cannot be read
+
+    async def release(self, name: str, lease_id: str) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("store", "carries"),
+    [
+        (CarryingStore(), True),
+        (_Positional(), True),
+        (LeaseStore(), False),
+        (_Keywords(), False),  # **kw may drop it: only a parameter named release counts
+        (_NoSignature(), False),
+    ],
+    ids=["keyword-only", "positional-or-keyword", "plain", "var-keyword", "no-signature"],
+)
+def test_release_is_found_in_the_acquire_signature(store: Any, carries: bool) -> None:
+    bulkhead = Bulkhead(1, name=f"signature-{type(store).__name__}", store=store)
+    assert bulkhead._carries is carries
+
+
+async def test_a_cancelled_caller_leaves_no_lease_with_a_carrying_store() -> None:
+    store = CarryingStore()
+    with VirtualClock():
+        bulkhead = Bulkhead(1, name="carry-cancel", store=store)
+        task = asyncio.create_task(bulkhead.call(asyncio.sleep, 10))
+        await asyncio.sleep(1)
+        assert len(store.leases) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert bulkhead.snapshot().in_flight == 0
+        await bulkhead.aclose()
+        assert store.leases == set()
+        assert store.calls == ["acquire", "release"]
+
+
+async def test_instances_of_one_name_carry_each_others_releases_only_to_their_store() -> None:
+    async def instant() -> None:
+        return None  # never yields: a release given back is still there for the next call
+
+    store = CarryingStore()
+    other = CarryingStore()
+    with VirtualClock():
+        a = Bulkhead(1, name="carry-shared", max_wait=0, store=store)
+        b = Bulkhead(1, name="carry-shared", max_wait=0, store=store)
+        for _ in range(3):
+            await a.call(instant)
+            await b.call(instant)  # carries a's release, and a carries b's
+        assert store.calls == ["acquire"] * 6
+        c = Bulkhead(1, name="carry-shared", max_wait=0, store=other)
+        await c.call(instant)  # another store: b's lease is not its to carry
+        assert other.carried == [[]]
+        await a.call(instant)  # carries b's, and leaves c's alone
+        assert len(store.carried[-1]) == 1
+        assert store.calls == ["acquire"] * 7
+        for bulkhead in (a, b, c):
+            await bulkhead.aclose()
+        assert store.leases == other.leases == set()
+        assert store.calls == [*["acquire"] * 7, "release"]
+        assert other.calls == ["acquire", "release"]
+
+
+async def test_a_waiter_polling_a_carrying_store_gets_the_slot_given_back() -> None:
+    store = CarryingStore()
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, name="carry-wait", max_wait=2, store=store)
+        holder = asyncio.create_task(bulkhead.call(asyncio.sleep, 1, "held"))
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(bulkhead.call(asyncio.sleep, 0, "waited"))
+        assert await holder == "held"
+        assert await waiter == "waited"
+        assert 1 <= clock.now() <= 1.3  # the next poll after the release
+        await bulkhead.aclose()
+        assert store.leases == set()
+        snap = bulkhead.snapshot()
+        assert (snap.in_flight, snap.waiting, snap.rejected, snap.completed) == (0, 0, 0, 2)

@@ -19,7 +19,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -169,6 +169,8 @@ def bulkhead_idle(guard: Bulkhead) -> None:
     assert (snap.in_flight, snap.waiting) == (0, 0), snap
     assert not guard._leases
     assert not guard._background.tasks
+    slots = guard._decl.slots.peek()
+    assert slots is None or (slots.returned, slots.releasing) == ({}, {})
 
 
 def limiter_idle(guard: RateLimiter) -> None:
@@ -552,6 +554,30 @@ class LeaseStore:
         return len(self.leases)
 
 
+class CarryingLeaseStore(LeaseStore):
+    """A lease store whose ``acquire`` gives back the leases of ``release=`` first.
+
+    A fault armed for ``acquire`` before hits before anything is given back or taken; one
+    armed after hits once both are done (the reply is lost).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.carried: list[str] = []
+
+    async def acquire(
+        self, name: str, limit: int, lease_id: str, ttl: float, *, release: Sequence[str] = ()
+    ) -> Any:
+        hit, value = await self.faults.hit("acquire", False, "yes")
+        if hit:
+            return value
+        for lease in release:
+            self.carried.append(lease)
+            self.spent.add(lease)
+            self.leases.discard(lease)
+        return await super().acquire(name, limit, lease_id, ttl)
+
+
 class TatStore:
     """A rate store (GCRA on the loop's clock) with injectable faults."""
 
@@ -699,6 +725,65 @@ async def drive_bulkhead_store_release(fault: Fault) -> None:
     await guard.aclose()
     bulkhead_idle(guard)
     assert store.leases == set()
+
+
+async def drive_bulkhead_store_carry(fault: Fault) -> None:
+    # An acquire carrying the release of the call before it misbehaves, before the store
+    # did anything or after it did everything: both leases end up released.
+    for after in (False, True):
+        store = CarryingLeaseStore()
+        guard = Bulkhead(1, name=f"faults-carry-{after}", max_wait=0, store=store)
+        assert await guard.call(ok) == "ok"
+        assert len(store.leases) == 1  # given back, for the next acquire to carry
+        store.faults.set("acquire", fault, after=after)
+        await outcome(fault, functools.partial(guard.call, ok), wrong=TypeError)
+        await settle(guard)  # what the failed acquire carried is released in the background
+        bulkhead_idle(guard)
+        assert store.leases == set()
+        assert len(store.carried) == (1 if after else 0)  # the store gave it back, or not
+        assert await guard.call(ok) == "ok"
+        assert await guard.call(ok) == "ok"
+        assert len(store.carried) == (2 if after else 1)  # carried by the next acquire
+        await guard.aclose()
+        bulkhead_idle(guard)
+        assert store.leases == set()
+
+
+async def drive_bulkhead_store_background_release(fault: Fault) -> None:
+    # No acquire comes to carry a slot given back: its release is sent on its own, in the
+    # background, and misbehaves there (released, then the reply is lost). The caller never
+    # waits for it; KeyboardInterrupt/SystemExit reach the next caller, or aclose().
+    store = CarryingLeaseStore()
+    guard = Bulkhead(1, name="faults-background-release", max_wait=0, store=store)
+    interrupt = fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT)
+    store.faults.set("release", fault, after=True)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await guard.call(ok) == "ok"
+    assert loop.time() == start  # a HANG of the release never held the caller
+    await settle(guard)
+    bulkhead_idle(guard)
+    assert store.leases == set()
+    error = expected_error(fault)
+    if interrupt:
+        assert error is not None
+        with pytest.raises(error):
+            await guard.call(ok)  # raised before it took anything
+        bulkhead_idle(guard)
+        assert store.leases == set()
+    assert await guard.call(ok) == "ok"
+    store.faults.set("release", fault, after=True)
+    async with guard:  # carries the release of the call before
+        pass
+    if interrupt:
+        assert error is not None
+        with pytest.raises(error):
+            await guard.aclose()  # after its release ended
+    else:
+        await guard.aclose()
+    bulkhead_idle(guard)
+    assert store.leases == set()
+    await guard.aclose()  # raised once
 
 
 async def drive_limiter_store_reserve(fault: Fault) -> None:
@@ -1366,6 +1451,12 @@ POINTS = [
     ),
     Point("Bulkhead.store", ASYNC_FAULTS, drive_bulkhead_store_acquire),
     Point("Bulkhead.store.release", ASYNC_FAULTS, drive_bulkhead_store_release),
+    Point("Bulkhead.store.acquire[release=]", ASYNC_FAULTS, drive_bulkhead_store_carry),
+    Point(
+        "Bulkhead.store.release[background]",
+        ASYNC_FAULTS,
+        drive_bulkhead_store_background_release,
+    ),
     Point("Bulkhead.clock", SYNC_FAULTS, drive_bulkhead_clock),
     Point("RateLimiter.store", ASYNC_FAULTS, drive_limiter_store_reserve),
     Point("RateLimiter.store.refund", ASYNC_FAULTS, drive_limiter_store_refund),
@@ -1461,6 +1552,10 @@ def test_the_store_points_cover_every_store_method_the_guards_call() -> None:
     for method in ("CircuitBreaker.store", "CircuitBreaker.store.record", "Bulkhead.store"):
         assert method in names
     for method in ("Bulkhead.store.release", "RateLimiter.store", "RateLimiter.store.refund"):
+        assert method in names
+    # A bulkhead store whose acquire carries releases: the acquire, and the release sent
+    # on its own when no acquire carried it.
+    for method in ("Bulkhead.store.acquire[release=]", "Bulkhead.store.release[background]"):
         assert method in names
 
 

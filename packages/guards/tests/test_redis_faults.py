@@ -352,6 +352,7 @@ async def test_server_restart_mid_call(
         again = await call(store)
         assert (again[0] is True) if operation == "budget" else (again == "ok")
         assert healthy(store)
+        await settled()  # the bulkhead's release, sent in the background
         ledger = Ledger(Redis.from_url(server.url), store.prefix)
         try:
             assert await ledger.leases("pool") == 0
@@ -584,6 +585,28 @@ async def drive_acquire(fault: Fault) -> None:
         await close(store, client, admin)
 
 
+async def drive_acquire_carrying(fault: Fault) -> None:
+    # An acquire that carries the release of another lease: Redis gave that one back and
+    # took this one when the client misbehaves.
+    store, client, admin = await faulty_store()
+    ledger = Ledger(admin, store.prefix)
+    try:
+        assert await store.acquire("pool", 1, "held", 30)
+        client.fault = fault
+        await expect_fault(fault, store.acquire("pool", 1, "next", 30, release=["held"]), True)
+        assert await ledger.leases("pool") == 1  # "held" given back, "next" taken
+        if fault is Fault.HANG:
+            # Failing open, the timed-out caller went ahead as if it held the slot.
+            await store.release("pool", "next")
+        assert await store.acquire("pool", 1, "third", 30)  # "next" was given back first
+        assert await ledger.leases("pool") == 1
+        await store.release("pool", "third")
+        assert await ledger.leases("pool") == 0
+        assert store._held == {}  # nothing given back is renewed
+    finally:
+        await close(store, client, admin)
+
+
 async def drive_release(fault: Fault) -> None:
     store, client, admin = await faulty_store()
     ledger = Ledger(admin, store.prefix)
@@ -691,6 +714,34 @@ async def drive_breaker_guard(fault: Fault) -> None:
         await close(store, client, admin)
 
 
+async def drive_bulkhead_guard(fault: Fault) -> None:
+    # Through the guard: the acquire that carries the release of the call before it meets
+    # the client's failure. The caller sees it (a hang: admitted, failing open), and no
+    # slot is left taken: the next call, with one slot and no wait, is admitted.
+    store, client, admin = await faulty_store()
+    ledger = Ledger(admin, store.prefix)
+    bulkhead = Bulkhead(1, name="pool", max_wait=0, store=store)
+    try:
+        assert await bulkhead.call(ok) == "ok"
+        client.fault = fault
+        if fault is Fault.HANG:
+            assert await bulkhead.call(ok) == "ok"
+        else:
+            caught: BaseException | None = None
+            try:
+                await bulkhead.call(ok)
+            except BaseException as exc:  # KeyboardInterrupt too: it must reach us
+                caught = exc
+            assert caught is not None
+            assert chains(caught, caller_error(fault))
+        assert await bulkhead.call(ok) == "ok"
+        await bulkhead.aclose()
+        assert await ledger.leases("pool") == 0
+        assert bulkhead.snapshot().in_flight == 0
+    finally:
+        await close(store, client, admin)
+
+
 async def drive_channel(fault: Fault) -> None:
     # The transition channel only saves round trips: when the client's pubsub misbehaves,
     # admissions ask Redis and stay right; KeyboardInterrupt/SystemExit reach the caller.
@@ -739,12 +790,14 @@ async def drive_renewal(fault: Fault) -> None:
 
 STORE_POINTS = [
     Point("RedisStore.client.evalsha@acquire", ASYNC_FAULTS, drive_acquire),
+    Point("RedisStore.client.evalsha@acquire(release=)", ASYNC_FAULTS, drive_acquire_carrying),
     Point("RedisStore.client.evalsha@release", ASYNC_FAULTS, drive_release),
     Point("RedisStore.client.evalsha@admit", ASYNC_FAULTS, drive_admit),
     Point("RedisStore.client.evalsha@record", ASYNC_FAULTS, drive_record),
     Point("RedisStore.client.evalsha@reserve(rate)", ASYNC_FAULTS, drive_rate_reserve),
     Point("RedisStore.client.evalsha@reserve(budget)", ASYNC_FAULTS, drive_budget_reserve),
     Point("CircuitBreaker(store=RedisStore).client", ASYNC_FAULTS, drive_breaker_guard),
+    Point("Bulkhead(store=RedisStore).client", ASYNC_FAULTS, drive_bulkhead_guard),
     Point("RedisStore.client.pubsub", ASYNC_FAULTS, drive_channel),
     Point("RedisStore.client.evalsha@renew(background)", ASYNC_FAULTS, drive_renewal),
 ]

@@ -91,6 +91,27 @@ async def main():
 asyncio.run(main())
 """
 
+# A worker killed right after a bulkhead call returned: the slot it gave back is released
+# by the next acquire or at the loop's next turn, and the process dies before either.
+_GIVER = """
+import asyncio, os, signal, sys
+from headrace_guards import Bulkhead
+from headrace_guards.redis import RedisStore
+
+url, prefix = sys.argv[1], sys.argv[2]
+
+async def ok():
+    return "ok"
+
+async def main():
+    store = RedisStore.from_url(url, prefix=prefix, timeout=2.0, lease_ttl=2.0)
+    await Bulkhead(1, name="pool", store=store).call(ok)
+    print("given back", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
 
 def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -261,3 +282,29 @@ async def test_redis_restart_mid_run(redis_server: Any, redis_url: str, prefix: 
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def test_a_slot_given_back_by_a_killed_worker_comes_back_by_its_ttl(
+    redis_url: str, prefix: str
+) -> None:
+    async def held() -> int:
+        store = RedisStore.from_url(redis_url, prefix=prefix, timeout=2.0)
+        try:
+            return await store.in_flight("pool")
+        finally:
+            await store.aclose()
+
+    proc = _spawn(_GIVER, redis_url, prefix)
+    try:
+        out, err = proc.communicate(timeout=15)
+        killed_at = time.monotonic()
+        assert out.strip() == "given back", err
+        assert proc.returncode == -signal.SIGKILL
+        assert asyncio.run(held()) == 1  # its release was never sent ...
+        while asyncio.run(held()) == 1:  # ... and the lease ends by its TTL
+            assert time.monotonic() < killed_at + 5
+            time.sleep(0.02)
+        assert time.monotonic() - killed_at <= 2.0 + 0.6
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)

@@ -35,6 +35,7 @@ from headrace_guards import (
     TimeWindow,
 )
 from headrace_guards._circuit_store import SHARED_REOPENS, open_delays
+from headrace_guards._redis_store import _ACQUIRE
 from headrace_guards.backoff import fixed
 from headrace_guards.redis import RedisStore
 
@@ -192,18 +193,23 @@ async def test_keys_share_one_cluster_slot_per_component(make: Maker) -> None:
     await fail(breaker)
     limiter = RateLimiter(5, name="api", store=store)
     await limiter.acquire()
-    await Bulkhead(2, name="pool1", store=store).call(ok)
+    bulkhead = Bulkhead(2, name="pool1", store=store)
+    await bulkhead.acquire()  # held while the keys are read
     await store.reserve("tokens", 3, 10, 5.0)
     client: Any = store._client
     keys = sorted([k.decode() async for k in client.scan_iter(match=f"{store.prefix}*")])
     assert f"{store.prefix}{{cb:svc}}:state" in keys
     assert f"{store.prefix}{{rl:api}}:tat" in keys
+    assert f"{store.prefix}{{bh:pool1}}:leases" in keys
     assert f"{store.prefix}{{budget:tokens}}:charges" in keys
     by_component: dict[str, set[int]] = {}
     for key in keys:
         tag = key[key.index("{") + 1 : key.index("}")]
         by_component.setdefault(tag, set()).add(key_slot(key.encode()))
     assert all(len(slots) == 1 for slots in by_component.values())
+    bulkhead.release()
+    await bulkhead.aclose()  # the release has landed: the empty lease set is gone
+    keys.remove(f"{store.prefix}{{bh:pool1}}:leases")
     assert await store.delete_all() == len(keys)
     assert [k async for k in client.scan_iter(match=f"{store.prefix}*")] == []
 
@@ -481,10 +487,70 @@ async def test_bulkhead_limit_is_shared(make: Maker) -> None:
         await second.call(ok)
     go.set()
     await task
+    await first.aclose()  # its release, sent in the background, has landed
     assert await b.in_flight("shared-pool") == 0
     sent = count_round_trips(b)
     assert await second.call(ok) == "ok"
-    assert sent == ["EVALSHA", "EVALSHA"]
+    assert sent == ["EVALSHA"]  # the acquire: the caller does not wait for the release
+    await second.aclose()
+    assert sent == ["EVALSHA", "EVALSHA"]  # no acquire came to carry it: sent on its own
+    assert await b.in_flight("shared-pool") == 0
+
+
+async def test_a_bulkhead_call_costs_one_round_trip(make: Maker) -> None:
+    store = make()
+    bulkhead = Bulkhead(1, name="one-trip", max_wait=0, store=store)
+    await store.release("one-trip", "never-held")  # connected, scripts loaded
+    assert await store.in_flight("one-trip") == 0
+    assert await bulkhead.call(ok) == "ok"
+    sent = count_round_trips(store)
+    for _ in range(10):
+        # One slot and no wait: a call would be refused if the slot of the call before
+        # it were still held. Its acquire carries that release instead.
+        assert await bulkhead.call(ok) == "ok"
+    for _ in range(5):
+        async with bulkhead:
+            assert bulkhead.snapshot().in_flight == 1
+    for _ in range(5):
+        await bulkhead.acquire()
+        bulkhead.release()
+    assert sent == ["EVALSHA"] * 20  # one round trip per call
+    assert len(bulkhead._decl.slots.get().returned) == 1  # the last one, still to release ...
+    await bulkhead.aclose()
+    assert sent == ["EVALSHA"] * 21  # ... and is released on its own in the background
+    assert await store.in_flight("one-trip") == 0
+    assert store._held == {}  # nothing left to renew
+
+
+async def test_an_acquire_carries_a_release_still_in_flight(make: Maker) -> None:
+    store = make()
+    a = Bulkhead(1, name="overtake", max_wait=0, store=store)
+    b = Bulkhead(1, name="overtake", max_wait=0, store=store)
+    assert await a.call(ok) == "ok"
+    client: Any = store._client
+    acquires: list[list[str]] = []
+    execute = client.execute_command
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        if args[0] == "EVALSHA" and args[1] == _ACQUIRE.sha:
+            acquires.append([str(arg) for arg in args])
+        return await execute(*args, **options)
+
+    client.execute_command = spy
+    slots = a._decl.slots.get()
+    for _ in range(10):
+        assert await a.call(ok) == "ok"
+        (given_back,) = slots.returned
+        await asyncio.sleep(0)  # no acquire came: the release is sent on its own ...
+        assert slots.releasing == {given_back: store}  # ... and its reply is still to come
+        # b's acquire, on another connection, may reach Redis first: it carries the
+        # release too, so it is never refused for a slot that is already given back.
+        assert await b.call(ok) == "ok"
+        assert given_back in acquires[-1]
+        await b.aclose()
+        assert await store.in_flight("overtake") == 0
+        b = Bulkhead(1, name="overtake", max_wait=0, store=store)
+    await a.aclose()
 
 
 async def test_waiting_bulkhead_gets_the_slot_when_released(make: Maker) -> None:
@@ -778,6 +844,8 @@ async def test_concurrent_workers_never_exceed_the_shared_limit(make: Maker) -> 
     guards = [Bulkhead(3, name="stress-pool", store=s) for s in stores]
     await asyncio.gather(*(guards[i % 3].call(job) for i in range(60)))
     assert peak == 3
+    for guard in guards:
+        await guard.aclose()  # the last releases have landed
     assert await stores[0].in_flight("stress-pool") == 0
 
 
@@ -1070,6 +1138,7 @@ async def test_a_cluster_client_of_the_users_own_is_accepted(redis_cluster: Any)
     try:
         bulkhead = Bulkhead(1, name="pool", store=store)
         assert await bulkhead.call(ok) == "ok"
+        await bulkhead.aclose()  # the release has landed
         assert await store.in_flight("pool") == 0
         await fail(CircuitBreaker("svc", failure_threshold=1, store=store))
         assert await store.delete_all() >= 1  # the breaker's keys, on whichever master

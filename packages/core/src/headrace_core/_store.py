@@ -9,6 +9,9 @@ It raises :class:`~headrace_core.ConfigurationError` naming ``name`` when this s
 use that name as a key (for example an empty or too long name, or characters that would
 break its key format), so that a bad name fails where the component is built, not at its
 first call. A store without it accepts every name.
+
+:class:`BulkheadStore` also admits an optional keyword parameter of ``acquire``,
+``release`` (see there), which a bulkhead finds in the method's signature at construction.
 """
 
 from __future__ import annotations
@@ -63,14 +66,32 @@ class BulkheadStore(Protocol):
     holds succeeds without taking a second slot). Once released, an id is not acquired
     again (a store may refuse it).
 
-    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`).
+    Optional: ``check_name(name) -> None`` (see :mod:`headrace_core.store`), and a
+    keyword parameter ``release`` of :meth:`acquire`::
+
+        async def acquire(
+            self, name: str, limit: int, lease_id: str, ttl: float,
+            *, release: Sequence[str] = (),
+        ) -> bool: ...
+
+    A store whose ``acquire`` has it gives back the lease ids of ``release`` first, as
+    :meth:`release` would (idempotent: ids that are not held change nothing), then takes
+    the slot, in one step (one round trip, one script for a Redis store). A bulkhead
+    finds the parameter in the method's signature when it is built; its callers then
+    never wait for a release: the next acquire of the bulkhead on the same event loop
+    carries the slot given back, or, when none starts before the loop's next turn, the
+    bulkhead sends :meth:`release` in the background (bounded by the lease's TTL). A
+    store without the parameter gets :meth:`release`, which the caller awaits. Either
+    way a lease whose release never arrives (a crashed process) ends by its TTL.
     """
 
     async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
         """Take a slot for ``lease_id`` if fewer than ``limit`` live leases are held.
 
         Returns False, taking nothing, when the slots are taken, or when ``lease_id`` was
-        already released (an acquire still in flight when its lease was given up).
+        already released (an acquire still in flight when its lease was given up). With
+        the optional ``release`` parameter, those ids are given back before the count is
+        taken, also when it returns False.
         """
         ...
 

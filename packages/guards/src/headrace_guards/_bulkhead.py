@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import threading
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, final
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, final
 
 from headrace_core import BulkheadFull, ConfigurationError
 from headrace_core.lowlevel import Clock, PerLoop, check_int, within
@@ -69,7 +70,16 @@ class BulkheadSnapshot:
 class _Slots:
     """The slot state of one declaration on one event loop."""
 
-    __slots__ = ("completed", "in_flight", "log_mark", "rejected", "waiters", "waiting")
+    __slots__ = (
+        "completed",
+        "in_flight",
+        "log_mark",
+        "rejected",
+        "releasing",
+        "returned",
+        "waiters",
+        "waiting",
+    )
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -78,6 +88,11 @@ class _Slots:
         self.completed = 0
         self.log_mark = -1  # completed + in_flight at the last logged rejection
         self.waiters: deque[asyncio.Future[bool]] = deque()
+        # Store-backed, with a store whose acquire carries releases: leases given back
+        # that the next acquire of this loop carries (by id, with their store), and
+        # leases whose release was sent on its own and has no reply yet.
+        self.returned: dict[str, BulkheadStore] = {}
+        self.releasing: dict[str, BulkheadStore] = {}
 
 
 class _Declaration:
@@ -167,6 +182,39 @@ def _expire(slots: _Slots, fut: asyncio.Future[bool]) -> None:
         fut.set_result(False)
 
 
+class _CarryingStore(Protocol):
+    """A bulkhead store whose ``acquire`` gives back the lease ids of ``release`` first."""
+
+    async def acquire(
+        self, name: str, limit: int, lease_id: str, ttl: float, *, release: Sequence[str]
+    ) -> bool: ...
+
+
+def _carries_releases(store: BulkheadStore) -> bool:
+    """Whether ``store.acquire`` takes ``release=`` (found once, from its signature)."""
+    try:
+        parameter = inspect.signature(store.acquire).parameters.get("release")
+    except (TypeError, ValueError):  # no signature to read: the plain protocol
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def _take_returned(slots: _Slots, store: BulkheadStore) -> list[str]:
+    """Take the leases of ``store`` given back on this loop, for an acquire to carry."""
+    returned = slots.returned
+    if all(owner is store for owner in returned.values()):
+        taken = list(returned)
+        returned.clear()
+        return taken
+    taken = [lease for lease, owner in returned.items() if owner is store]
+    for lease in taken:
+        del returned[lease]
+    return taken
+
+
 @final
 class Bulkhead(GuardBase):
     """Limit how many calls run at once; queue the rest in strict FIFO order.
@@ -186,9 +234,17 @@ class Bulkhead(GuardBase):
             polling for a slot.
         store: shared slots across processes (e.g. ``headrace_guards.redis.RedisStore``);
             default in memory. The store's optional ``check_name(name)`` is called here.
-            An acquire whose outcome is unknown (the store raised, timed out, returned
-            garbage, or the caller was cancelled meanwhile) has its lease released in the
-            background, bounded by the lease's time-to-live.
+            When its ``acquire`` takes ``release=`` (see
+            :class:`~headrace_core.store.BulkheadStore`), a call costs one round trip: a
+            slot given back is released by the next acquire of this bulkhead's name on
+            the loop (which carries it), or, when none starts before the loop's next
+            turn, by a release sent in the background; no caller waits for a release.
+            Otherwise the caller waits for the store's release. An acquire whose outcome
+            is unknown (the store raised, timed out, returned garbage, or the caller was
+            cancelled meanwhile) has its lease released in the background. Every
+            background release is bounded by the lease's time-to-live; a
+            ``KeyboardInterrupt`` or ``SystemExit`` it raises is raised in the next
+            caller (before it takes anything), or by :meth:`aclose`.
         clock: a zero-argument callable returning seconds, for event times.
 
     Raises:
@@ -196,7 +252,7 @@ class Bulkhead(GuardBase):
             with another ``limit``, ``max_wait`` or ``max_waiters``.
     """
 
-    __slots__ = ("_background", "_clock", "_decl", "_leases", "_queued", "_store")
+    __slots__ = ("_background", "_carries", "_clock", "_decl", "_leases", "_queued", "_store")
 
     def __init__(
         self,
@@ -214,8 +270,9 @@ class Bulkhead(GuardBase):
         if max_waiters is not None:
             max_waiters = check_int("max_waiters", max_waiters, ge=0)
         self._store: BulkheadStore | None = check_store(store, self.name, ("acquire", "release"))
+        self._carries = self._store is not None and _carries_releases(self._store)
         self._decl = _declare(self.name, limit, max_wait, max_waiters)
-        self._background = Background(self._describe())
+        self._background = Background(self._describe(), keep_interrupts=True)
         self._clock = check_clock(clock)
         self._leases: dict[asyncio.Task[Any], list[str]] = {}
         # This instance's callers waiting for a slot (refused when it is closed).
@@ -404,6 +461,8 @@ class Bulkhead(GuardBase):
         store, name, decl = self._store, self.name, self._decl
         assert store is not None
         assert name is not None
+        if self._background.interrupt is not None:
+            self._background.raise_interrupt()  # from a release nobody awaited
         slots = decl.slots.get()
         lease = uuid.uuid4().hex
         if await self._store_try(store, name, lease, slots):
@@ -433,24 +492,53 @@ class Bulkhead(GuardBase):
             slots.waiting -= 1
 
     async def _store_try(self, store: BulkheadStore, name: str, lease: str, slots: _Slots) -> bool:
-        """Ask the store for a slot once; an unknown outcome releases the lease id."""
+        """Ask the store for a slot once; an unknown outcome releases the lease id.
+
+        With a store that carries releases, the leases given back on this loop go with
+        the request (released first, in the same step), and so do the ones whose own
+        release has no reply yet: releasing is idempotent, and an acquire that overtook
+        such a release is never refused for want of it.
+        """
+        carried: list[str] = []
         try:
-            got: object = await store.acquire(name, self._decl.limit, lease, _LEASE_TTL)
+            if self._carries:
+                carried = _take_returned(slots, store) if slots.returned else carried
+                release = carried
+                if slots.releasing:
+                    release = carried + [
+                        each for each, owner in slots.releasing.items() if owner is store
+                    ]
+                got: object = await cast("_CarryingStore", store).acquire(
+                    name, self._decl.limit, lease, _LEASE_TTL, release=release
+                )
+            else:
+                got = await store.acquire(name, self._decl.limit, lease, _LEASE_TTL)
         except BulkheadFull:
             # A store that fails closed rejects for us (its request may still have run).
-            self._release_soon(store, name, lease)
+            self._unknown(store, name, slots, lease, carried)
             raise self._reject(slots) from None
         except BaseException:
-            self._release_soon(store, name, lease)
+            self._unknown(store, name, slots, lease, carried)
             raise
         if got is True or got is False or (isinstance(got, int) and got in (0, 1)):
             if got:
                 slots.in_flight += 1
             return bool(got)
-        self._release_soon(store, name, lease)
+        self._unknown(store, name, slots, lease, carried)
         raise TypeError(
             f"{type(store).__name__}.acquire() returned a {type(got).__name__}, not a bool"
         )
+
+    def _unknown(
+        self, store: BulkheadStore, name: str, slots: _Slots, lease: str, carried: list[str]
+    ) -> None:
+        """Release the lease of an acquire whose outcome is unknown, and what it carried."""
+        if not self._carries:
+            self._release_soon(store, name, lease)
+            return
+        self._return(slots, store, name, lease)
+        for each in carried:
+            self._return(slots, store, name, each)
 
     def _release_soon(
         self, store: BulkheadStore, name: str, lease: str
@@ -460,25 +548,53 @@ class Bulkhead(GuardBase):
             "releasing a lease", functools.partial(store.release, name, lease), _LEASE_TTL
         )
 
-    async def _store_release(self, lease: str, exc: BaseException | None) -> None:
-        """Give back a held lease, waiting for the store (bounded).
+    def _return(self, slots: _Slots, store: BulkheadStore, name: str, lease: str) -> None:
+        """Leave ``lease`` for the next acquire to carry, else release it in the background.
 
-        A caller unwinding from a cancel or an interrupt does not wait: the release goes
-        on in the background.
+        The background task starts at the loop's next turn: an acquire of this name and
+        store that starts before then (typically the caller's next call) takes the lease
+        along, and the task has nothing left to send.
+        """
+        slots.returned[lease] = store
+        self._background.send(
+            "releasing a lease",
+            functools.partial(self._release_returned, slots, store, name, lease),
+            _LEASE_TTL,
+        )
+
+    @staticmethod
+    async def _release_returned(slots: _Slots, store: BulkheadStore, name: str, lease: str) -> None:
+        if slots.returned.pop(lease, None) is None:
+            return  # an acquire carried it
+        slots.releasing[lease] = store
+        try:
+            await store.release(name, lease)
+        finally:
+            slots.releasing.pop(lease, None)
+
+    async def _store_release(self, lease: str, exc: BaseException | None) -> None:
+        """Give back a held lease.
+
+        With a store that carries releases nobody waits: the next acquire carries it, or
+        it is released in the background. Otherwise the caller waits for the store
+        (bounded), except one unwinding from a cancel or an interrupt.
         """
         task = self._give_back(lease)
-        if exc is None or isinstance(exc, Exception):
+        if task is not None and (exc is None or isinstance(exc, Exception)):
             await self._background.wait(task)
 
-    def _give_back(self, lease: str) -> asyncio.Task[BaseException | None]:
-        # The slot leaves this process's count now; the store's release goes on in the
-        # background (bounded).
+    def _give_back(self, lease: str) -> asyncio.Task[BaseException | None] | None:
+        # The slot leaves this process's count now; the store's release is carried by the
+        # next acquire or goes on in the background (bounded).
         store, name = self._store, self.name
         assert store is not None
         assert name is not None
         slots = self._decl.slots.get()
         slots.in_flight -= 1
         slots.completed += 1
+        if self._carries:
+            self._return(slots, store, name, lease)
+            return None
         return self._release_soon(store, name, lease)
 
     def _push_lease(self, lease: str) -> None:
@@ -544,6 +660,9 @@ class Bulkhead(GuardBase):
 
     async def _closed_background(self) -> None:
         await self._background.aclose()
+
+    def _closed_interrupt(self) -> None:
+        self._background.raise_interrupt()
 
     def snapshot(self) -> BulkheadSnapshot:
         """Return the limit and counters on the running loop (O(1), no await).

@@ -229,18 +229,27 @@ class GuardBase:
         once pending async listeners and background store calls have ended. Under a
         deadline (``asyncio.timeout``) the listeners still running are cancelled.
         ``snapshot()`` and ``add_listener()`` keep working.
+
+        Raises:
+            BaseException: a ``KeyboardInterrupt`` or ``SystemExit`` that a store call sent
+                in the background raised and no caller has received yet (the bulkhead's
+                lease releases), once everything above has ended.
         """
         if self._life.close():
             self._closing()
         await self._life.wait_idle()
         await self._closed_background()
         await self._listeners.aclose()
+        self._closed_interrupt()
 
     def _closing(self) -> None:
         """Refuse what waits for admission and leave fast paths (guards that have them)."""
 
     async def _closed_background(self) -> None:
         """Wait for calls sent to a store in the background (guards that have a store)."""
+
+    def _closed_interrupt(self) -> None:
+        """Raise an interrupt kept from the background for a caller (guards that keep one)."""
 
 
 def now_of(clock: Clock | None) -> float:
@@ -308,16 +317,22 @@ class Background:
     never raises into the loop: its outcome (``None`` or the exception it raised, even
     ``KeyboardInterrupt``) is the task's result. A caller that awaits the task (see
     :meth:`wait`) gets that exception raised in its own task; an outcome nobody awaits is
-    logged. :meth:`aclose` waits for every pending call.
+    logged, except that with ``keep_interrupts`` the first ``KeyboardInterrupt``,
+    ``SystemExit`` or other non-``Exception`` (a ``CancelledError`` the store raised by
+    itself aside) is kept in :attr:`interrupt` for the guard to raise in a caller (see
+    :meth:`raise_interrupt`). :meth:`aclose` waits for every pending call.
     """
 
-    __slots__ = ("_awaited", "_logger", "_owner", "tasks")
+    __slots__ = ("_awaited", "_keep", "_logger", "_owner", "interrupt", "tasks")
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, *, keep_interrupts: bool = False) -> None:
         self.tasks: set[asyncio.Task[BaseException | None]] = set()
         self._awaited: set[asyncio.Task[BaseException | None]] = set()
         self._owner = owner
+        self._keep = keep_interrupts
         self._logger = logging.getLogger(LOGGER)
+        #: An interrupt raised by a call nobody awaited, kept for the next caller.
+        self.interrupt: BaseException | None = None
 
     def send(
         self, what: str, make: Callable[[], Awaitable[Any]], bound: float
@@ -333,10 +348,26 @@ class Background:
         if task in self._awaited:
             self._awaited.discard(task)
             return
-        if not task.cancelled() and (error := task.result()) is not None:
-            self._logger.warning(
-                "%s: %s failed in the background", self._owner, what, exc_info=error
-            )
+        if task.cancelled() or (error := task.result()) is None:
+            return
+        if (
+            self._keep
+            and self.interrupt is None
+            and not isinstance(error, Exception | asyncio.CancelledError)
+        ):
+            self.interrupt = error
+            return
+        self._logger.warning("%s: %s failed in the background", self._owner, what, exc_info=error)
+
+    def raise_interrupt(self) -> None:
+        """Raise the kept :attr:`interrupt` (once), if there is one.
+
+        Raises:
+            BaseException: the interrupt a call nobody awaited raised.
+        """
+        error, self.interrupt = self.interrupt, None
+        if error is not None:
+            raise error
 
     async def wait(self, task: asyncio.Task[BaseException | None]) -> None:
         """Wait for ``task`` (shielded: a cancelled caller leaves it running, still bounded).
@@ -349,7 +380,7 @@ class Background:
         try:
             error = await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._awaited.discard(task)  # nobody will see its outcome: log it
+            self._awaited.discard(task)  # nobody will see its outcome: log (or keep) it
             raise
         if error is not None:
             raise_error(error)

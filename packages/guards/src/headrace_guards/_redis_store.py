@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, Literal, final
 
 from redis.asyncio import Redis, RedisCluster
@@ -46,8 +47,9 @@ class RedisStore(ThrottlePart):
     ``<prefix>{<kind>:<name>}:<field>``: one Cluster hash slot per component.
 
     Round trips: a CLOSED breaker call costs one (``record``; ``admit`` is answered from
-    the state the last reply returned, see ``cache_ttl``), a bulkhead call two (acquire,
-    release), a rate-limiter acquisition one, a budget reservation one.
+    the state the last reply returned, see ``cache_ttl``), a bulkhead call one (its
+    acquire carries the release of the slot given back before it, see :meth:`acquire`),
+    a rate-limiter acquisition one, a budget reservation one.
 
     When Redis fails or answers later than ``timeout``, ``on_error="fail_open"`` admits
     (the breaker acts CLOSED, the limiters unlimited) and ``"fail_closed"`` rejects with
@@ -172,16 +174,29 @@ class RedisStore(ThrottlePart):
         check_name(name)
 
     # -- BulkheadStore ---------------------------------------------------------------
-    async def acquire(self, name: str, limit: int, lease_id: str, ttl: float) -> bool:
+    async def acquire(
+        self,
+        name: str,
+        limit: int,
+        lease_id: str,
+        ttl: float,
+        *,
+        release: Sequence[str] = (),
+    ) -> bool:
         """Take a slot for ``lease_id`` if fewer than ``limit`` live leases are held.
 
-        The lease lives ``min(ttl, lease_ttl)`` seconds and is renewed while held.
+        The lease lives ``min(ttl, lease_ttl)`` seconds and is renewed while held. The
+        leases of ``release`` are given back first, in the same script, as
+        :meth:`release` would give them back: a bulkhead releases the slot of one call
+        and takes the next one's in one round trip.
 
         Args:
             name: the bulkhead's name.
             limit: the shared limit.
             lease_id: a unique id of this holder.
             ttl: the guard's lease time-to-live in seconds.
+            release: lease ids of ``name`` to give back before the slot is taken (they
+                are no longer renewed from this call on).
 
         Returns:
             True when the slot was taken (also when Redis failed and the store fails open);
@@ -199,6 +214,10 @@ class RedisStore(ThrottlePart):
         lost = self._take_lost("bh", name)
         if lost and lease_id in lost:  # asked again: this call decides its fate
             lost = [lease for lease in lost if lease != lease_id]
+        if release:
+            for lease in release:
+                self._unhold(keys[0], lease)
+            lost = [*lost, *release]
         try:
             reply = await self._run(_ACQUIRE, keys, (limit, lease_id, ttl, self.lease_ttl, *lost))
         except BaseException:
