@@ -467,11 +467,13 @@ class ProbeStore:
         self.open_until = 0.0
         self.ho_taken = 0
         self.checked: list[str] = []
+        self.admits = 0
 
     def check_name(self, name: str) -> None:
         self.checked.append(name)
 
     async def admit(self, name: str, now: float, **config: Any) -> Any:
+        self.admits += 1
         hit, value = await self.faults.hit("admit", False, "garbage")
         if hit:
             return value
@@ -650,7 +652,27 @@ async def drive_breaker_store_record(fault: Fault) -> None:
     await settle(breaker)
     breaker_idle(breaker)
     assert store.ho_taken == 0
+    error = expected_error(fault)
+    if fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT):
+        # the neutral record's interrupt, kept for the next caller (before the store is asked)
+        assert error is not None
+        admitted = store.admits
+        with pytest.raises(error):
+            await breaker.call(ok)
+        assert store.admits == admitted
     await closes_again(breaker)
+    await half_open(breaker)
+    store.faults.set("record", fault, after=True)
+    task = asyncio.create_task(breaker.call(asyncio.sleep, 10))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    if fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT):
+        assert error is not None
+        with pytest.raises(error):
+            await breaker.aclose()  # or aclose(), once the record has ended
+    await breaker.aclose()
 
 
 async def drive_breaker_store_reset(fault: Fault) -> None:
@@ -810,7 +832,26 @@ async def drive_limiter_store_refund(fault: Fault) -> None:
         await settle(limiter)  # bounded, even for a refund that hangs
     limiter_idle(limiter)
     assert store.refunds == 1
+    error = expected_error(fault)
+    interrupt = fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT)
+    if interrupt:
+        # the refund's interrupt reaches the next caller, before it reserves anything
+        assert error is not None
+        with pytest.raises(error):
+            await limiter.call(ok)
+        limiter_idle(limiter)
     assert await limiter.call(ok) == "ok"
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.1)
+    store.faults.set("refund", fault, after=True)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    if interrupt:
+        assert error is not None
+        with pytest.raises(error):
+            await limiter.aclose()  # or aclose(), once the refund has ended
+    await limiter.aclose()
 
 
 # -- retry ---------------------------------------------------------------------------------

@@ -746,15 +746,31 @@ async def drive_throttle_store_admit(fault: Fault) -> None:
 async def drive_throttle_store_done(fault: Fault) -> None:
     # The outcome goes to the store without making the call wait: whatever the store
     # does there is logged, a hang is cancelled by drain(timeout=); the call's own
-    # outcome stands.
+    # outcome stands. KeyboardInterrupt/SystemExit reach the next caller (before it is
+    # admitted), or drain().
+    interrupt = fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT)
+    error = expected_error(fault)
     store = FaultyThrottleStore(Once(fault), "throttle_done")
     t = Throttle(2, name="api", store=store)
     assert await outcome(t.execute(ok), DEADLINE) == "ok"
     await settle()
     check_idle(t)
+    if interrupt:
+        assert error is not None
+        with pytest.raises(error):
+            await t.execute(ok)
+        check_idle(t)
     await next_call_works(t)
     assert await outcome(t.drain(timeout=60)) is None
     assert store.leases["api"] == set()
+    if interrupt:
+        store = FaultyThrottleStore(Once(fault), "throttle_done")
+        t = Throttle(2, name="api", store=store)
+        assert await t.execute(ok) == "ok"
+        assert error is not None
+        with pytest.raises(error):
+            await t.drain(timeout=60)  # once the outcome was sent
+        assert store.leases["api"] == set()
 
 
 # -- a user's budget store ----------------------------------------------------------------

@@ -202,7 +202,7 @@ class CircuitBreaker(GuardBase):
         self._store: BreakerStore | None = check_store(
             store, self.name, ("admit", "record", "force", "reset")
         )
-        self._background = Background(self._describe())
+        self._background = Background(self._describe(), keep_interrupts=True)
         self._clock = check_clock(clock)
         settings = Settings(
             name=self.name,
@@ -469,3 +469,6 @@ class CircuitBreaker(GuardBase):
 
     async def _closed_background(self) -> None:
         await self._background.aclose()
+
+    def _closed_interrupt(self) -> None:
+        self._background.raise_interrupt()

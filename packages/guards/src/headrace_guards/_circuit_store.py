@@ -203,6 +203,8 @@ class StoreState:
             TypeError: when the store's ``admit`` returned something else than
                 ``(allowed, generation, state, retry_after)``.
         """
+        if self._background.interrupt is not None:
+            self._background.raise_interrupt()  # from a neutral record nobody awaited
         if self.disabled:
             return -1, CLOSED, False
         store = self._store

@@ -232,8 +232,9 @@ class GuardBase:
 
         Raises:
             BaseException: a ``KeyboardInterrupt`` or ``SystemExit`` that a store call sent
-                in the background raised and no caller has received yet (the bulkhead's
-                lease releases), once everything above has ended.
+                in the background raised and no caller has received yet (a bulkhead's
+                lease release, a breaker's neutral record, a limiter's refund), once
+                everything above has ended.
         """
         if self._life.close():
             self._closing()

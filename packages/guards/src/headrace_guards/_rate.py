@@ -139,7 +139,7 @@ class RateLimiter(GuardBase):
         self.burst = check_int("burst", burst, ge=1)
         self.max_wait = check_optional_number("max_wait", max_wait, ge=0)
         self._store: RateStore | None = check_store(store, self.name, ("reserve", "refund"))
-        self._background = Background(self._describe())
+        self._background = Background(self._describe(), keep_interrupts=True)
         self._clock = check_clock(clock)
         self._interval = self.per / self.rate
         self._capacity = self.burst * self._interval
@@ -303,6 +303,8 @@ class RateLimiter(GuardBase):
         store, name = self._store, self.name
         assert store is not None
         assert name is not None
+        if self._background.interrupt is not None:
+            self._background.raise_interrupt()  # from a refund nobody awaited
         reply = await store.reserve(name, self.rate, self.per, self.burst, cost, self.max_wait)
         reserved, wait = _reservation(store, reply)
         if not reserved:
@@ -345,6 +347,9 @@ class RateLimiter(GuardBase):
 
     async def _closed_background(self) -> None:
         await self._background.aclose()
+
+    def _closed_interrupt(self) -> None:
+        self._background.raise_interrupt()
 
     async def __aenter__(self) -> RateLimiter:
         await self.acquire(1)

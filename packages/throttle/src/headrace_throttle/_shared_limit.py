@@ -47,7 +47,7 @@ class SharedLimit:
         follow: called with the shared limit after each reply that changes it.
     """
 
-    __slots__ = ("_config", "_follow", "_name", "_store", "_tasks", "view")
+    __slots__ = ("_config", "_follow", "_interrupt", "_name", "_store", "_tasks", "view")
 
     def __init__(
         self,
@@ -62,6 +62,9 @@ class SharedLimit:
         self._follow = follow
         self._tasks: set[asyncio.Task[None]] = set()
         self.view: SharedSnapshot | None = None
+        # a KeyboardInterrupt/SystemExit a store call sent without waiting raised, kept
+        # for the next admission or drain()
+        self._interrupt: BaseException | None = None
 
     def snapshot(self) -> SharedSnapshot | None:
         """The last view of the shared state (None before the first reply)."""
@@ -92,6 +95,7 @@ class SharedLimit:
         Raises:
             Rejected: when the store cannot be reached and fails closed.
         """
+        self.raise_interrupt()
         lease = uuid.uuid4().hex
         poll = _POLL_FIRST
         while True:
@@ -162,8 +166,15 @@ class SharedLimit:
         except Exception as exc:  # the lease ends by its TTL; the next reply catches up
             _log.warning("throttle %r: a shared store call failed: %s", self._name, safe_repr(exc))
         except BaseException as exc:  # KeyboardInterrupt, SystemExit from a store's code
-            _log.error("throttle %r: a shared store call raised", self._name, exc_info=exc)
+            if self._interrupt is None:
+                self._interrupt = exc  # for the next admission, or drain()
 
     async def aclose(self, timeout: float | None) -> None:
         """Wait for the outcomes sent without waiting (cancelled past ``timeout``)."""
         await finish_tasks(self._tasks, timeout)
+
+    def raise_interrupt(self) -> None:
+        """Raise (once) what a store call sent without waiting raised: an interrupt."""
+        error, self._interrupt = self._interrupt, None
+        if error is not None:
+            raise error

@@ -628,6 +628,8 @@ class Throttle:
             await self._shared_limit.aclose(_left(loop, deadline))
         if self._shared is not None:
             self._shared.raise_interrupt()
+        if self._shared_limit is not None:
+            self._shared_limit.raise_interrupt()
 
     async def aclose(self) -> None:
         """Close and drain without a timeout (the same as leaving ``async with``)."""
