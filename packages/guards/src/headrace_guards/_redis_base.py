@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal, cast
 
 from headrace_core import ConfigurationError, HeadraceError
-from headrace_core.lowlevel import check_number, check_optional_number, safe_repr
+from headrace_core.lowlevel import check_number, check_optional_number, keep_cancel, safe_repr
 
 try:
     from redis.exceptions import (
@@ -91,41 +91,14 @@ def check_name(name: object) -> str:
     return name
 
 
-async def checked(awaitable: Awaitable[Any]) -> Any:
-    """Await ``awaitable``; re-raise a cancellation of this task that it swallowed.
+def checked(awaitable: Awaitable[Any]) -> Awaitable[Any]:
+    """Await a reply of the Redis client, never losing a cancellation of this task.
 
-    Some redis-py versions (8.0 to 8.2 on Python 3.11) return a reply, or raise another
-    error, when the task is cancelled while the reply is being read: the cancellation is
-    lost. The task's cancellation count still shows it was asked for, so it is raised
-    again here.
-
-    A ``CancelledError`` that the client raises while this task is not being cancelled is
-    the client's failure, not a cancellation: it is raised as a ``HeadraceError`` chaining
-    it, so that no caller mistakes it for its own cancellation.
+    Core's ``keep_cancel``: redis-py 8.0 to 8.2 on Python 3.11 may swallow a cancellation
+    while a reply is read; a ``CancelledError`` the client raises by itself becomes a
+    ``HeadraceError`` chaining it.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    cancelling = task.cancelling()
-    try:
-        result = await awaitable
-    except asyncio.CancelledError as exc:
-        if task.cancelling() > cancelling:
-            raise
-        raise stray_cancel(exc) from exc
-    except Exception as exc:
-        if task.cancelling() > cancelling:
-            raise asyncio.CancelledError from exc
-        raise
-    if task.cancelling() > cancelling:
-        raise asyncio.CancelledError
-    return result
-
-
-def stray_cancel(exc: asyncio.CancelledError) -> HeadraceError:
-    """The error for a ``CancelledError`` that the client raised by itself."""
-    return HeadraceError(
-        "the Redis client raised CancelledError while the task was not being cancelled"
-    )
+    return keep_cancel(awaitable, "the Redis client")
 
 
 def text(value: Any) -> str:
