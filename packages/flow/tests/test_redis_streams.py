@@ -822,3 +822,26 @@ async def test_source_and_sink_on_a_redis_cluster(redis_cluster: Any) -> None:
         assert await pending(client, stream, "g") == 0
     finally:
         await client.aclose()
+
+
+async def test_an_entry_finished_but_not_yet_acknowledged_is_never_claimed_back(
+    client: Any, key: str
+) -> None:
+    await fill(client, key, [1])
+    seen: list[int] = []
+
+    async def keep(x: int) -> None:
+        seen.append(x)
+
+    f = flow(stage(keep))
+    src = source(client, key, claim_idle=0.05, ack_timeout=0.2)
+    src._client = FailingAcks(client)  # the acknowledgement cannot be sent
+    task = asyncio.create_task(f.run(src))
+    while not seen:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.3)  # six claim periods: the entry is idle in Redis's eyes
+    assert seen == [1]  # processed once: this consumer does not claim it back
+    assert src.stats().in_flight == 1
+    await f.drain()
+    with pytest.raises(RedisConnectionError):
+        await task

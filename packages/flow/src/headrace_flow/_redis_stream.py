@@ -287,7 +287,7 @@ class RedisStreamSource(TrackedSource):
         cursor = "0-0"
         while True:
             claimed = False
-            if loop.time() >= next_claim:
+            if backlog is None and loop.time() >= next_claim:  # (own pending ones first)
                 assert claim_idle is not None
                 cursor, entries = await self._call(self._claim, cursor)
                 claimed = True
@@ -304,7 +304,9 @@ class RedisStreamSource(TrackedSource):
                 entries = await self._call(self._read_from, ">", block)
             for entry_id, fields in entries:
                 if entry_id in self._in_flight:
-                    continue  # a claim of an entry this consumer works on (a late heartbeat)
+                    # a claim of an entry this consumer works on (a late heartbeat), or
+                    # finished and not acknowledged yet
+                    continue
                 if fields is None:  # deleted (trimmed) while pending: nothing to process
                     self._completed(entry_id)
                     continue
@@ -422,8 +424,11 @@ class RedisStreamSource(TrackedSource):
 
     # -- acknowledging --------------------------------------------------------------------
     def _completed(self, entry_id: object) -> None:
-        """An entry's item has left the pipeline: acknowledge it (in the background)."""
-        self._in_flight.discard(entry_id)
+        """An entry's item has left the pipeline: acknowledge it (in the background).
+
+        It stays in flight until Redis confirmed the acknowledgement, so that a claim
+        meanwhile (of an entry idle for long) never hands it to the pipeline again.
+        """
         self._acks.append(entry_id)
         wake = self._wake
         if wake is not None:
@@ -466,6 +471,9 @@ class RedisStreamSource(TrackedSource):
             self._acks[:0] = ids  # acknowledging twice is harmless: in order, again
             raise
         self._acked += len(ids)
+        in_flight = self._in_flight
+        for entry_id in ids:
+            in_flight.discard(entry_id)
 
     async def _heartbeat(self) -> None:
         """Reset the idle time of the entries in flight, so no other consumer claims them."""
