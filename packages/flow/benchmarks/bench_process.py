@@ -26,7 +26,7 @@ from shared.flow_workers import spin
 
 BENCH = Bench("flow: a CPU-bound stage in worker processes (about 1 ms per item)")
 
-ITEMS = 400
+ITEMS = 1000
 QUICK_ITEMS = 40
 WORK = 1000  # spin(WORK) is about 1 ms of work on this machine
 _items = [ITEMS]
