@@ -815,11 +815,13 @@ async def test_lua_count_window_matches_the_in_process_ring(make: Maker) -> None
             expected = ring.verdict(slow_rate)
             state = await store.record(name, 0, outcome, 0.0, **cfg)
             snap = await store.snapshot(name)
+            # (a store that failed open would answer for itself: say so first)
+            assert store.errors == 0, f"the store failed open {store.errors} time(s)"
             assert (snap["window_calls"], snap["window_failures"], snap["window_slow"]) == (
                 ring.calls,
                 ring.failures,
                 ring.slow,
-            )
+            ), f"run {run}: {cfg}, snapshot {dict(snap)}"
             if expected is not None:
                 assert state is CircuitState.OPEN
                 assert snap["last_reason"] == expected
