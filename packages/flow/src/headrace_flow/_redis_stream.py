@@ -20,6 +20,7 @@ from headrace_core.lowlevel import check_int, check_number, keep_cancel, safe_re
 from headrace_flow._errors import events
 from headrace_flow._lineage import Ticket, Tracked, TrackedSource
 from headrace_flow._stages import Stage, stage
+from headrace_flow._state import note
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -314,9 +315,10 @@ class RedisStreamSource(TrackedSource):
                     item = self._codec.decode(fields)
                 except Exception as exc:
                     if self._dead_letter is None:
-                        exc.add_note(
+                        note(
+                            exc,
                             f"decoding entry {_text(entry_id)} of Redis stream {self.stream!r} "
-                            f"(group {self.group!r}); it stays pending"
+                            f"(group {self.group!r}); it stays pending",
                         )
                         raise
                     await self._call(self._bury, entry_id, fields, exc)
@@ -415,9 +417,10 @@ class RedisStreamSource(TrackedSource):
                 error: Exception = exc
             delay = next(delays)
             if give_up is not None and loop.time() + delay > give_up:
-                error.add_note(
+                note(
+                    error,
                     f"Redis stream {self.stream!r} could not be read for "
-                    f"{self._reconnect:g}s (reconnect_timeout)"
+                    f"{self._reconnect:g}s (reconnect_timeout)",
                 )
                 raise error
             await asyncio.sleep(delay)
@@ -527,9 +530,10 @@ class RedisStreamSource(TrackedSource):
         except TimeoutError as exc:
             left, self._acks = len(self._acks), []
             failure = error or exc
-            failure.add_note(
+            note(
+                failure,
                 f"{left} completed entries of Redis stream {self.stream!r} were not "
-                f"acknowledged within {self._ack_timeout:g}s; they will be delivered again"
+                f"acknowledged within {self._ack_timeout:g}s; they will be delivered again",
             )
             raise failure from None
 
