@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from headrace_core import Closed
 from headrace_core.testing import VirtualClock
 from headrace_guards import Bulkhead, BulkheadFull, ConfigurationError, GuardEvent
 from shared.faults import settle
@@ -596,3 +597,43 @@ async def test_a_waiter_polling_a_carrying_store_gets_the_slot_given_back() -> N
         assert store.leases == set()
         snap = bulkhead.snapshot()
         assert (snap.in_flight, snap.waiting, snap.rejected, snap.completed) == (0, 0, 0, 2)
+
+
+@pytest.mark.parametrize("carrying", [True, False])
+async def test_a_caller_polling_the_store_is_woken_when_a_local_slot_comes_back(
+    carrying: bool,
+) -> None:
+    store = CarryingStore() if carrying else LeaseStore()
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, name=f"wake-{carrying}", store=store)
+        gate = asyncio.Event()
+        holder = asyncio.create_task(bulkhead.call(gate.wait))
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(bulkhead.call(asyncio.sleep, 0, "waited"))
+        await asyncio.sleep(1.0)  # the waiter's polls back off (0.25 s apart by now)
+        assert not waiter.done()
+        released = clock.now()
+        gate.set()
+        await holder
+        assert await waiter == "waited"
+        assert clock.now() == pytest.approx(released)  # at once, not at its next poll
+        assert bulkhead.snapshot().waiting == 0
+        await bulkhead.aclose()
+        assert store.leases == set()
+
+
+async def test_close_refuses_the_callers_polling_the_store_at_once() -> None:
+    store = LeaseStore()
+    store.leases = {"held elsewhere"}
+    with VirtualClock() as clock:
+        bulkhead = Bulkhead(1, name="close-pollers", store=store)
+        waiters = [asyncio.create_task(bulkhead.call(asyncio.sleep, 0)) for _ in range(3)]
+        await asyncio.sleep(1.0)
+        closed_at = clock.now()
+        await bulkhead.aclose()
+        for waiter in waiters:
+            with pytest.raises(Closed):
+                await waiter
+        assert clock.now() == pytest.approx(closed_at)
+        assert bulkhead.snapshot().waiting == 0
+        assert store.leases == {"held elsewhere"}

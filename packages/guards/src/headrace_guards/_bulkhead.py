@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -74,6 +75,7 @@ class _Slots:
         "completed",
         "in_flight",
         "log_mark",
+        "pollers",
         "rejected",
         "releasing",
         "returned",
@@ -93,6 +95,9 @@ class _Slots:
         # leases whose release was sent on its own and has no reply yet.
         self.returned: dict[str, BulkheadStore] = {}
         self.releasing: dict[str, BulkheadStore] = {}
+        # Store-backed: the callers of this loop polling the store for a slot, each waiting
+        # for its next try (woken early when a slot of this loop is given back).
+        self.pollers: deque[asyncio.Future[None]] = deque()
 
 
 class _Declaration:
@@ -200,6 +205,21 @@ def _carries_releases(store: BulkheadStore) -> bool:
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         inspect.Parameter.KEYWORD_ONLY,
     )
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake_poller(slots: _Slots) -> None:
+    """Wake the longest-waiting caller polling the store: a slot of this loop came back."""
+    pollers = slots.pollers
+    while pollers:
+        fut = pollers.popleft()
+        if not fut.done():
+            fut.set_result(None)
+            return
 
 
 def _take_returned(slots: _Slots, store: BulkheadStore) -> list[str]:
@@ -482,7 +502,17 @@ class Bulkhead(GuardBase):
                     if within(deadline, now):
                         raise self._reject(slots)
                     delay = min(delay, deadline - now)
-                await asyncio.sleep(delay)
+                # the next try after ``delay``, or at once when a call of this loop gives
+                # its slot back (its release then goes with the try, or has landed)
+                waker: asyncio.Future[None] = loop.create_future()
+                slots.pollers.append(waker)
+                timer = loop.call_later(delay, _wake, waker)
+                try:
+                    await waker
+                finally:
+                    timer.cancel()
+                    with contextlib.suppress(ValueError):  # (not there: woken by a slot)
+                        slots.pollers.remove(waker)
                 if self._life.closed:
                     raise self._life.refuse()
                 if await self._store_try(store, name, lease, slots):
@@ -594,8 +624,14 @@ class Bulkhead(GuardBase):
         slots.completed += 1
         if self._carries:
             self._return(slots, store, name, lease)
+            if slots.pollers:
+                _wake_poller(slots)  # its try carries the release
             return None
-        return self._release_soon(store, name, lease)
+        task = self._release_soon(store, name, lease)
+        if slots.pollers:
+            # a poller woken before the release landed would be refused: after it
+            task.add_done_callback(lambda _: _wake_poller(slots))
+        return task
 
     def _push_lease(self, lease: str) -> None:
         task = asyncio.current_task()
@@ -657,6 +693,12 @@ class Bulkhead(GuardBase):
     def _closing(self) -> None:
         for fut, slots in tuple(self._queued.items()):
             _expire(slots, fut)  # refused: the waiter raises Closed
+        if self._store is not None:
+            # this loop's callers polling the store try no more: refused with Closed (a
+            # poller of another instance of the name just tries once more)
+            pollers = self._decl.slots.get().pollers
+            while pollers:
+                _wake(pollers.popleft())
 
     async def _closed_background(self) -> None:
         await self._background.aclose()
