@@ -26,6 +26,8 @@ import pytest
 import pytest_asyncio
 
 _SETTLE_PASSES = 5
+#: The repository's root (the folder of ``shared``).
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,10 +66,21 @@ async def _no_pending_tasks() -> AsyncIterator[None]:
 # -- Redis ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with the repository first on ``PYTHONPATH``.
+
+    For the worker processes the tests start with ``python -m shared.<module>``.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")])
+    return env
 
 
 def _find_redis_server() -> str | None:
@@ -102,7 +115,7 @@ class RedisServer:
         self.binary = binary
         self.password = password
         self.extra = extra
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="headrace-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -206,7 +219,7 @@ class RedisClusterServers:
                 "--cluster-node-timeout",
                 "2000",
                 "--cluster-port",  # the default, port + 10000, may be past 65535
-                str(_free_port()),
+                str(free_port()),
             )
 
     @property

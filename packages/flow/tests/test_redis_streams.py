@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,11 +42,10 @@ from headrace_flow.redis import (
     redis_stream_sink,
     redis_stream_source,
 )
-from shared.pytest_fixtures import RedisServer
+from shared.pytest_fixtures import REPOSITORY, RedisServer, child_env
 
 pytestmark = pytest.mark.redis
 
-ROOT = Path(__file__).resolve().parents[3]
 NOT_A_CLIENT: Any = object()
 NONE: Any = None
 THREE: Any = 3
@@ -676,12 +673,6 @@ async def test_one_run_at_a_time(client: Any, key: str) -> None:
 
 
 # -- several processes -----------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
-
-
 class Consumer:
     """A consumer process (``shared.stream_worker``)."""
 
@@ -690,8 +681,8 @@ class Consumer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shared.stream_worker", url, name, str(delay), str(claim_idle)],
             stdout=subprocess.PIPE,
-            env=_env(),
-            cwd=ROOT,
+            env=child_env(),
+            cwd=REPOSITORY,
         )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == b"ready"

@@ -9,43 +9,26 @@ tests take a few seconds each.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.busy_http import get
+from shared.pytest_fixtures import REPOSITORY, child_env, free_port
 
 pytestmark = pytest.mark.redis
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 class Busy:
     """The busy HTTP server, in a process of its own."""
 
     def __init__(self, threshold: int, delay: float, retry_after: float) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -54,8 +37,8 @@ class Busy:
                 *(str(v) for v in (self.port, threshold, delay, retry_after)),
             ],
             stdout=subprocess.PIPE,
-            env=_env(),
-            cwd=ROOT,
+            env=child_env(),
+            cwd=REPOSITORY,
         )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == b"ready"
@@ -109,8 +92,8 @@ def workers(
                 *(str(v) for v in (port, mode, requests, limit, ttl)),
             ],
             stdout=subprocess.PIPE,
-            env=_env(),
-            cwd=ROOT,
+            env=child_env(),
+            cwd=REPOSITORY,
         )
         for _ in range(n)
     ]

@@ -605,20 +605,16 @@ def redis_stream_source(
         _check_key("group", group),
         _check_key("consumer", consumer),
         batch=check_int("batch", batch, ge=1),
-        block=_positive("block", block),
-        claim_idle=None if claim_idle is None else _positive("claim_idle", claim_idle),
+        block=check_number("block", block, gt=0),
+        claim_idle=None if claim_idle is None else check_number("claim_idle", claim_idle, gt=0),
         codec=_check_codec(codec),
         start=_check_start(start),
         dead_letter=None if dead_letter is None else _check_key("dead_letter", dead_letter),
         reconnect_timeout=None
         if reconnect_timeout is None
         else check_number("reconnect_timeout", reconnect_timeout, ge=0),
-        ack_timeout=_positive("ack_timeout", ack_timeout),
+        ack_timeout=check_number("ack_timeout", ack_timeout, gt=0),
     )
-
-
-def _positive(argument: str, value: object) -> float:
-    return check_number(argument, value, gt=0)
 
 
 def _check_start(start: object) -> str:

@@ -11,7 +11,7 @@ from headrace_core.lowlevel import being_cancelled, safe_repr
 from headrace_flow._calls import ItemCall, make_call
 from headrace_flow._channel import EOF, RETIRE, Channel, Finals, Numbered
 from headrace_flow._errors import Dropped, DropReason, TransformerError
-from headrace_flow._lineage import Tracked, batch_of, carry, spread, unwrap
+from headrace_flow._lineage import Tracked, batch_of, carry, finish, spread, unwrap
 from headrace_flow._markers import DROP, Last
 from headrace_flow._plan import Kind
 from headrace_flow._reorder import HOLE, Outputs, Reorder
@@ -347,7 +347,7 @@ class Worker:
             # -- hand the output on ----------------------------------------------------------
             if out is None:
                 tally.completed += 1
-                if type(result) is Tracked:
+                if type(result) is Tracked:  # (finish() written out: the hot path)
                     result.ticket.done()
             elif not out.try_put(result):
                 if order is None:
@@ -395,8 +395,7 @@ class Worker:
         out = self.out
         if out is None:
             self.tally.completed += 1
-            if type(value) is Tracked:
-                value.ticket.done()
+            finish(value)
             return
         if not out.try_put(value):
             await out.park(value)
@@ -408,8 +407,7 @@ class Worker:
         out = self.out
         if out is None:
             self.tally.completed += 1
-            if type(value) is Tracked:
-                value.ticket.done()
+            finish(value)
         else:
             out.add_final(value)
 
