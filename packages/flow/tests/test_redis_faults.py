@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+import headrace_flow.redis
 from headrace_core import HeadraceError
 from headrace_flow import ErrorEvent, SourceError, TransformerError, flow, stage
 from headrace_flow.redis import JsonCodec, redis_stream_sink, redis_stream_source
@@ -30,6 +31,7 @@ from shared.faults import (
     cases,
     expected_error,
     inject,
+    missing_points,
     run_injection,
 )
 
@@ -267,11 +269,22 @@ async def drive_ack(fault: Fault) -> None:
 
 
 POINTS = [
-    Point("redis_stream_sink.codec.encode", SYNC_FAULTS, drive_encode),
-    Point("redis_stream_source.codec.decode", SYNC_FAULTS, drive_decode),
+    Point(
+        "redis_stream_sink.codec.encode", SYNC_FAULTS, drive_encode, ("redis_stream_sink.codec",)
+    ),
+    Point(
+        "redis_stream_source.codec.decode",
+        SYNC_FAULTS,
+        drive_decode,
+        ("redis_stream_source.codec", "RedisStreamSource.codec"),
+    ),
     Point("redis_stream_source.client.xreadgroup", ASYNC_FAULTS, drive_read),
     Point("redis_stream_source.client.xack(background)", ASYNC_FAULTS, drive_ack),
 ]
+
+
+def test_every_callable_parameter_is_in_the_table() -> None:
+    assert missing_points(headrace_flow.redis, POINTS) == []
 
 
 @pytest.mark.parametrize(("point", "fault", "start"), list(cases(POINTS)))
