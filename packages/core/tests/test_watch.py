@@ -257,3 +257,26 @@ async def test_nested_deadlines_of_one_task_expire_innermost_first() -> None:
             outer_d.done(entry)
         assert scope.expired()
         assert clock.now() == start + 3
+
+
+async def test_a_task_scope_is_cancelled_at_its_deadline_and_an_ended_one_skipped() -> None:
+    # A task whose whole body is the call may be its own scope: cancel() at the deadline.
+    expired: list[list[Any]] = []
+    with VirtualClock() as clock:
+        loop = asyncio.get_running_loop()
+        deadlines: Deadlines[str] = Deadlines(loop, 2.0, expired.append)
+        slow = loop.create_task(asyncio.sleep(10))
+        quick = loop.create_task(asyncio.sleep(1))
+        slow_entry = deadlines.add(slow, "slow")
+        quick_entry = deadlines.add(quick, "quick")  # never done(): it ends by itself
+        start = clock.now()
+        await asyncio.gather(slow, quick, return_exceptions=True)
+        assert clock.now() == start + 2
+        deadlines.done(slow_entry)
+    assert slow.cancelled()
+    assert slow.cancelling() == 1  # the deadline's cancel alone: it owes no uncancel()
+    assert not quick.cancelled()
+    assert expired == [slow_entry]
+    assert slow_entry[0] is None
+    assert quick_entry[0] is not None  # due and popped, but its task had ended: not expired
+    assert not deadlines.entries

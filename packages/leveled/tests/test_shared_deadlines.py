@@ -1,9 +1,12 @@
 """Phase timeouts through the run's shared watchers (one loop timer per timeout length).
 
-Each timed call still enters an ``asyncio.Timeout`` of its own; these tests pin what the
-sharing must not change: which calls time out and when, the caller's cancel against armed
-deadlines, an ``asyncio.timeout`` around the run, abandonment, retries, and that a run
-leaves no timer armed behind it.
+A phase with only a timeout makes no ``asyncio.Timeout`` of its own: run inline, it shares
+the pass's one (the stretch), which it leaves when its deadline came; run as a task, the
+task is its scope and the watcher cancels it. A call with retries or guards enters an
+``asyncio.Timeout`` per attempt. These tests pin what the sharing must not change: which
+calls time out and when, the caller's cancel against armed deadlines, an
+``asyncio.timeout`` around the run, abandonment, retries, and that a run leaves no timer
+armed behind it.
 """
 
 from __future__ import annotations
@@ -418,3 +421,114 @@ async def test_eager_tasks_share_the_watcher_too() -> None:
     assert log.cancelled == ["A2.exe"]
     posts = ["A0.post", "A1.post", "A2.post", "B.post"]  # every task was entered
     assert sorted(e for e in log.events if e.endswith(".post")) == posts
+
+
+@pytest.mark.parametrize("width", [1, 3])
+async def test_a_call_that_swallows_its_deadline_and_returns_succeeds(width: int) -> None:
+    # As with asyncio.timeout(): a body that swallows the cancel and returns has returned.
+    # The next level's deadlines hold all the same (inline: under a new stretch).
+    log = Log()
+
+    async def late(ctx: Any) -> str:
+        # swallowed at once (past a few loop turns, the call would be abandoned)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(100)
+        return "late"
+
+    builder = Processor.builder()
+    for i in range(width):
+        builder.add_task(Task(f"A{i}", TaskFunction(late, timeout=5)), level=1)
+        builder.add_task(Task(f"B{i}", log.timed(f"B{i}.pre", 100 if i == 0 else 1, 5)), level=2)
+    p = builder.build()
+    with VirtualClock() as clock:
+        start = clock.now()
+        with pytest.raises(ProcessorError) as info:
+            await p.process_tasks(None)
+        assert clock.now() == start + 5 + 5
+        me = asyncio.current_task()
+        assert me is not None
+        assert me.cancelling() == 0
+    report = info.value.report
+    for i in range(width):
+        phase = report.tasks[f"A{i}"].phases[Phase.PRE_EXECUTE]
+        assert (phase.state, phase.result) == (TaskState.SUCCEEDED, "late")
+    (error,) = failures_of(info.value).values()
+    assert isinstance(error, PhaseTimeout)
+    assert (error.task, error.timeout) == ("B0", 5)
+    assert log.cancelled == ["B0.pre"]
+
+
+@pytest.mark.parametrize("width", [1, 3])
+async def test_a_call_answering_its_deadline_with_timeout_error_is_a_phase_timeout(
+    width: int,
+) -> None:
+    cause = TimeoutError("the client gave up")
+
+    async def converts(ctx: Any) -> None:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            raise cause from None
+
+    builder = Processor.builder()
+    for i in range(width):
+        builder.add_task(Task(f"A{i}", TaskFunction(converts, timeout=5)), level=1)
+    p = builder.build()
+    with VirtualClock(), pytest.raises(ProcessorError) as info:
+        await p.process_tasks(None)
+    errors = list(failures_of(info.value).values())
+    assert len(errors) == width
+    assert all(type(e) is PhaseTimeout for e in errors)
+    assert all(e.__cause__ is cause for e in errors)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+async def test_a_call_answering_its_deadline_with_its_own_error_raises_that_error(
+    width: int,
+) -> None:
+    async def fails(ctx: Any) -> None:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            raise ValueError("cleanup failed") from None
+
+    builder = Processor.builder()
+    for i in range(width):
+        builder.add_task(Task(f"A{i}", TaskFunction(fails, timeout=5)), level=1)
+    p = builder.build()
+    with VirtualClock(), pytest.raises(ProcessorError) as info:
+        await p.process_tasks(None)
+    errors = list(failures_of(info.value).values())
+    assert len(errors) == width
+    assert all(type(e) is ValueError for e in errors)
+
+
+async def test_an_inline_call_ending_as_its_deadline_fires_leaves_no_cancel_behind() -> None:
+    # The watcher's timer was armed for an earlier deadline; B's own wake-up timer, due at
+    # B's deadline, was scheduled before the watcher re-armed for that deadline, so B
+    # returns in the iteration after the watcher fired, before the stretch's cancel runs.
+    # B has returned (as under asyncio.timeout()), and that cancel must not reach the
+    # calls after it.
+    log = Log()
+
+    async def b(ctx: Any) -> str:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_at(loop.time() + 10, done.set_result, "b")
+        result: str = await done
+        return result
+
+    p = (
+        Processor.builder()
+        .add_task(Task("A", log.timed("A.pre", 1, 10)), level=1)
+        .add_task(Task("B", TaskFunction(b, timeout=10)), level=2)
+        .add_task(Task("C", log.timed("C.pre", 1, 10), log.timed("C.exe", 1, 10)), level=3)
+        .build()
+    )
+    with VirtualClock() as clock:
+        start = clock.now()
+        report = await p.process_tasks(None)
+        assert clock.now() == start + 1 + 10 + 2
+    assert report.tasks["B"].phases[Phase.PRE_EXECUTE].result == "b"
+    assert all(t.state is TaskState.SUCCEEDED for t in report.tasks.values())
+    assert log.cancelled == []

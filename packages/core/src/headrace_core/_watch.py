@@ -26,14 +26,22 @@ class Deadlines(Generic[T]):
     ``asyncio.timeout()`` does; then ``on_expire(entry)`` runs. A call that ends in time
     (:meth:`done`) costs no timer handle of its own.
 
+    The scope may also be a task whose whole body is the call: at the deadline the task is
+    cancelled (``task.cancel()``). Such a task ends with its call, so it owes no
+    ``uncancel()``; its owner tells a deadline's cancel from another by the entry (expired
+    or not) and ``task.cancelling()`` (one cancel: the deadline's alone).
+
     A deadline is an *entry*, the list ``[when, scope, owner]`` (a list: the cheapest
     record to make, and hot paths make one per call):
 
     - ``entry[0]``: the deadline in loop time; ``None`` once it expired, that is once its
-      scope was rescheduled to expire (``scope.when()`` then tells when). Only then can the
-      scope have expired, so a call asks ``scope.expired()`` only then.
-    - ``entry[1]``: the call's ``asyncio.Timeout``; ``None`` once :meth:`done` ran.
+      scope was rescheduled to expire (``scope.when()`` then tells when) or its task was
+      cancelled. Only then can the scope have expired, so a call asks ``scope.expired()``
+      only then.
+    - ``entry[1]``: the call's ``asyncio.Timeout`` (or task); ``None`` once :meth:`done` ran.
     - ``entry[2]``: the owner given to :meth:`add`, for ``on_expire``.
+
+    A hot path that writes :meth:`add` out may append items of its own after the owner.
 
     The timer stays armed while no deadline is live (a later deadline reuses it), until
     :meth:`close`. Use it from its loop only, as every ``asyncio.Timeout``.
@@ -92,12 +100,12 @@ class Deadlines(Generic[T]):
         self.entries: deque[list[Any]] = deque()
         self.handle: asyncio.TimerHandle | None = None
 
-    def add(self, scope: asyncio.Timeout, owner: T) -> list[Any]:
+    def add(self, scope: asyncio.Timeout | asyncio.Task[Any], owner: T) -> list[Any]:
         """Watch the deadline of the call in ``scope``: ``seconds`` from now.
 
         Args:
             scope: the call's ``asyncio.Timeout(None)``, entered right after (no ``await``
-                in between).
+                in between); or a task whose whole body is the call, just created.
             owner: what the entry carries for ``on_expire`` (its ``entry[2]``).
 
         Returns:
@@ -137,10 +145,13 @@ class Deadlines(Generic[T]):
             entries.popleft()
             if scope is None:
                 continue
-            try:
-                scope.reschedule(now)  # asyncio's Timeout cancels the call
-            except RuntimeError:
-                continue  # the call already left its Timeout: nothing to cancel
+            if type(scope) is asyncio.Timeout:
+                try:
+                    scope.reschedule(now)  # asyncio's Timeout cancels the call
+                except RuntimeError:
+                    continue  # the call already left its Timeout: nothing to cancel
+            elif not scope.cancel():
+                continue  # a task that is its call's scope, and ended already
             entry[0] = None
             if on_expire is not None:
                 on_expire(entry)

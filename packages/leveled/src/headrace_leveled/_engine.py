@@ -53,6 +53,10 @@ _FATAL = (KeyboardInterrupt, SystemExit)
 _PLAIN, _INVOKE, _GUARDS = 0, 1, 2
 
 
+class _Returned(Exception):
+    """An inline call past its deadline returned: it leaves the stretch with its result."""
+
+
 class _Fatal(Exception):
     """Carries a ``KeyboardInterrupt``/``SystemExit`` out of a phase task.
 
@@ -70,7 +74,15 @@ class _Fatal(Exception):
 # What a run holds of a timed call, the owner of the call's entry in its watcher
 # (``[when, scope, held]``, see :class:`Deadlines`), is the list ``[task, *coroutines]``:
 # the task awaiting the call, then the coroutines the call runs, closed if it is abandoned
-# (see ``Run._abandon``). A list, since every timed call makes one.
+# (see ``Run._abandon``). A list, since every timed call makes one. A phase task that is
+# its call's scope has no owner (``None``): the task is ``entry[1]``, and the coroutine
+# its body awaits is found when needed; its entry also carries its watcher's deque.
+
+
+def _task_of(entry: list[Any]) -> Any:
+    """The task awaiting a timed call (its scope itself, for a phase task that is one)."""
+    held = entry[2]
+    return entry[1] if held is None else held[0]
 
 
 def _track(held: list[Any], awaitable: Any) -> None:
@@ -168,6 +180,7 @@ class Run:
         "fatal",
         "finished",
         "inline",
+        "left",
         "loop",
         "phase",
         "plan",
@@ -180,9 +193,11 @@ class Run:
         "started",
         "status",
         "stopping",
+        "stretch",
         "succ",
         "t_end",
         "t_start",
+        "timed",
         "unstarted",
         "value",
         "waiter",
@@ -220,8 +235,15 @@ class Run:
         self.inline = -1
         self.driver: asyncio.Task[None] | None = None
         self.driver_cancelled = False
+        # The pass's scope for inline calls with only a timeout (see run_pass), and the
+        # call that left it at its deadline: (node, call, its result if it returned).
+        self.stretch: asyncio.Timeout | None = None
+        self.left: tuple[int, CallSpec, Any] | None = None
         # The abandoned calls' entries by scope, until the calls' frames take them back.
-        self.abandoned: dict[asyncio.Timeout, list[Any]] = {}
+        # (keyed by the call's scope: its ``asyncio.Timeout``, or the phase task itself).
+        self.abandoned: dict[asyncio.Timeout | asyncio.Task[Any], list[Any]] = {}
+        # The phase tasks that are their call's scope (see ``_pump``), with their entries.
+        self.timed: dict[asyncio.Task[Any], list[Any]] = {}
         # The timed calls' deadlines, one watcher (one loop timer) per timeout length.
         self.watchers: dict[float, Deadlines[list[Any]]] = {}
         self.started = loop.time()
@@ -265,23 +287,23 @@ class Run:
             self.succ = None
             self.ready.extend(plan.execute_nodes)
         try:
+            if not plan.timed[phase]:
+                await self._schedule()
+                return
             while True:
-                node = self._pump(True)
-                if node >= 0:
-                    await self._inline(node)
-                    continue
-                if not self.running:
-                    break
-                waiter = self.waiter = self.loop.create_future()
+                # The inline calls with only a timeout share one asyncio.Timeout, the
+                # stretch, which each one's deadline reschedules; a call whose deadline
+                # came leaves it (see _inline), and the next calls get a new one.
+                stretch = self.stretch = asyncio.Timeout(None)
                 try:
-                    await waiter
-                except asyncio.CancelledError:
-                    # Only a phase cancelling the driver task gets here: a run cancel.
-                    driver = asyncio.current_task()
-                    if driver is not None:
-                        driver.uncancel()
-                    self._spontaneous_cancel()
+                    async with stretch:
+                        await self._schedule()
+                    return
+                except BaseException as exc:
+                    if not self._left_stretch(exc, stretch):
+                        raise
         finally:
+            self.stretch = None
             self.waiter = None
             self.ready.clear()
             if phase == POST:
@@ -290,6 +312,69 @@ class Run:
                 for watcher in self.watchers.values():
                     watcher.close()
                 self.watchers.clear()  # they refer back to the run
+
+    async def _schedule(self) -> None:
+        """Run the calls of the current phase, inline or in tasks, until all have ended."""
+        while True:
+            node = self._pump(True)
+            if node >= 0:
+                await self._inline(node)
+                continue
+            if not self.running:
+                break
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # Only a phase cancelling the driver task gets here: a run cancel.
+                driver = asyncio.current_task()
+                if driver is not None:
+                    driver.uncancel()
+                self._spontaneous_cancel()
+
+    def _left_stretch(self, exc: BaseException, stretch: asyncio.Timeout) -> bool:
+        """Settle the inline call whose deadline made it leave ``stretch`` with ``exc``.
+
+        ``stretch`` has settled the cancellation as ``asyncio.timeout()`` does: ``exc`` is
+        a ``TimeoutError`` when the deadline's cancel alone reached the call, and a
+        ``CancelledError`` when the run cancelled it too (or it was abandoned). Returns
+        ``False`` when no call left (``exc`` is then the driver's own to raise).
+        """
+        left = self.left
+        if left is None or isinstance(exc, GeneratorExit):
+            return False
+        self.left = None
+        node, call, result = left
+        assert call.timeout is not None
+        k = self.base + node
+        self.t_end[k] = self.loop.time()
+        error: BaseException | None = exc
+        try:
+            if self.abandoned.pop(stretch, None) is not None:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # the cancel that woke the driver after its call was closed
+                error = PhaseTimeout(
+                    task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
+                )
+            elif type(exc) is _Returned:
+                error = None
+            elif isinstance(exc, asyncio.CancelledError):
+                self._inline_cancelled(node, k, exc)
+                return True
+            elif isinstance(exc, TimeoutError) and stretch.expired():
+                error = call.timed_out()  # chained from the TimeoutError (core's rule)
+                error.__cause__ = exc
+        except BaseException as raised:  # the task name's __repr__, in PhaseTimeout
+            error = raised
+        self._settle_driver()
+        if error is None:
+            self.status[k] = SUCCEEDED
+            self.value[k] = result
+            self._advance(node)
+        else:
+            self._failed(node, k, error)
+        return True
 
     # -- scheduling ---------------------------------------------------------------------
     def _pump(self, allow_inline: bool) -> int:
@@ -312,6 +397,8 @@ class Run:
         base = self.base
         t_start = self.t_start
         status = self.status
+        watchers = self.watchers
+        timed = self.timed
         while ready:
             node = ready[0]
             function = fast[node]
@@ -338,16 +425,66 @@ class Run:
                 now = self.loop.time()
             t_start[k] = now
             status[k] = RUNNING
-            coro: Coroutine[Any, Any, Any]
             if function is not None:
-                coro = self._plain(function)
+                task = create_task(self._plain(function))
             else:
                 assert call is not None
-                coro = self._timed(call, task=True) if call.timed_only else self._call(k, call)
-            task = create_task(coro)
+                if call.timed_only:
+                    # The task is its call's scope: the watcher cancels it at the
+                    # deadline, and _on_done reads the outcome from the ended task; no
+                    # asyncio.Timeout, since a task that ends owes no uncancel().
+                    # Deadlines.add() written out, as its docs allow, and the entry
+                    # carries its watcher's deque for _on_done. No owner: the task is
+                    # the scope, and its body awaits the call's coroutine.
+                    task = create_task(self._plain(call.function))
+                    seconds = call.timeout
+                    assert seconds is not None
+                    watcher = watchers.get(seconds) or self._watcher(seconds)
+                    entries = watcher.entries
+                    entry = timed[task] = [now + watcher.seconds, task, None, entries]
+                    entries.append(entry)
+                    if watcher.handle is None:
+                        watcher.handle = self.loop.call_at(entry[0], watcher.fire)
+                else:
+                    task = create_task(self._call(k, call))
             running[task] = node
             task.add_done_callback(on_done)
         return -1
+
+    def _timed_outcome(self, task: asyncio.Task[Any], entry: list[Any]) -> BaseException | None:
+        """What a timed phase task that reached its deadline fails with, if not its own outcome.
+
+        As ``asyncio.timeout()`` decides: a task cancelled by its deadline alone, or one
+        that answered the deadline's cancel with ``TimeoutError``, raises ``PhaseTimeout``
+        chained from a ``TimeoutError``; one also cancelled by the run stays cancelled. One
+        abandoned (:meth:`_abandon`) raises ``PhaseTimeout(abandoned=True)``.
+        """
+        call = self.spec[self.running[task]]
+        assert call is not None
+        if self.abandoned.pop(task, None) is not None:
+            if not task.cancelled():
+                task.exception()  # what the closed call raised is noise: retrieved
+            assert call.timeout is not None
+            return PhaseTimeout(
+                task=call.name, phase=call.phase, timeout=call.timeout, abandoned=True
+            )
+        cause: BaseException | None = None
+        if task.cancelled():
+            if task.cancelling() > 1:
+                return None  # cancelled by the run too: a cancellation
+            try:
+                task.result()
+            except asyncio.CancelledError as cancelled:
+                cause = TimeoutError()
+                cause.__cause__ = cancelled
+        else:
+            error = task.exception()
+            if not isinstance(error, TimeoutError):
+                return None
+            cause = error
+        error = call.timed_out()
+        error.__cause__ = cause
+        return error
 
     def _advance(self, node: int) -> None:
         succ = self.succ
@@ -363,6 +500,26 @@ class Run:
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         running = self.running
+        if self.timed:
+            entry = self.timed.pop(task, None)
+            if entry is not None:
+                entries = entry[3]  # Deadlines.done() written out
+                entry[1] = None
+                while entries and entries[0][1] is None:
+                    entries.popleft()
+                if entry[0] is None:  # the deadline came
+                    try:
+                        error = self._timed_outcome(task, entry)
+                    except BaseException as raised:  # the name's __repr__, in PhaseTimeout
+                        error = raised
+                    if error is not None:
+                        node = running.pop(task)
+                        k = self.base + node
+                        self.t_end[k] = self.loop.time()
+                        self._failed(node, k, error)
+                        if (self.ready and self._pump(False) >= 0) or not running:
+                            self._wake()
+                        return
         node = running.pop(task)
         k = self.base + node
         self.t_end[k] = self.loop.time()
@@ -416,38 +573,45 @@ class Run:
                 call = self.spec[node]
                 assert call is not None
                 if call.timed_only:
-                    # _timed() written out: one coroutine less per inline call.
+                    # Under the pass's stretch (see run_pass), which the deadline
+                    # reschedules: no asyncio.Timeout of its own.
+                    # Deadlines.add() and done() written out, as its docs allow.
                     assert call.timeout is not None
-                    scope = asyncio.Timeout(None)
-                    held = [self.driver]
                     watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
-                    entry = watcher.add(scope, held)
+                    coro = call.function(self.ctx)
+                    held: list[Any] = [self.driver]
+                    if type(coro) is CoroutineType:
+                        held.append(coro)
+                    entry: list[Any] = [loop.time() + watcher.seconds, self.stretch, held]
+                    entries = watcher.entries
+                    entries.append(entry)
+                    if watcher.handle is None:
+                        watcher.handle = loop.call_at(entry[0], watcher.fire)
                     try:
-                        async with scope:
-                            coro = call.function(self.ctx)
-                            _track(held, coro)
-                            result = await coro
-                    except BaseException as exc:
-                        self._timed_out(exc, scope, call)
-                        raise
-                    finally:
+                        result = await coro
+                    except BaseException:
                         watcher.done(entry)
+                        if entry[0] is None:  # the deadline came: the stretch settles it
+                            self.left = (node, call, None)
+                        raise
+                    entry[1] = None
+                    while entries and entries[0][1] is None:
+                        entries.popleft()
+                    if entry[0] is None:
+                        # The deadline came, and the call returned all the same (it
+                        # swallowed the cancel, or ended before it): the stretch settles.
+                        self.left = (node, call, result)
+                        raise _Returned
                 else:
                     result = await self._call(k, call)
         except asyncio.CancelledError as exc:
+            if self.left is not None:
+                raise  # leaving the stretch, which settles it (_left_stretch)
             self.t_end[k] = loop.time()
-            driver = asyncio.current_task()
-            requested = self.driver_cancelled
-            own = driver is not None and driver.cancelling() > 0
-            self._settle_driver()
-            if own:
-                if not requested and driver is not None:
-                    driver.uncancel()  # a phase cancelled the driver: taken as a run cancel
-                self._cancelled(node, k)
-            else:
-                # The phase raised CancelledError while nobody cancelled the run.
-                self._failed(node, k, _cancel_failure(exc, PHASES[self.phase]))
+            self._inline_cancelled(node, k, exc)
         except BaseException as exc:
+            if self.left is not None:
+                raise
             self.t_end[k] = loop.time()
             self._settle_driver()
             self._failed(node, k, exc)
@@ -457,6 +621,19 @@ class Run:
             self.status[k] = SUCCEEDED
             self.value[k] = result
             self._advance(node)
+
+    def _inline_cancelled(self, node: int, k: int, exc: asyncio.CancelledError) -> None:
+        driver = asyncio.current_task()
+        requested = self.driver_cancelled
+        own = driver is not None and driver.cancelling() > 0
+        self._settle_driver()
+        if own:
+            if not requested and driver is not None:
+                driver.uncancel()  # a phase cancelled the driver: taken as a run cancel
+            self._cancelled(node, k)
+        else:
+            # The phase raised CancelledError while nobody cancelled the run.
+            self._failed(node, k, _cancel_failure(exc, PHASES[self.phase]))
 
     def _settle_driver(self) -> None:
         self.inline = -1
@@ -714,9 +891,9 @@ class Run:
     def _overdue(self, entry: list[Any], left: int) -> None:
         if entry[1] is None:
             return  # the call ended
-        task = entry[2][0]
+        task = _task_of(entry)
         if not left and any(
-            other[2][0] is task and other[1] is not None for other in self.abandoned.values()
+            other[1] is not None and _task_of(other) is task for other in self.abandoned.values()
         ):
             left = GRACE  # an inner deadline of the same call is being abandoned: wait for it
         if left:
@@ -734,15 +911,29 @@ class Run:
         no task is left pending when the run returns. A coroutine that ignores
         ``GeneratorExit`` too cannot be stopped: that is logged.
         """
-        scope: asyncio.Timeout | None = entry[1]
-        held: list[Any] = entry[2]
+        scope: asyncio.Timeout | asyncio.Task[Any] | None = entry[1]
+        if scope is None:
+            return
+        held: list[Any] | None = entry[2]
+        if held is None:  # a phase task that is its call's scope: its body awaits the call
+            assert isinstance(scope, asyncio.Task)
+            awaited = scope.get_coro().cr_await  # type: ignore[union-attr]
+            held = [scope, awaited] if type(awaited) is CoroutineType else [scope]
         task = held[0]
-        if task is None or scope is None:
+        if task is None:
             return
         if event_logger.isEnabledFor(logging.WARNING):
+            if isinstance(scope, asyncio.Timeout):
+                when = scope.when()
+            else:  # a phase task that is its call's scope: its deadline is its start + timeout
+                node = self.running[scope]
+                call = self.spec[node]
+                assert call is not None
+                assert call.timeout is not None
+                when = self.t_start[self.base + node] + call.timeout
             events.warning(
                 "a phase call ignored the cancel at its deadline (loop time %.3f): abandoned",
-                scope.when(),
+                when,
                 kind="Processor",
                 component=None,
                 event="phase_abandoned",

@@ -80,6 +80,8 @@ class Plan:
     cleanup_timeout: float | None
     on_cleanup_error: Callable[[TaskFailure[Any]], None] | None
     rng: random.Random | None = None
+    # Per phase: whether a call has a timeout and nothing else (``CallSpec.timed_only``).
+    timed: tuple[bool, ...] = (False, False, False)
 
 
 def _compile_phase(
@@ -251,4 +253,5 @@ def compile_plan(
         cleanup_timeout=cleanup_timeout,
         on_cleanup_error=on_cleanup_error,
         rng=rng,
+        timed=tuple(any(c is not None and c.timed_only for c in calls) for calls in spec),
     )
