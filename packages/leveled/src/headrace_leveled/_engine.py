@@ -79,12 +79,6 @@ class _Fatal(Exception):
 # its body awaits is found when needed; its entry also carries its watcher's deque.
 
 
-def _task_of(entry: list[Any]) -> Any:
-    """The task awaiting a timed call (its scope itself, for a phase task that is one)."""
-    held = entry[2]
-    return entry[1] if held is None else held[0]
-
-
 def _track(held: list[Any], awaitable: Any) -> None:
     """Add ``awaitable`` to what a timed call runs (``held``), if it is a coroutine."""
     if isinstance(awaitable, CoroutineType):  # inspect.iscoroutine(), one call less
@@ -180,6 +174,7 @@ class Run:
         "fatal",
         "finished",
         "inline",
+        "inline_coro",
         "left",
         "loop",
         "phase",
@@ -238,6 +233,7 @@ class Run:
         # The pass's scope for inline calls with only a timeout (see run_pass), and the
         # call that left it at its deadline: (node, call, its result if it returned).
         self.stretch: asyncio.Timeout | None = None
+        self.inline_coro: Any = None
         self.left: tuple[int, CallSpec, Any] | None = None
         # The abandoned calls' entries by scope, until the calls' frames take them back.
         # (keyed by the call's scope: its ``asyncio.Timeout``, or the phase task itself).
@@ -303,7 +299,7 @@ class Run:
                     if not self._left_stretch(exc, stretch):
                         raise
         finally:
-            self.stretch = None
+            self.stretch = self.inline_coro = None
             self.waiter = None
             self.ready.clear()
             if phase == POST:
@@ -564,7 +560,7 @@ class Run:
         self.inline = node
         self.status[k] = RUNNING
         loop = self.loop
-        self.t_start[k] = loop.time()
+        self.t_start[k] = now = loop.time()
         function = self.fast[node]
         try:
             if function is not None:
@@ -578,11 +574,10 @@ class Run:
                     # Deadlines.add() and done() written out, as its docs allow.
                     assert call.timeout is not None
                     watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
-                    coro = call.function(self.ctx)
-                    held: list[Any] = [self.driver]
-                    if type(coro) is CoroutineType:
-                        held.append(coro)
-                    entry: list[Any] = [loop.time() + watcher.seconds, self.stretch, held]
+                    # No owner: the driver awaits the call, whose coroutine is kept in
+                    # ``inline_coro`` (see _held).
+                    coro = self.inline_coro = call.function(self.ctx)
+                    entry: list[Any] = [now + watcher.seconds, self.stretch, None]
                     entries = watcher.entries
                     entries.append(entry)
                     if watcher.handle is None:
@@ -888,12 +883,30 @@ class Run:
         """A timed call reached its deadline (its ``Timeout`` now cancels it): watch it end."""
         self.loop.call_soon(self._overdue, entry, GRACE)
 
+    def _held(self, entry: list[Any]) -> list[Any]:
+        """What a live timed call holds: ``[task, *coroutines]`` (see ``_track``).
+
+        An entry without an owner is an inline call under the stretch (the driver awaits
+        ``inline_coro``) or a phase task that is its call's scope (its body awaits the
+        call's coroutine).
+        """
+        held: list[Any] | None = entry[2]
+        if held is not None:
+            return held
+        scope = entry[1]
+        if isinstance(scope, asyncio.Timeout):
+            task, coro = self.driver, self.inline_coro
+        else:
+            task, coro = scope, scope.get_coro().cr_await
+        return [task, coro] if type(coro) is CoroutineType else [task]
+
     def _overdue(self, entry: list[Any], left: int) -> None:
         if entry[1] is None:
             return  # the call ended
-        task = _task_of(entry)
+        task = self._held(entry)[0]
         if not left and any(
-            other[1] is not None and _task_of(other) is task for other in self.abandoned.values()
+            other[1] is not None and self._held(other)[0] is task
+            for other in self.abandoned.values()
         ):
             left = GRACE  # an inner deadline of the same call is being abandoned: wait for it
         if left:
@@ -914,11 +927,7 @@ class Run:
         scope: asyncio.Timeout | asyncio.Task[Any] | None = entry[1]
         if scope is None:
             return
-        held: list[Any] | None = entry[2]
-        if held is None:  # a phase task that is its call's scope: its body awaits the call
-            assert isinstance(scope, asyncio.Task)
-            awaited = scope.get_coro().cr_await  # type: ignore[union-attr]
-            held = [scope, awaited] if type(awaited) is CoroutineType else [scope]
+        held = self._held(entry)
         task = held[0]
         if task is None:
             return
