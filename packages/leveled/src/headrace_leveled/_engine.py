@@ -897,7 +897,7 @@ class Run:
         if isinstance(scope, asyncio.Timeout):
             task, coro = self.driver, self.inline_coro
         else:
-            task, coro = scope, scope.get_coro().cr_await
+            task, coro = scope, getattr(scope.get_coro(), "cr_await", None)
         return [task, coro] if type(coro) is CoroutineType else [task]
 
     def _overdue(self, entry: list[Any], left: int) -> None:
