@@ -516,3 +516,89 @@ async def test_an_inline_call_ending_as_its_deadline_fires_leaves_no_cancel_behi
     assert report.tasks["B"].phases[Phase.PRE_EXECUTE].result == "b"
     assert all(t.state is TaskState.SUCCEEDED for t in report.tasks.values())
     assert log.cancelled == []
+
+
+# -- differential: the shared deadlines against asyncio.timeout() per call ------------------
+def _behaviour(rng: Any) -> tuple[str, float]:
+    """How one phase call behaves: ``(kind, seconds)``, with seconds distinct almost surely."""
+    kind = rng.choice(["sleep", "sleep", "sleep", "swallow", "answer", "fail"])
+    return kind, rng.uniform(0.0, 8.0)
+
+
+def _phase_call(kind: str, seconds: float) -> Any:
+    async def call(ctx: Any) -> str:
+        if kind == "fail":
+            await asyncio.sleep(seconds / 4)
+            raise KeyError(seconds)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            if kind == "swallow":
+                return "swallowed"
+            if kind == "answer":
+                raise ValueError("answered") from None
+            raise
+        return "done"
+
+    return call
+
+
+def _reference(call: Any, name: str, phase: Phase, timeout: float) -> Any:
+    """The same call under an ``asyncio.timeout()`` of its own, as a plain phase."""
+
+    async def timed(ctx: Any) -> Any:
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return await call(ctx)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise PhaseTimeout(task=name, phase=phase, timeout=timeout) from exc
+            raise
+
+    return timed
+
+
+def _outline(report: RunReport[Any, Any]) -> dict[tuple[Any, Phase], tuple[Any, ...]]:
+    return {
+        (name, phase): (
+            r.state,
+            type(r.error).__name__,
+            r.result,
+            round(r.started - report.started, 6),
+            round(r.ended - report.started, 6),
+        )
+        for name, task in report.tasks.items()
+        for phase, r in task.phases.items()
+    }
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_shared_deadlines_decide_as_asyncio_timeout_per_call(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    timeout = rng.choice([2.0, 5.0])
+    ours, theirs = Processor.builder(), Processor.builder()
+    for level in range(rng.randint(1, 4)):
+        for i in range(rng.choice([1, 1, 2, 4])):
+            name = f"{level}.{i}"
+            mine: list[Any] = []
+            ref: list[Any] = []
+            for phase in (Phase.PRE_EXECUTE, Phase.EXECUTE, Phase.POST_EXECUTE):
+                call = _phase_call(*_behaviour(rng))
+                mine.append(TaskFunction(call, timeout=timeout))
+                ref.append(_reference(call, name, phase, timeout))
+            ours.add_task(Task(name, *mine), level=level)
+            theirs.add_task(Task(name, *ref), level=level)
+    outcomes = []
+    for builder in (ours, theirs):
+        processor = builder.build()
+        with VirtualClock() as clock:
+            start = clock.now()
+            try:
+                report = await processor.process_tasks(None)
+            except ProcessorError as error:
+                report = error.report
+            outcomes.append((_outline(report), round(clock.now() - start, 6)))
+    assert outcomes[0] == outcomes[1]
