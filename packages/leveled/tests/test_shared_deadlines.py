@@ -519,24 +519,31 @@ async def test_an_inline_call_ending_as_its_deadline_fires_leaves_no_cancel_behi
 
 
 # -- differential: the shared deadlines against asyncio.timeout() per call ------------------
-def _behaviour(rng: Any) -> tuple[str, float]:
-    """How one phase call behaves: ``(kind, seconds)``, with seconds distinct almost surely."""
-    kind = rng.choice(["sleep", "sleep", "sleep", "swallow", "answer", "fail"])
-    return kind, rng.uniform(0.0, 8.0)
+# A call that ignores its deadline for good is abandoned here and would hang under a bare
+# asyncio.timeout(), so the behaviours below all end; "swallow" ends a few loop turns
+# after the cancel (fewer than the run waits before it abandons a call).
+KINDS = ["sleep", "sleep", "swallow", "answer", "answer_timeout", "fail", "own_cancel"]
 
 
-def _phase_call(kind: str, seconds: float) -> Any:
+def _phase_call(kind: str, seconds: float, turns: int) -> Any:
     async def call(ctx: Any) -> str:
         if kind == "fail":
             await asyncio.sleep(seconds / 4)
             raise KeyError(seconds)
+        if kind == "own_cancel":  # a CancelledError nobody asked for
+            await asyncio.sleep(seconds / 4)
+            raise asyncio.CancelledError
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             if kind == "swallow":
+                for _ in range(turns):
+                    await asyncio.sleep(0)
                 return "swallowed"
             if kind == "answer":
                 raise ValueError("answered") from None
+            if kind == "answer_timeout":
+                raise TimeoutError("answered") from None
             raise
         return "done"
 
@@ -564,7 +571,9 @@ def _outline(report: RunReport[Any, Any]) -> dict[tuple[Any, Phase], tuple[Any, 
         (name, phase): (
             r.state,
             type(r.error).__name__,
+            type(r.error.__cause__).__name__ if r.error is not None else None,
             r.result,
+            r.attempts,
             round(r.started - report.started, 6),
             round(r.ended - report.started, 6),
         )
@@ -573,32 +582,208 @@ def _outline(report: RunReport[Any, Any]) -> dict[tuple[Any, Phase], tuple[Any, 
     }
 
 
-@pytest.mark.parametrize("seed", range(40))
-async def test_shared_deadlines_decide_as_asyncio_timeout_per_call(seed: int) -> None:
+@pytest.mark.parametrize("stepping", [False, True])
+@pytest.mark.parametrize("seed", range(60))
+async def test_shared_deadlines_decide_as_asyncio_timeout_per_call(
+    seed: int, stepping: bool
+) -> None:
+    # Random runs: inline and task calls, some with a retry (a Timeout per attempt), and
+    # sometimes the caller's cancel. Each phase is run once with TaskFunction(timeout=)
+    # and once as a plain phase under its own asyncio.timeout(): every outcome, time and
+    # cancel count must match.
     import random
 
     rng = random.Random(seed)
     timeout = rng.choice([2.0, 5.0])
     ours, theirs = Processor.builder(), Processor.builder()
     for level in range(rng.randint(1, 4)):
-        for i in range(rng.choice([1, 1, 2, 4])):
+        for i in range(rng.choice([1, 1, 2, 3])):
             name = f"{level}.{i}"
             mine: list[Any] = []
             ref: list[Any] = []
             for phase in (Phase.PRE_EXECUTE, Phase.EXECUTE, Phase.POST_EXECUTE):
-                call = _phase_call(*_behaviour(rng))
-                mine.append(TaskFunction(call, timeout=timeout))
-                ref.append(_reference(call, name, phase, timeout))
+                kind = rng.choice(KINDS)
+                call = _phase_call(kind, rng.uniform(0.0, 8.0), rng.randint(0, 4))
+                retry: dict[str, Any] = {}
+                if rng.random() < 0.2:
+                    retry = {"retries": 1, "initial_delay": 0.5, "jitter": False}
+                mine.append(TaskFunction(call, timeout=timeout, **retry))
+                ref.append(TaskFunction(_reference(call, name, phase, timeout), **retry))
             ours.add_task(Task(name, *mine), level=level)
             theirs.add_task(Task(name, *ref), level=level)
+    cancel_at = rng.choice([None, None, rng.uniform(0.0, 10.0)])
     outcomes = []
     for builder in (ours, theirs):
         processor = builder.build()
+        reports: list[RunReport[Any, Any]] = []
+
+        async def run(
+            processor: Processor[Any, Any] = processor, reports: list[Any] = reports
+        ) -> None:
+            if not stepping:
+                try:
+                    reports.append(await processor.process_tasks(None))
+                except ProcessorError as error:
+                    reports.append(error.report)
+                    raise
+                return
+            async with processor.open(None) as runner:
+                try:
+                    while await runner.run_next():
+                        pass
+                finally:
+                    reports.append(runner.report)
+
         with VirtualClock() as clock:
             start = clock.now()
+            task = asyncio.create_task(run())
+            if cancel_at is not None:
+                await asyncio.sleep(cancel_at)
+                task.cancel()
+            ended: str
             try:
-                report = await processor.process_tasks(None)
-            except ProcessorError as error:
-                report = error.report
-            outcomes.append((_outline(report), round(clock.now() - start, 6)))
+                await task
+                ended = "ok"
+            except BaseException as error:  # ProcessorError, CancelledError...
+                ended = type(error).__name__
+            elapsed = round(clock.now() - start, 6)
+        outline = _outline(reports[0]) if reports else {}
+        outcomes.append((ended, elapsed, task.cancelling(), outline))
     assert outcomes[0] == outcomes[1]
+
+
+# -- edges found by review ------------------------------------------------------------------
+async def _ok(ctx: Any) -> str:
+    await asyncio.sleep(1)
+    return "ok"
+
+
+async def test_a_task_call_and_a_retried_call_due_together_are_told_alike() -> None:
+    # Both deadlines come at 2: the phase task is cancelled at the loop's next turn, as
+    # the retried call's own asyncio.Timeout cancels it, so T's failure (fail-fast) and
+    # R's deadline reach R in asyncio.timeout()'s order: R ends cancelled, not swallowed.
+    async def slow(ctx: Any) -> str:
+        await asyncio.sleep(100)
+        return "slow"
+
+    async def swallow(ctx: Any) -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(100)
+        for _ in range(6):
+            await asyncio.sleep(0)
+        return "swallowed"
+
+    p = (
+        Processor.builder()
+        .add_task(Task("T", TaskFunction(slow, timeout=2)), level=0)
+        .add_task(Task("R", TaskFunction(swallow, timeout=2, retries=1, jitter=False)), level=0)
+        .build()
+    )
+    with VirtualClock(), pytest.raises(ProcessorError) as info:
+        await p.process_tasks(None)
+    report = info.value.report
+    assert report.tasks["R"].phases[Phase.PRE_EXECUTE].state is TaskState.CANCELLED
+    assert list(failures_of(info.value)) == [("T", Phase.PRE_EXECUTE)]
+
+
+@pytest.mark.parametrize("turns", range(4, 12))
+async def test_a_task_returning_about_when_it_would_be_abandoned(turns: int) -> None:
+    # It swallows the cancel and returns some loop turns later, about when the run gives
+    # up on it: one that returned has returned (its value kept, even in the turn where
+    # the run would have given up), one that had not is abandoned.
+    fate: list[str] = []
+
+    async def late(ctx: Any) -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(100)
+        try:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+        except GeneratorExit:
+            fate.append("closed")
+            raise
+        fate.append("returned")
+        return "late"
+
+    p = (
+        Processor.builder()
+        .add_task(Task("A", TaskFunction(late, timeout=5)), level=0)
+        .add_task(Task("B", TaskFunction(_ok, timeout=5)), level=0)
+        .build()
+    )
+    with VirtualClock():
+        try:
+            report = await p.process_tasks(None)
+        except ProcessorError as error:
+            report = error.report
+    phase = report.tasks["A"].phases[Phase.PRE_EXECUTE]
+    if turns <= 7:  # the 7th turn ends the call in the turn the run would give up on it
+        assert fate == ["returned"]
+        assert (phase.state, phase.result) == (TaskState.SUCCEEDED, "late")
+    else:
+        assert fate == ["closed"]
+        assert phase.state is TaskState.FAILED
+        assert isinstance(phase.error, PhaseTimeout)
+        assert phase.error.abandoned
+
+
+async def test_an_inline_deadline_after_a_phase_kept_a_cancel_of_its_own() -> None:
+    # S cancels the run's task and swallows it (its count stays 1); T's deadline is still
+    # T's PhaseTimeout, as asyncio.timeout() entered at T would decide, not a cancel.
+    async def self_cancel(ctx: Any) -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        return "s"
+
+    async def slow(ctx: Any) -> None:
+        await asyncio.sleep(100)
+
+    p = (
+        Processor.builder()
+        .add_task(Task("S", self_cancel), level=0)
+        .add_task(Task("T", TaskFunction(slow, timeout=5)), level=1)
+        .build()
+    )
+    with VirtualClock():
+        caller = asyncio.create_task(p.process_tasks(None))
+        with pytest.raises(ProcessorError) as info:
+            await caller
+        assert caller.cancelling() == 0
+    (failure,) = info.value.failures
+    assert (failure.task, type(failure.error)) == ("T", PhaseTimeout)
+
+
+async def test_a_generator_exit_raised_past_an_inline_deadline_fails_that_call() -> None:
+    async def exits(ctx: Any) -> None:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            raise GeneratorExit("mine") from None
+
+    async def post_fails(ctx: Any) -> None:
+        await asyncio.sleep(1)
+        raise ValueError("B.post")
+
+    p = (
+        Processor.builder()
+        .add_task(Task("B", _ok, None, post_fails), level=0)
+        .add_task(
+            Task("A", TaskFunction(exits, timeout=5), None, TaskFunction(_ok, timeout=5)), level=1
+        )
+        .build()
+    )
+    with VirtualClock():
+        runner = p.open(None)
+        with pytest.raises(GeneratorExit):  # kept, like KeyboardInterrupt, for the caller
+            await runner.run_next()
+        assert runner.next_phase_id() is Phase.POST_EXECUTE  # and cleanup is next
+        with pytest.raises(GeneratorExit):  # raised again once cleanup ran
+            await runner.run_next()
+        report = runner.report
+    phases = {(n, ph): r.state for n, t in report.tasks.items() for ph, r in t.phases.items()}
+    assert phases[("A", Phase.PRE_EXECUTE)] is TaskState.FAILED
+    assert phases[("A", Phase.POST_EXECUTE)] is TaskState.SUCCEEDED
+    assert phases[("B", Phase.POST_EXECUTE)] is TaskState.FAILED

@@ -16,20 +16,24 @@ T = TypeVar("T")
 class Deadlines(Generic[T]):
     """The deadlines of one length on one loop, watched by one loop timer.
 
-    Each deadline belongs to a call that enters an ``asyncio.Timeout(None)`` of its own
-    (asyncio's ``Timeout``, what ``asyncio.timeout()`` returns) and registers it with
-    :meth:`add` just before entering it (with no ``await`` in between). Every deadline
-    lasts ``seconds`` from :meth:`add`, so they arrive in loop time order and a deque holds
-    them; one ``loop.call_at`` timer is armed for the oldest live one. When a deadline is
-    due, its call's ``Timeout`` is rescheduled to now, so asyncio itself cancels the call
-    and keeps the ``cancelling()``/``uncancel()`` bookkeeping exactly as
+    Each deadline belongs to a call running in an ``asyncio.Timeout`` (asyncio's
+    ``Timeout``, what ``asyncio.timeout()`` returns), created with no deadline
+    (``asyncio.Timeout(None)``) and entered by the time the call starts: a call's own,
+    entered right after :meth:`add`, or one that several calls of one task share, one
+    after another (each call leaves it once its deadline came, since asyncio settles an
+    expired ``Timeout`` only when it is left). Every deadline lasts ``seconds`` from
+    :meth:`add`, so they arrive in loop time order and a deque holds them; one
+    ``loop.call_at`` timer is armed for the oldest live one. When a deadline is due, its
+    call's ``Timeout`` is rescheduled to now, so asyncio itself cancels the call (at the
+    loop's next turn) and keeps the ``cancelling()``/``uncancel()`` bookkeeping exactly as
     ``asyncio.timeout()`` does; then ``on_expire(entry)`` runs. A call that ends in time
     (:meth:`done`) costs no timer handle of its own.
 
     The scope may also be a task whose whole body is the call: at the deadline the task is
-    cancelled (``task.cancel()``). Such a task ends with its call, so it owes no
-    ``uncancel()``; its owner tells a deadline's cancel from another by the entry (expired
-    or not) and ``task.cancelling()`` (one cancel: the deadline's alone).
+    cancelled at the loop's next turn, as a ``Timeout`` would cancel it. Such a task ends
+    with its call, so it owes no ``uncancel()``; its owner tells a deadline's cancel from
+    another by the entry (expired or not) and ``task.cancelling()`` (one cancel: the
+    deadline's alone).
 
     A deadline is an *entry*, the list ``[when, scope, owner]`` (a list: the cheapest
     record to make, and hot paths make one per call):
@@ -63,8 +67,8 @@ class Deadlines(Generic[T]):
         loop: the loop whose clock the deadlines read (the running loop of every call).
         seconds: the length of every deadline, in loop seconds.
         on_expire: called with each entry whose deadline expired while its call was still
-            in its ``Timeout``, right after that ``Timeout`` was rescheduled; it must not
-            raise.
+            in its ``Timeout`` (or its task still running), right after that ``Timeout``
+            was rescheduled (or the task's cancel scheduled); it must not raise.
 
     Attributes:
         loop: the loop of the deadlines.
@@ -104,8 +108,8 @@ class Deadlines(Generic[T]):
         """Watch the deadline of the call in ``scope``: ``seconds`` from now.
 
         Args:
-            scope: the call's ``asyncio.Timeout(None)``, entered right after (no ``await``
-                in between); or a task whose whole body is the call, just created.
+            scope: the call's ``asyncio.Timeout``, with no deadline of its own and entered
+                by the time the call starts; or a task whose whole body is the call.
             owner: what the entry carries for ``on_expire`` (its ``entry[2]``).
 
         Returns:
@@ -150,8 +154,12 @@ class Deadlines(Generic[T]):
                     scope.reschedule(now)  # asyncio's Timeout cancels the call
                 except RuntimeError:
                     continue  # the call already left its Timeout: nothing to cancel
-            elif not scope.cancel():
+            elif scope.done():
                 continue  # a task that is its call's scope, and ended already
+            else:
+                # Cancelled at the loop's next turn, as an asyncio.Timeout rescheduled to
+                # now cancels its task: every call due at one instant is told alike.
+                loop.call_soon(scope.cancel)
             entry[0] = None
             if on_expire is not None:
                 on_expire(entry)

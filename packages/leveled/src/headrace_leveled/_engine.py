@@ -50,11 +50,19 @@ _FATAL = (KeyboardInterrupt, SystemExit)
 
 
 # What a timed call runs (see Run._timed).
-_PLAIN, _INVOKE, _GUARDS = 0, 1, 2
+_INVOKE, _GUARDS = 1, 2
 
 
 class _Returned(Exception):
     """An inline call past its deadline returned: it leaves the stretch with its result."""
+
+
+class _Renew(Exception):
+    """The driver's cancel count moved since the stretch was entered: enter a new one.
+
+    A ``Timeout`` reads the count once, when entered; ``asyncio.timeout()`` per call
+    would read it at each call.
+    """
 
 
 class _Fatal(Exception):
@@ -189,6 +197,7 @@ class Run:
         "status",
         "stopping",
         "stretch",
+        "stretch_count",
         "succ",
         "t_end",
         "t_start",
@@ -234,6 +243,7 @@ class Run:
         # call that left it at its deadline: (node, call, its result if it returned).
         self.stretch: asyncio.Timeout | None = None
         self.inline_coro: Any = None
+        self.stretch_count = 0  # the driver's cancelling() when the stretch was entered
         self.left: tuple[int, CallSpec, Any] | None = None
         # The abandoned calls' entries by scope, until the calls' frames take them back.
         # (keyed by the call's scope: its ``asyncio.Timeout``, or the phase task itself).
@@ -291,6 +301,8 @@ class Run:
                 # stretch, which each one's deadline reschedules; a call whose deadline
                 # came leaves it (see _inline), and the next calls get a new one.
                 stretch = self.stretch = asyncio.Timeout(None)
+                driver = asyncio.current_task()
+                self.stretch_count = 0 if driver is None else driver.cancelling()
                 try:
                     async with stretch:
                         await self._schedule()
@@ -333,15 +345,22 @@ class Run:
 
         ``stretch`` has settled the cancellation as ``asyncio.timeout()`` does: ``exc`` is
         a ``TimeoutError`` when the deadline's cancel alone reached the call, and a
-        ``CancelledError`` when the run cancelled it too (or it was abandoned). Returns
-        ``False`` when no call left (``exc`` is then the driver's own to raise).
+        ``CancelledError`` when the run cancelled it too. A call abandoned at its deadline
+        (``_abandon``) fails with ``PhaseTimeout(abandoned=True)`` whatever it left with.
+        ``_Renew``: the call had not started (see ``_inline``); it runs again under a new
+        stretch. Returns ``False`` when no call left (``exc`` is then the driver's own to
+        raise).
         """
         left = self.left
-        if left is None or isinstance(exc, GeneratorExit):
+        if left is None:
             return False
         self.left = None
         node, call, result = left
         assert call.timeout is not None
+        if type(exc) is _Renew:
+            self.inline = -1
+            self.ready.appendleft(node)
+            return True
         k = self.base + node
         self.t_end[k] = self.loop.time()
         error: BaseException | None = exc
@@ -443,6 +462,9 @@ class Run:
                         watcher.handle = self.loop.call_at(entry[0], watcher.fire)
                 else:
                     task = create_task(self._call(k, call))
+                    # An eager task may have added a deadline read at a later time: the
+                    # next entry reads the clock again, so entries stay in time order.
+                    now = -1.0
             running[task] = node
             task.add_done_callback(on_done)
         return -1
@@ -573,6 +595,10 @@ class Run:
                     # reschedules: no asyncio.Timeout of its own.
                     # Deadlines.add() and done() written out, as its docs allow.
                     assert call.timeout is not None
+                    driver = self.driver
+                    if driver is not None and driver.cancelling() != self.stretch_count:
+                        self.left = (node, call, None)
+                        raise _Renew  # before the call starts: it runs under a new stretch
                     watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
                     # No owner: the driver awaits the call, whose coroutine is kept in
                     # ``inline_coro`` (see _held).
@@ -794,16 +820,16 @@ class Run:
             return await self._invoke(call, None)
         return await self._timed(call, _INVOKE)
 
-    async def _timed(self, call: CallSpec, how: int = _PLAIN, task: bool = False) -> Any:
-        """One call under its own deadline, which raises ``PhaseTimeout``.
+    async def _timed(self, call: CallSpec, how: int) -> Any:
+        """One attempt, or the guards around the attempts, under a deadline of its own.
 
         The call enters an ``asyncio.Timeout`` of its own, which the run's watcher of its
-        timeout length reschedules when the deadline comes (see :class:`Deadlines`).
-        ``how`` says what runs: ``fn(ctx)`` itself (a phase with nothing but a timeout),
-        the phase through ``_invoke`` (one attempt of ``_call``), or the guards around the
-        attempts (``post_execute``, whose cleanup is shielded, so the timeout bounds the
-        guards too). ``task``: this is a phase task's body, which must not let a
-        ``KeyboardInterrupt``/``SystemExit`` escape into the loop.
+        timeout length reschedules when the deadline comes (see :class:`Deadlines`), and
+        raises ``PhaseTimeout`` past it. ``how`` says what runs: the phase through
+        ``_invoke`` (one attempt of ``_call``), or the guards around the attempts
+        (``post_execute``, whose cleanup is shielded, so the timeout bounds the guards
+        too). (A phase with only a timeout runs without one: see ``_pump`` and
+        ``_inline``.)
         """
         assert call.timeout is not None
         scope = asyncio.Timeout(None)
@@ -811,26 +837,17 @@ class Run:
         watcher = self.watchers.get(call.timeout) or self._watcher(call.timeout)
         entry = watcher.add(scope, held)
         try:
-            try:
-                async with scope:
-                    if how == _INVOKE:
-                        return await self._invoke(call, held)
-                    if how == _PLAIN:
-                        awaitable = call.function(self.ctx)
-                    else:
-                        awaitable = self._through_guards(call)
-                    _track(held, awaitable)
-                    return await awaitable
-            except BaseException as exc:
-                self._timed_out(exc, scope, call)
-                raise
-            finally:
-                watcher.done(entry)
-        except _FATAL as exc:
-            if not task:
-                raise
-            # Raised by the phase, or by the task name's __repr__ in the PhaseTimeout.
-            raise _Fatal(exc) from None
+            async with scope:
+                if how == _INVOKE:
+                    return await self._invoke(call, held)
+                awaitable = self._through_guards(call)
+                _track(held, awaitable)
+                return await awaitable
+        except BaseException as exc:
+            self._timed_out(exc, scope, call)
+            raise
+        finally:
+            watcher.done(entry)
 
     async def _invoke(self, call: CallSpec, held: list[Any] | None) -> Any:
         if call.task_group:
@@ -880,7 +897,7 @@ class Run:
         return watcher
 
     def _expire(self, entry: list[Any]) -> None:
-        """A timed call reached its deadline (its ``Timeout`` now cancels it): watch it end."""
+        """A timed call reached its deadline (its scope cancels it next): watch it end."""
         self.loop.call_soon(self._overdue, entry, GRACE)
 
     def _held(self, entry: list[Any]) -> list[Any]:
@@ -901,8 +918,9 @@ class Run:
         return [task, coro] if type(coro) is CoroutineType else [task]
 
     def _overdue(self, entry: list[Any], left: int) -> None:
-        if entry[1] is None:
-            return  # the call ended
+        scope = entry[1]
+        if scope is None or (type(scope) is not asyncio.Timeout and scope.done()):
+            return  # the call ended (a task that is its scope: _on_done settles it)
         task = self._held(entry)[0]
         if not left and any(
             other[1] is not None and self._held(other)[0] is task
