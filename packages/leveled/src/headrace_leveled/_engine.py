@@ -469,7 +469,7 @@ class Run:
             task.add_done_callback(on_done)
         return -1
 
-    def _timed_outcome(self, task: asyncio.Task[Any], entry: list[Any]) -> BaseException | None:
+    def _timed_outcome(self, task: asyncio.Task[Any]) -> BaseException | None:
         """What a timed phase task that reached its deadline fails with, if not its own outcome.
 
         As ``asyncio.timeout()`` decides: a task cancelled by its deadline alone, or one
@@ -527,7 +527,7 @@ class Run:
                     entries.popleft()
                 if entry[0] is None:  # the deadline came
                     try:
-                        error = self._timed_outcome(task, entry)
+                        error = self._timed_outcome(task)
                     except BaseException as raised:  # the name's __repr__, in PhaseTimeout
                         error = raised
                     if error is not None:
