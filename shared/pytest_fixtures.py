@@ -63,6 +63,19 @@ async def _no_pending_tasks() -> AsyncIterator[None]:
     )
 
 
+async def background_settled(timeout: float = 10.0) -> None:
+    """Wait (at most ``timeout`` seconds) until the loop's other tasks have ended.
+
+    A store fixture calls it before it closes its client: a component's send still on
+    its way in the background (a bulkhead's release, a breaker's record) lands first,
+    instead of opening a connection after the close that nobody closes.
+    """
+    current = asyncio.current_task()
+    others = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+    if others:
+        await asyncio.wait(others, timeout=timeout)
+
+
 # -- Redis ---------------------------------------------------------------------------
 
 

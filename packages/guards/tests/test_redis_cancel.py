@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from headrace_guards.redis import RedisStore
+from shared.pytest_fixtures import background_settled
 
 pytestmark = pytest.mark.redis
 
@@ -28,6 +29,7 @@ _RUNS = 5
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     store = RedisStore.from_url(redis_url, prefix=f"c{uuid.uuid4().hex[:10]}:", timeout=5.0)
     yield store
+    await background_settled()
     await store.delete_all()
     await store.aclose()
 

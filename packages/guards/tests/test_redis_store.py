@@ -38,6 +38,7 @@ from headrace_guards._circuit_store import SHARED_REOPENS, open_delays
 from headrace_guards._redis_store import _ACQUIRE
 from headrace_guards.backoff import fixed
 from headrace_guards.redis import RedisStore
+from shared.pytest_fixtures import background_settled
 
 pytestmark = pytest.mark.redis
 
@@ -99,6 +100,7 @@ async def make(deployment: Deployment) -> AsyncIterator[Maker]:
         return store
 
     yield build
+    await background_settled()  # the components' background sends land before the close
     if stores:
         await stores[0].delete_all()
     for store in stores:
