@@ -301,7 +301,7 @@ class Run:
                 # stretch, which each one's deadline reschedules; a call whose deadline
                 # came leaves it (see _inline), and the next calls get a new one.
                 stretch = self.stretch = asyncio.Timeout(None)
-                driver = asyncio.current_task()
+                driver = self.driver  # the task running this pass (see drive())
                 self.stretch_count = 0 if driver is None else driver.cancelling()
                 try:
                     async with stretch:
