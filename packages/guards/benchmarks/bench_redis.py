@@ -174,16 +174,19 @@ def _client() -> Any:
     return _state["client"]
 
 
-async def _pings(n: int, each: int = 1) -> None:
+async def _pings(n: int) -> None:
     client = _client()
-    for _ in range(n * each):
+    for _ in range(n):
         await client.ping()
 
 
+def _ping_floor(group: str) -> None:
+    """Register the floor of ``group``: one PING round trip per call."""
+    BENCH.case(group, "one PING round trip", kind="floor", requires=NEEDS)(_pings)
+
+
 # -- breaker (closed) --------------------------------------------------------------------
-@BENCH.case("breaker (closed)", "one PING round trip", kind="floor", requires=NEEDS)
-async def ping_breaker(n: int) -> None:
-    await _pings(n)
+_ping_floor("breaker (closed)")
 
 
 @BENCH.case(
@@ -214,9 +217,7 @@ async def headrace_breaker_uncached(n: int) -> None:
 
 
 # -- rate limiter ------------------------------------------------------------------------
-@BENCH.case("rate limiter", "one PING round trip", kind="floor", requires=NEEDS)
-async def ping_rate(n: int) -> None:
-    await _pings(n)
+_ping_floor("rate limiter")
 
 
 @BENCH.case(
@@ -282,9 +283,7 @@ class _PlainBulkheadStore:
         return await self._store.in_flight(name)
 
 
-@BENCH.case("bulkhead", "one PING round trip", kind="floor", requires=NEEDS)
-async def ping_bulkhead(n: int) -> None:
-    await _pings(n)
+_ping_floor("bulkhead")
 
 
 @BENCH.case("bulkhead", "headrace Bulkhead(store=RedisStore)", kind="headrace", requires=NEEDS)
@@ -312,9 +311,7 @@ async def headrace_bulkhead_plain(n: int) -> None:
 
 
 # -- token budget ------------------------------------------------------------------------
-@BENCH.case("token budget", "one PING round trip", kind="floor", requires=NEEDS)
-async def ping_budget(n: int) -> None:
-    await _pings(n)
+_ping_floor("token budget")
 
 
 @BENCH.case(
@@ -333,9 +330,7 @@ async def headrace_token_budget(n: int) -> None:
 
 
 # -- shared throttle ---------------------------------------------------------------------
-@BENCH.case("shared throttle", "one PING round trip", kind="floor", requires=NEEDS)
-async def ping_throttle(n: int) -> None:
-    await _pings(n)
+_ping_floor("shared throttle")
 
 
 @BENCH.case(

@@ -631,6 +631,17 @@ async def drive_breaker_store_admit(fault: Fault) -> None:
     await closes_again(breaker)
 
 
+async def cancelled_probe(breaker: CircuitBreaker, store: ProbeStore, fault: Fault) -> None:
+    """Half-open ``breaker``, then cancel its probe: a neutral record, which ``fault`` hits."""
+    await half_open(breaker)
+    store.faults.set("record", fault, after=True)
+    task = asyncio.create_task(breaker.call(asyncio.sleep, 10))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def drive_breaker_store_record(fault: Fault) -> None:
     store = ProbeStore()
     breaker = CircuitBreaker("faults-record", failure_threshold=1, recovery_timeout=1, store=store)
@@ -642,13 +653,7 @@ async def drive_breaker_store_record(fault: Fault) -> None:
     assert (store.ho_taken, store.state) == (0, CLOSED)
     await closes_again(breaker)
     # A neutral probe (a cancelled caller) while the store misbehaves: never waited on.
-    await half_open(breaker)
-    store.faults.set("record", fault, after=True)
-    task = asyncio.create_task(breaker.call(asyncio.sleep, 10))
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled_probe(breaker, store, fault)
     await settle(breaker)
     breaker_idle(breaker)
     assert store.ho_taken == 0
@@ -661,13 +666,7 @@ async def drive_breaker_store_record(fault: Fault) -> None:
             await breaker.call(ok)
         assert store.admits == admitted
     await closes_again(breaker)
-    await half_open(breaker)
-    store.faults.set("record", fault, after=True)
-    task = asyncio.create_task(breaker.call(asyncio.sleep, 10))
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancelled_probe(breaker, store, fault)
     if fault in (Fault.KEYBOARD_INTERRUPT, Fault.SYSTEM_EXIT):
         assert error is not None
         with pytest.raises(error):
