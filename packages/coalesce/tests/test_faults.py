@@ -101,7 +101,7 @@ def assert_loader_idle(loader: Loader[Any, Any]) -> None:
     assert lane.open is None
     assert lane.in_flight == 0
     assert not lane.queue
-    assert all(entry.waiters is None for entry in loader._cache.values())
+    assert all(entry.batch is None for entry in loader._cache.values())
     assert not loader._runners
 
 

@@ -207,7 +207,7 @@ def _assert_idle(loader: Loader[Any, Any]) -> None:
     assert lane.open is None
     assert lane.in_flight == 0
     assert not lane.queue
-    assert all(entry.waiters is None for entry in loader._cache.values())
+    assert all(entry.batch is None for entry in loader._cache.values())
     assert loader.stats().in_flight == 0
 
 
@@ -487,6 +487,92 @@ async def test_all_waiters_cancelled_during_load_stop_it() -> None:
         assert loader.stats().in_flight == 0
         assert await loader.load(1) == 10  # nothing cached from the cancelled load
         assert backend.calls == [[0, 1], [1]]
+
+
+class Held:
+    """A load_fn that records its calls and whether it was cancelled, and waits for a go."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.cancelled = 0
+        self.go = asyncio.Event()
+
+    async def __call__(self, keys: list[int]) -> list[int]:
+        self.calls.append(list(keys))
+        try:
+            await self.go.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return [k * 10 for k in keys]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_a_cancel_seen_after_the_dispatch_leaves_a_wanted_load_running(cache: bool) -> None:
+    """A caller cancelled in the window, whose task runs only after the load has started.
+
+    Its key is not sent, and its late bookkeeping must not count as the last waiter gone.
+    """
+    held = Held()
+    loader: Loader[int, int] = Loader(held, cache=cache)
+    first = asyncio.create_task(loader.load(1))  # its first step starts the batch's task
+    second = asyncio.create_task(loader.load(2))
+    await asyncio.sleep(0)  # both wait; the batch's task runs next, before `first` again
+    first.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert first.cancelled()
+    assert held.calls == [[2]]
+    assert not second.done()
+    held.go.set()
+    assert await second == 20
+    assert held.cancelled == 0
+    assert loader.stats().cancelled == 1
+
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_a_load_runs_while_one_waiter_of_any_key_is_left(cache: bool) -> None:
+    """Two waiters of one key (a duplicate, or a hit on the pending entry) and one other.
+
+    The load goes on until the last of the three is cancelled, then stops; nothing is kept.
+    """
+    held = Held()
+    loader: Loader[int, int] = Loader(held, cache=cache)
+    tasks = [asyncio.create_task(loader.load(k)) for k in (1, 1, 2)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert held.calls == [[1, 2]]
+    for task in tasks:
+        assert held.cancelled == 0
+        task.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert task.cancelled()
+    assert held.cancelled == 1
+    assert loader.stats().in_flight == 0
+    held.go.set()
+    assert await loader.load(1) == 10  # nothing was cached from the stopped load
+    assert held.calls == [[1, 2], [1]]
+
+
+async def test_cancelled_duplicates_in_the_window_are_pruned_with_their_key() -> None:
+    """Both waiters of key 1 are cancelled in the window: the load is of key 2 only, and
+    it stops once key 2's waiter is cancelled too (the pruned waiters are counted once)."""
+    held = Held()
+    loader: Loader[int, int] = Loader(held, cache=False)
+    tasks = [asyncio.create_task(loader.load(k)) for k in (1, 1, 2)]
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+    tasks[1].cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert held.calls == [[2]]
+    assert held.cancelled == 0
+    tasks[2].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert held.cancelled == 1
+    assert loader.stats().cancelled == 3
 
 
 async def test_load_many_cancelled_while_leading() -> None:

@@ -148,6 +148,12 @@ async def admit(batch: BatchBase, loop: asyncio.AbstractEventLoop) -> None:
                 lane.queue.append(batch)
             wake = batch.wake = loop.create_future()
             await wake
+    running(batch)
+
+
+def running(batch: BatchBase) -> None:
+    """The window of ``batch`` is over and it holds a slot (if any): it runs now."""
+    lane = batch.lane
     if lane.open is batch:
         lane.open = None
     batch.state = RUNNING

@@ -81,6 +81,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         self._runners: set[asyncio.Task[None]] = set()
         self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
         self._life = Lifecycle(self._name)
+        self._plain = not cache and key is None
 
     # -- loading --------------------------------------------------------------------
     async def load(self, key: K) -> V:
@@ -99,20 +100,48 @@ class Loader(LoaderMachinery, Generic[K, V]):
             Closed: when the loader is closed.
             Exception: what ``load_fn`` raised, or the exception value for this key.
         """
-        if self._life.closed:
-            raise self._life.refuse()
-        rec = self._rec
-        rec.calls.value += 1
-        keyfn = self._keyfn
-        ck = key if keyfn is None else keyfn(key)
         loop = _get_running_loop()
+        if self._plain:  # cache=False, no key=, open: _enqueue's join, inlined (hot path)
+            self._rec.calls.value += 1
+            last = self._last
+            if last is not None and last[0]() is loop:
+                batch: LoadBatch | None = last[1].open
+                if batch is not None:
+                    keys = batch.keys
+                    pos = len(keys)
+                    try:
+                        same = batch.index.setdefault(key, pos)  # type: ignore[union-attr]
+                    except TypeError as exc:
+                        raise self._unhashable(key, key, exc) from exc
+                    fut: asyncio.Future[Any] = loop.create_future()
+                    if same == pos:
+                        keys.append(key)
+                        batch.futs.append(fut)
+                        if pos + 1 == self._limit:
+                            filled(batch)
+                    else:
+                        self._rec.deduplicated.value += 1
+                        batch.add_waiter(same, fut)
+                    try:
+                        return await fut  # type: ignore[no-any-return]
+                    except asyncio.CancelledError:
+                        self._waiter_cancelled(batch, fut)
+                        raise
+            ck: Any = key
+        else:
+            if self._life.closed:
+                raise self._life.refuse()
+            self._rec.calls.value += 1
+            keyfn = self._keyfn
+            ck = key if keyfn is None else keyfn(key)
+        rec = self._rec
         if self._caching:
             try:
                 hit = self._cache.get(ck)
             except TypeError as exc:
                 raise self._unhashable(key, ck, exc) from exc
             if hit is not None:
-                if hit.waiters is None:  # resolved: no future, no task, no suspension
+                if hit.batch is None:  # resolved: no future, no task, no suspension
                     rec.cache_hits.value += 1
                     error = hit.error
                     if error is not None:
@@ -120,22 +149,23 @@ class Loader(LoaderMachinery, Generic[K, V]):
                     return hit.value  # type: ignore[no-any-return]
                 if hit.loop is not loop:
                     hit = self._hit(ck, loop)
-                if hit is not None and hit.waiters is not None:
+                if hit is not None and hit.batch is not None:
                     rec.cache_hits.value += 1
+                    pending = hit.batch
                     shared: asyncio.Future[Any] = loop.create_future()
-                    hit.waiters.append(shared)
+                    pending.add_waiter(hit.pos, shared)
                     try:
                         return await shared  # type: ignore[no-any-return]
                     except asyncio.CancelledError:
-                        self._waiter_cancelled(hit, shared)
+                        self._waiter_cancelled(pending, shared)
                         raise
-        entry, fut, batch = self._enqueue(key, ck, loop)
-        if batch is not None:
+        batch, fut, created = self._enqueue(key, ck, loop)
+        if created:
             self._start_runner(batch, loop)
         try:
             return await fut  # type: ignore[no-any-return]
         except asyncio.CancelledError:
-            self._waiter_cancelled(entry, fut)
+            self._waiter_cancelled(batch, fut)
             raise
 
     async def load_many(self, keys: Iterable[K]) -> list[V]:
@@ -167,7 +197,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         caching = self._caching
         out: list[Any] = [None] * len(keys)
         errors: dict[int, BaseException] = {}
-        waiting: list[tuple[int, Entry, asyncio.Future[Any]]] = []
+        waiting: list[tuple[int, LoadBatch, asyncio.Future[Any]]] = []
         led: list[LoadBatch] = []
         try:
             for i, key in enumerate(keys):
@@ -180,19 +210,20 @@ class Loader(LoaderMachinery, Generic[K, V]):
                         raise self._unhashable(key, ck, exc) from exc
                     if hit is not None:
                         rec.cache_hits.value += 1
-                        if hit.waiters is None:
+                        pending = hit.batch
+                        if pending is None:
                             if hit.error is not None:
                                 errors[i] = hit.error.with_traceback(None)
                             else:
                                 out[i] = hit.value
                             continue
                         fut: asyncio.Future[Any] = loop.create_future()
-                        hit.waiters.append(fut)
-                        waiting.append((i, hit, fut))
+                        pending.add_waiter(hit.pos, fut)
+                        waiting.append((i, pending, fut))
                         continue
-                entry, fut, batch = self._enqueue(key, ck, loop)
-                waiting.append((i, entry, fut))
-                if batch is not None:
+                batch, fut, created = self._enqueue(key, ck, loop)
+                waiting.append((i, batch, fut))
+                if created:
                     led.append(batch)
         except BaseException:
             self._withdraw(waiting, led)
@@ -240,7 +271,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
             raise self._unhashable(key, ck, exc) from exc
         if not self._caching or (existing is not None and not force):
             return
-        entry = Entry(key, ck, None, None, None)
+        entry = Entry(ck, None, None, 0)
         if isinstance(value, BaseException):
             entry.error = as_error(value)
         else:
@@ -315,6 +346,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         cleared last. ``stats()`` and ``add_listener()`` keep working.
         """
         loop = asyncio.get_running_loop()
+        self._plain = False  # the general path refuses new loads
         if self._life.close():
             for owner, lane in self._per_loop.items():
                 if owner is loop and lane.open is not None:

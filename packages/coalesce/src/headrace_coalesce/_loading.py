@@ -28,6 +28,7 @@ from headrace_coalesce._lane import (
     admit,
     filled,
     finish,
+    running,
 )
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
@@ -40,37 +41,39 @@ _logger = logging.getLogger("headrace.coalesce")
 
 
 class Entry:
-    """One key: pending (``waiters`` is a list) or resolved (``waiters`` is None)."""
+    """A cache record of one key: pending while ``batch`` is set, then resolved."""
 
-    __slots__ = ("batch", "cached", "ck", "error", "key", "loop", "value", "waiters")
+    __slots__ = ("batch", "cached", "ck", "error", "loop", "pos", "value")
 
     def __init__(
         self,
-        key: Any,
         ck: Any,
         loop: asyncio.AbstractEventLoop | None,
         batch: LoadBatch | None,
-        waiters: list[asyncio.Future[Any]] | None,
+        pos: int,
     ) -> None:
-        self.key = key
         self.ck = ck
         self.loop = loop
+        self.batch = batch  # the batch loading it (None once resolved)
+        self.pos = pos  # its position in that batch
         self.value: Any = None
         self.error: BaseException | None = None
-        self.waiters = waiters
-        self.batch = batch
         self.cached = False
 
 
-def _alive(entry: Entry) -> bool:
-    waiters = entry.waiters
-    return waiters is not None and any(not w.done() for w in waiters)
-
-
 class LoadBatch(BatchBase):
-    __slots__ = ("dead", "entries", "index", "runner")
+    """The keys of one window, kept side by side: one position per unique key.
 
-    def __init__(self, lane: Lane, dedupe: bool) -> None:
+    ``keys``, ``futs`` (the first waiter of each key) and, when caching, ``entries`` run
+    in parallel; a key's further waiters (a duplicate load, a cache hit on the pending
+    entry) are in ``more``, ``extra`` of them. ``gone`` counts the waiters whose
+    cancellation was seen: when it reaches the number of waiters while the load runs,
+    nobody wants the load any more.
+    """
+
+    __slots__ = ("cks", "entries", "extra", "futs", "gone", "index", "keys", "more", "runner")
+
+    def __init__(self, lane: Lane, caching: bool, keyed: bool) -> None:
         self.lane = lane
         self.state = OPEN
         self.expired = False
@@ -78,10 +81,74 @@ class LoadBatch(BatchBase):
         self.queued = False
         self.wake: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.entries: list[Entry] = []
-        self.index: dict[Hashable, Entry] | None = {} if dedupe else None
-        self.dead = 0
+        self.keys: list[Any] = []
+        self.cks: list[Hashable] | None = [] if keyed else None  # key(k) when key= is set
+        self.futs: list[asyncio.Future[Any]] = []
+        self.more: dict[int, list[asyncio.Future[Any]]] | None = None
+        self.entries: list[Entry] | None = [] if caching else None
+        self.index: dict[Hashable, int] | None = None if caching else {}  # cache=False de-dup
+        self.extra = 0
+        self.gone = 0
         self.runner: asyncio.Task[None] | None = None
+
+    def add_waiter(self, pos: int, fut: asyncio.Future[Any]) -> None:
+        """One more caller waits for the key at ``pos``."""
+        more = self.more
+        if more is None:
+            more = self.more = {}
+        extra = more.get(pos)
+        if extra is None:
+            more[pos] = [fut]
+        else:
+            extra.append(fut)
+        self.extra += 1
+
+    def waiters(self, pos: int) -> list[asyncio.Future[Any]]:
+        """Every caller's future for the key at ``pos``."""
+        more = self.more
+        extra = None if more is None else more.get(pos)
+        return [self.futs[pos]] if extra is None else [self.futs[pos], *extra]
+
+    def prune(self) -> list[Entry]:
+        """Keep only the keys some caller still waits for; return the dropped cache entries.
+
+        A cancelled caller's future is done at once, before its task runs again, so the
+        futures are read here. Each dropped waiter was cancelled, and is counted in ``gone``
+        once (by its task, now or later): ``gone`` gives that count back.
+        """
+        futs = self.futs
+        more = self.more
+        keep: list[int] = []
+        for pos, fut in enumerate(futs):
+            if not fut.done():
+                keep.append(pos)
+                continue
+            extra = None if more is None else more.get(pos)
+            if extra is not None and any(not w.done() for w in extra):
+                keep.append(pos)
+        if len(keep) == len(futs):
+            return []
+        alive = set(keep)
+        dropped = len(futs) - len(keep)
+        if more is not None:
+            lost = sum(len(extra) for pos, extra in more.items() if pos not in alive)
+            self.extra -= lost
+            dropped += lost
+            self.more = {new: more[old] for new, old in enumerate(keep) if old in more} or None
+        self.gone -= dropped
+        keys = self.keys
+        self.keys = [keys[pos] for pos in keep]
+        self.futs = [futs[pos] for pos in keep]
+        cks = self.cks
+        if cks is not None:
+            self.cks = [cks[pos] for pos in keep]
+        entries = self.entries
+        if entries is None:
+            return []
+        self.entries = [entries[pos] for pos in keep]
+        for new, entry in enumerate(self.entries):
+            entry.pos = new
+        return [entry for pos, entry in enumerate(entries) if pos not in alive]
 
 
 class LoaderMachinery:
@@ -99,6 +166,7 @@ class LoaderMachinery:
         "_name",
         "_options",
         "_per_loop",
+        "_plain",
         "_rec",
         "_runners",
     )
@@ -114,6 +182,7 @@ class LoaderMachinery:
     _name: str
     _options: Options
     _per_loop: PerLoop[Lane]
+    _plain: bool  # cache=False, no key=, not closed: load() joins inline
     _rec: _Recorder
     _runners: set[asyncio.Task[None]]
 
@@ -135,7 +204,7 @@ class LoaderMachinery:
     def _hit(self, ck: Any, loop: asyncio.AbstractEventLoop) -> Entry | None:
         """The cache entry of ``ck`` usable in ``loop`` (raises TypeError if unhashable)."""
         entry = self._cache.get(ck)
-        if entry is None or entry.waiters is None or entry.loop is loop:
+        if entry is None or entry.batch is None or entry.loop is loop:
             return entry
         other = entry.loop
         if other is not None and other.is_running() and not other.is_closed():
@@ -148,8 +217,10 @@ class LoaderMachinery:
 
     def _enqueue(
         self, key: Any, ck: Any, loop: asyncio.AbstractEventLoop
-    ) -> tuple[Entry, asyncio.Future[Any], LoadBatch | None]:
-        """Add a missed key to the open batch; return its entry, a future, a new batch.
+    ) -> tuple[LoadBatch, asyncio.Future[Any], bool]:
+        """Add a missed key to the open batch: its batch, a future, and whether it is new.
+
+        A new batch's runner is not started yet (the caller starts it).
 
         Raises:
             TypeError: when ``ck`` is unhashable; nothing is registered then.
@@ -161,81 +232,81 @@ class LoaderMachinery:
             lane = self._per_loop.get(loop)
             self._last = (weakref.ref(loop), lane)
         batch: LoadBatch | None = lane.open
+        created = batch is None
+        if batch is None:
+            batch = LoadBatch(lane, self._caching, self._keyfn is not None)  # not started yet
         fut: asyncio.Future[Any] = loop.create_future()
-        created = None
+        keys = batch.keys
+        pos = len(keys)
         # Everything that hashes ck (and may raise) comes before the first state change.
+        index = batch.index
         try:
-            if batch is None:
-                batch = created = LoadBatch(lane, not self._caching)  # not started yet
-            elif batch.index is not None:  # cache=False: identical keys of a batch load once
-                same = batch.index.get(ck)
-                if same is not None:
+            if index is not None:  # cache=False: identical keys of a batch load once
+                same = index.setdefault(ck, pos)
+                if same != pos:
                     self._rec.deduplicated.value += 1
-                    same.waiters.append(fut)  # type: ignore[union-attr]
-                    return same, fut, None
-            entry = Entry(key, ck, loop, batch, [fut])
-            if batch.index is None:  # caching
+                    batch.add_waiter(same, fut)
+                    return batch, fut, False
+            else:
+                entry = Entry(ck, loop, batch, pos)
                 self._cache[ck] = entry
                 entry.cached = True
-            else:
-                batch.index[ck] = entry
+                batch.entries.append(entry)  # type: ignore[union-attr]
         except TypeError as exc:
             raise self._unhashable(key, ck, exc) from exc
-        if created is not None:
+        keys.append(key)
+        batch.futs.append(fut)
+        if batch.cks is not None:
+            batch.cks.append(ck)
+        if created:
             start_window(batch, loop)
-        entries = batch.entries
-        entries.append(entry)
-        if len(entries) == self._limit:
+        if pos + 1 == self._limit:
             filled(batch)
-        return entry, fut, created
+        return batch, fut, created
 
     def _withdraw(
         self,
-        waiting: Iterable[tuple[int, Entry, asyncio.Future[Any]]],
+        waiting: Iterable[tuple[int, LoadBatch, asyncio.Future[Any]]],
         led: Iterable[LoadBatch],
     ) -> None:
         """Undo the keys a ``load_many`` registered before one of its keys failed."""
-        for _, _, fut in waiting:
+        for _, batch, fut in waiting:
             fut.cancel()  # a batch led by another call skips a key nobody waits for
+            batch.gone += 1
         for batch in led:  # not started yet: only this call's keys are in it
-            for entry in batch.entries:
+            for entry in batch.entries or ():
                 self._forget(entry)
             finish(batch)
 
-    def _waiter_cancelled(self, entry: Entry, fut: asyncio.Future[Any]) -> None:
+    def _waiter_cancelled(self, batch: LoadBatch, fut: asyncio.Future[Any]) -> None:
         self._rec.cancelled.value += 1
         if fut.cancelled():
-            batch = entry.batch
-            if batch is not None:
-                batch.dead += 1
-                runner = batch.runner
-                if (
-                    runner is not None
-                    and batch.state == RUNNING
-                    and not any(_alive(e) for e in batch.entries)
-                ):
-                    runner.cancel()  # nobody waits for this load any more
+            self._gone(batch)
         elif fut.done():
             fut.exception()  # retrieved: the caller is gone
 
-    def _abandon(self, waiting: Iterable[tuple[int, Entry, asyncio.Future[Any]]]) -> None:
+    def _gone(self, batch: LoadBatch) -> None:
+        """One waiter of ``batch`` was cancelled: stop the load once nobody waits."""
+        batch.gone += 1
+        runner = batch.runner
+        if (
+            runner is not None
+            and batch.state == RUNNING
+            and batch.gone >= len(batch.futs) + batch.extra
+        ):
+            runner.cancel()  # nobody waits for this load any more
+
+    def _abandon(self, waiting: Iterable[tuple[int, LoadBatch, asyncio.Future[Any]]]) -> None:
         """Callers stopped waiting: cancel their futures, stop a task nobody needs."""
-        for _, entry, fut in waiting:
-            if fut.done():
-                if not fut.cancelled():
-                    fut.exception()  # retrieved: the caller is gone
+        for _, batch, fut in waiting:
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # retrieved: the caller is gone
                 continue
-            fut.cancel()
-            batch = entry.batch
-            if batch is not None:
-                batch.dead += 1
-                runner = batch.runner
-                if (
-                    runner is not None
-                    and batch.state == RUNNING
-                    and not any(_alive(e) for e in batch.entries)
-                ):
-                    runner.cancel()  # nobody waits for this load any more
+            # cancelled now, or with the caller's task (the future it awaited); a future a
+            # dropped batch cancelled counts too, harmlessly: that batch is done
+            self._gone(batch)
 
     def _start_runner(self, batch: LoadBatch, loop: asyncio.AbstractEventLoop) -> None:
         """Run ``batch`` in its own task, so no waiter's cancellation cancels the load."""
@@ -247,10 +318,14 @@ class LoaderMachinery:
     async def _runner(self, batch: LoadBatch, loop: asyncio.AbstractEventLoop) -> None:
         try:
             if batch.state == OPEN:
-                if not self._options.max_wait:
+                options = self._options
+                if not options.max_wait:
                     # this task's first step is one hop after the first load: the window
                     batch.expired = True
-                await admit(batch, loop)
+                if batch.expired and options.max_concurrent is None:
+                    running(batch)  # what admit() does when nothing is left to wait for
+                else:
+                    await admit(batch, loop)
             await self._run(batch)
         except asyncio.CancelledError:
             if batch.state != DONE:
@@ -265,23 +340,17 @@ class LoaderMachinery:
         Whatever ``load_fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included)
         or returns reaches the callers waiting for the batch; nothing escapes this task.
         """
-        # a cancelled waiter's future is done at once (its task may not have run yet)
-        live = []
-        for entry in batch.entries:
-            waiters = entry.waiters
-            if waiters is not None:
-                for w in waiters:
-                    if not w.done():
-                        live.append(entry)
-                        break
-                else:
+        for fut in batch.futs:
+            if fut.done():  # a caller was cancelled: load only what somebody waits for
+                for entry in batch.prune():
                     self._forget(entry)
-        batch.entries = live
-        if not live:
+                break
+        keys = batch.keys
+        if not keys:
             self._drop(batch)
             return
         rec = self._rec
-        size = len(live)
+        size = len(keys)
         rec.dispatched(size)
         if rec.listening or logging_events():
             try:
@@ -294,7 +363,7 @@ class LoaderMachinery:
                 self._emit("dropped", size)
                 return
         try:
-            result = await self._fn([entry.key for entry in live])
+            result = await self._fn(keys[:])
         except asyncio.CancelledError as exc:
             rec.settled += 1
             if being_cancelled():
@@ -306,28 +375,29 @@ class LoaderMachinery:
             self._fail(batch, exc)
             return
         rec.settled += 1
-        resolve = self._resolve
         try:
             if type(result) is list and len(result) == size:
                 sequence = True
             else:
                 sequence = is_sequence(result, size, self._name)
-            if sequence:
-                for entry, value in zip(live, result):  # noqa: B905 - length checked
-                    if isinstance(value, BaseException):
-                        resolve(entry, value)
+            if sequence and batch.more is None and batch.entries is None:  # the common case
+                for fut, value in zip(batch.futs, result):  # noqa: B905 - length checked
+                    if fut.done():  # the caller was cancelled
                         continue
-                    waiters = entry.waiters
-                    entry.waiters = None
-                    entry.batch = None
-                    entry.value = value
-                    for w in waiters:  # type: ignore[union-attr]
-                        if not w.done():
-                            w.set_result(value)
+                    if isinstance(value, BaseException):
+                        fut.set_exception(as_error(value))
+                    else:
+                        fut.set_result(value)
             else:
-                mapping: Any = result  # a Mapping when not a sequence (lookup() checks)
-                for entry in live:
-                    resolve(entry, lookup(mapping, entry.ck))
+                resolve = self._resolve
+                if sequence:
+                    for pos in range(size):
+                        resolve(batch, pos, result[pos])
+                else:
+                    mapping: Any = result  # a Mapping when not a sequence (lookup() checks)
+                    cks = keys if batch.cks is None else batch.cks
+                    for pos in range(size):
+                        resolve(batch, pos, lookup(mapping, cks[pos]))
         except BaseException as exc:
             # a mis-shaped result (BatchRoutingError), or a result whose __len__,
             # __getitem__ or __iter__ failed: every key not yet answered gets the error
@@ -337,20 +407,25 @@ class LoaderMachinery:
         if rec.listening or logging_events():
             self._emit("completed", size)
 
-    def _resolve(self, entry: Entry, value: Any) -> None:
-        waiters = entry.waiters or ()
-        entry.waiters = None
-        entry.batch = None
+    def _resolve(self, batch: LoadBatch, pos: int, value: Any) -> None:
+        """Answer the callers of the key at ``pos`` with ``value`` (and cache it)."""
+        entries = batch.entries
+        entry = None if entries is None else entries[pos]
         if isinstance(value, BaseException):
-            error = entry.error = as_error(value)
-            if not self._cache_errors:
-                self._evict(entry)
-            for w in waiters:
+            value = as_error(value)
+            if entry is not None:
+                entry.batch = None
+                entry.error = value
+                if not self._cache_errors:
+                    self._evict(entry)
+            for w in batch.waiters(pos):
                 if not w.done():
-                    w.set_exception(error)
+                    w.set_exception(value)
         else:
-            entry.value = value
-            for w in waiters:
+            if entry is not None:
+                entry.batch = None
+                entry.value = value
+            for w in batch.waiters(pos):
                 if not w.done():
                     w.set_result(value)
 
@@ -359,16 +434,16 @@ class LoaderMachinery:
         self._rec.failed.value += 1
         self._reject(batch, error)
         if self._rec.listening or logging_events():
-            self._emit("failed", len(batch.entries), error)
+            self._emit("failed", len(batch.keys), error)
 
     def _reject(self, batch: LoadBatch, error: BaseException) -> None:
         cancel = isinstance(error, asyncio.CancelledError)
         carried = as_error(error)
         delivered = False
-        for entry in batch.entries:
-            waiters = entry.waiters or ()
+        for entry in batch.entries or ():
             self._forget(entry)
-            for w in waiters:
+        for pos in range(len(batch.futs)):
+            for w in batch.waiters(pos):
                 if not w.done():
                     delivered = True
                     if cancel:
@@ -385,13 +460,14 @@ class LoaderMachinery:
             )
 
     def _drop(self, batch: LoadBatch) -> None:
-        for entry in batch.entries:
-            for w in entry.waiters or ():
-                w.cancel()
+        for entry in batch.entries or ():
             self._forget(entry)
+        for pos in range(len(batch.futs)):
+            for w in batch.waiters(pos):
+                w.cancel()
         finish(batch)
         if self._rec.listening or logging_events():
-            self._emit("dropped", len(batch.entries))
+            self._emit("dropped", len(batch.keys))
 
     def _emit(self, kind: EventKind, size: int, error: BaseException | None = None) -> None:
         """Fire an event from a batch's own task, which has no caller to reach."""
@@ -410,7 +486,6 @@ class LoaderMachinery:
     def _forget(self, entry: Entry) -> None:
         """An entry that will never get a value: out of the cache, nobody waits."""
         self._evict(entry)
-        entry.waiters = None
         entry.batch = None
 
     def _evict(self, entry: Entry) -> None:
