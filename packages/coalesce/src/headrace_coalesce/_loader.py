@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, final
 
-from headrace_coalesce._lane import Lane, Options, filled, require_async
+from headrace_coalesce._lane import OPEN, Lane, Options, filled, require_async
 from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery
 from headrace_coalesce._routing import as_error, describe
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
@@ -81,7 +81,8 @@ class Loader(LoaderMachinery, Generic[K, V]):
         self._runners: set[asyncio.Task[None]] = set()
         self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Lane] | None = None
         self._life = Lifecycle(self._name)
-        self._plain = not cache and key is None
+        self._plain = not cache and key is None and max_size is None
+        self._open: LoadBatch | None = None
 
     # -- loading --------------------------------------------------------------------
     async def load(self, key: K) -> V:
@@ -101,32 +102,28 @@ class Loader(LoaderMachinery, Generic[K, V]):
             Exception: what ``load_fn`` raised, or the exception value for this key.
         """
         loop = _get_running_loop()
-        if self._plain:  # cache=False, no key=, open: _enqueue's join, inlined (hot path)
+        if self._plain:  # the join of _enqueue, inlined (the hot path; see _plain)
             self._rec.calls.value += 1
-            last = self._last
-            if last is not None and last[0]() is loop:
-                batch: LoadBatch | None = last[1].open
-                if batch is not None:
-                    keys = batch.keys
-                    pos = len(keys)
-                    try:
-                        same = batch.index.setdefault(key, pos)  # type: ignore[union-attr]
-                    except TypeError as exc:
-                        raise self._unhashable(key, key, exc) from exc
-                    fut: asyncio.Future[Any] = loop.create_future()
-                    if same == pos:
-                        keys.append(key)
-                        batch.futs.append(fut)
-                        if pos + 1 == self._limit:
-                            filled(batch)
-                    else:
-                        self._rec.deduplicated.value += 1
-                        batch.add_waiter(same, fut)
-                    try:
-                        return await fut  # type: ignore[no-any-return]
-                    except asyncio.CancelledError:
-                        self._waiter_cancelled(batch, fut)
-                        raise
+            batch = self._open
+            if batch is not None and batch.loop is loop and batch.state == OPEN:
+                keys = batch.keys
+                pos = len(keys)
+                try:
+                    same = batch.index.setdefault(key, pos)  # type: ignore[union-attr]
+                except TypeError as exc:
+                    raise self._unhashable(key, key, exc) from exc
+                fut: asyncio.Future[Any] = loop.create_future()
+                if same == pos:
+                    keys.append(key)
+                    batch.futs.append(fut)
+                else:
+                    self._rec.deduplicated.value += 1
+                    batch.add_waiter(same, fut)
+                try:
+                    return await fut  # type: ignore[no-any-return]
+                except asyncio.CancelledError:
+                    self._waiter_cancelled(batch, fut)
+                    raise
             ck: Any = key
         else:
             if self._life.closed:

@@ -71,10 +71,24 @@ class LoadBatch(BatchBase):
     nobody wants the load any more.
     """
 
-    __slots__ = ("cks", "entries", "extra", "futs", "gone", "index", "keys", "more", "runner")
+    __slots__ = (
+        "cks",
+        "entries",
+        "extra",
+        "futs",
+        "gone",
+        "index",
+        "keys",
+        "loop",
+        "more",
+        "runner",
+    )
 
-    def __init__(self, lane: Lane, caching: bool, keyed: bool) -> None:
+    def __init__(
+        self, lane: Lane, loop: asyncio.AbstractEventLoop, caching: bool, keyed: bool
+    ) -> None:
         self.lane = lane
+        self.loop = loop
         self.state = OPEN
         self.expired = False
         self.granted = False
@@ -164,6 +178,7 @@ class LoaderMachinery:
         "_life",
         "_limit",
         "_name",
+        "_open",
         "_options",
         "_per_loop",
         "_plain",
@@ -180,9 +195,10 @@ class LoaderMachinery:
     _limit: int  # max_size (keys per batch), or -1
     _life: Lifecycle
     _name: str
+    _open: LoadBatch | None  # with _plain: the batch load() joins while it is OPEN
     _options: Options
     _per_loop: PerLoop[Lane]
-    _plain: bool  # cache=False, no key=, not closed: load() joins inline
+    _plain: bool  # cache=False, no key=, no max_size, not closed: load() joins inline
     _rec: _Recorder
     _runners: set[asyncio.Task[None]]
 
@@ -234,7 +250,7 @@ class LoaderMachinery:
         batch: LoadBatch | None = lane.open
         created = batch is None
         if batch is None:
-            batch = LoadBatch(lane, self._caching, self._keyfn is not None)  # not started yet
+            batch = LoadBatch(lane, loop, self._caching, self._keyfn is not None)  # not started
         fut: asyncio.Future[Any] = loop.create_future()
         keys = batch.keys
         pos = len(keys)
@@ -260,6 +276,8 @@ class LoaderMachinery:
             batch.cks.append(ck)
         if created:
             start_window(batch, loop)
+            if self._plain:
+                self._open = batch  # where load() joins inline, while it is OPEN
         if pos + 1 == self._limit:
             filled(batch)
         return batch, fut, created
@@ -277,6 +295,8 @@ class LoaderMachinery:
             for entry in batch.entries or ():
                 self._forget(entry)
             finish(batch)
+            if self._open is batch:
+                self._open = None
 
     def _waiter_cancelled(self, batch: LoadBatch, fut: asyncio.Future[Any]) -> None:
         self._rec.cancelled.value += 1
@@ -333,6 +353,8 @@ class LoaderMachinery:
             raise
         finally:
             batch.runner = None
+            if self._open is batch:
+                self._open = None
 
     async def _run(self, batch: LoadBatch) -> None:
         """Call ``load_fn`` for the live keys of ``batch`` and resolve them.
