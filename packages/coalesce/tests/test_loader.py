@@ -575,6 +575,34 @@ async def test_cancelled_duplicates_in_the_window_are_pruned_with_their_key() ->
     assert loader.stats().cancelled == 3
 
 
+@pytest.mark.parametrize("options", [{}, {"max_concurrent": 1}, {"max_size": 2}])
+async def test_calls_count_every_load_at_any_moment(options: dict[str, Any]) -> None:
+    """``stats().calls`` counts each load once, while its batch collects and after, however
+    it joined (a duplicate, a failed key, a withdrawn ``load_many``)."""
+    held = Held()
+    loader: Loader[Any, int] = Loader(held, cache=False, **options)
+    first = [asyncio.create_task(loader.load(k)) for k in (1, 2, 1)]
+    await asyncio.sleep(0)  # all three joined; the batch has not started yet
+    assert loader.stats().calls == 3
+    with pytest.raises(TypeError):
+        await loader.load([])  # unhashable: it joins nothing, and it counts
+    assert loader.stats().calls == 4
+    with pytest.raises(TypeError):
+        await loader.load_many([3, 3, []])  # withdrawn, all three keys counted
+    assert loader.stats().calls == 7
+    second = [asyncio.create_task(loader.load(k)) for k in (4, 5)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert loader.stats().calls == 9  # running, or waiting for a slot
+    held.go.set()
+    assert await asyncio.gather(*first, *second) == [10, 20, 10, 40, 50]
+    stats = loader.stats()
+    assert (stats.calls, stats.in_flight) == (9, 0)
+    if "max_size" not in options:  # both duplicates met their key in its batch
+        assert stats.deduplicated == 2
+    assert not loader._unfolded
+
+
 async def test_load_many_cancelled_while_leading() -> None:
     with VirtualClock():
         backend = Backend(delay=1)

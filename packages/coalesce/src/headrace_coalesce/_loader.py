@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Generic, TypeVar, final
 
-from headrace_coalesce._lane import OPEN, Lane, Options, filled, require_async
+from headrace_coalesce._lane import Lane, Options, filled, require_async
 from headrace_coalesce._loading import Entry, LoadBatch, LoaderMachinery
 from headrace_coalesce._routing import as_error, describe
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats, _Recorder
@@ -83,6 +84,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         self._life = Lifecycle(self._name)
         self._plain = not cache and key is None and max_size is None
         self._open: LoadBatch | None = None
+        self._unfolded: set[LoadBatch] = set()
 
     # -- loading --------------------------------------------------------------------
     async def load(self, key: K) -> V:
@@ -103,15 +105,17 @@ class Loader(LoaderMachinery, Generic[K, V]):
         """
         loop = _get_running_loop()
         if self._plain:  # the join of _enqueue, inlined (the hot path; see _plain)
-            self._rec.calls.value += 1
             batch = self._open
-            if batch is not None and batch.loop is loop and batch.state == OPEN:
+            if batch is not None and batch.loop is loop:
                 keys = batch.keys
                 pos = len(keys)
                 try:
                     same = batch.index.setdefault(key, pos)  # type: ignore[union-attr]
-                except TypeError as exc:
-                    raise self._unhashable(key, key, exc) from exc
+                except BaseException as exc:
+                    self._rec.calls.value += 1  # it joined nothing: it counts itself
+                    if isinstance(exc, TypeError):
+                        raise self._unhashable(key, key, exc) from exc
+                    raise
                 fut: asyncio.Future[Any] = loop.create_future()
                 if same == pos:
                     keys.append(key)
@@ -124,6 +128,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
                 except asyncio.CancelledError:
                     self._waiter_cancelled(batch, fut)
                     raise
+            self._rec.calls.value += 1
             ck: Any = key
         else:
             if self._life.closed:
@@ -309,7 +314,10 @@ class Loader(LoaderMachinery, Generic[K, V]):
         Returns:
             The current :class:`CoalesceStats`.
         """
-        return self._rec.snapshot()
+        snapshot = self._rec.snapshot()
+        if self._unfolded:
+            snapshot = replace(snapshot, calls=snapshot.calls + self.joined())
+        return snapshot
 
     snapshot = stats
 

@@ -68,11 +68,13 @@ class LoadBatch(BatchBase):
     in parallel; a key's further waiters (a duplicate load, a cache hit on the pending
     entry) are in ``more``, ``extra`` of them. ``gone`` counts the waiters whose
     cancellation was seen: when it reaches the number of waiters while the load runs,
-    nobody wants the load any more.
+    nobody wants the load any more. The loads that joined inline (``load()``'s hot path)
+    do not count themselves: the batch adds them to the calls when its window ends.
     """
 
     __slots__ = (
         "cks",
+        "counted",
         "entries",
         "extra",
         "futs",
@@ -82,6 +84,7 @@ class LoadBatch(BatchBase):
         "loop",
         "more",
         "runner",
+        "slow",
     )
 
     def __init__(
@@ -102,6 +105,8 @@ class LoadBatch(BatchBase):
         self.entries: list[Entry] | None = [] if caching else None
         self.index: dict[Hashable, int] | None = None if caching else {}  # cache=False de-dup
         self.extra = 0
+        self.slow = 0  # waiters whose call counted itself (every way in but load()'s inline join)
+        self.counted = True  # False while the inline joins are not in the stats' calls
         self.gone = 0
         self.runner: asyncio.Task[None] | None = None
 
@@ -184,6 +189,7 @@ class LoaderMachinery:
         "_plain",
         "_rec",
         "_runners",
+        "_unfolded",
     )
 
     _cache: dict[Hashable, Entry]
@@ -201,6 +207,7 @@ class LoaderMachinery:
     _plain: bool  # cache=False, no key=, no max_size, not closed: load() joins inline
     _rec: _Recorder
     _runners: set[asyncio.Task[None]]
+    _unfolded: set[LoadBatch]  # batches whose inline joins are not counted yet
 
     def _unhashable(self, key: Any, ck: Any, cause: TypeError) -> TypeError:
         """The error for a key whose cache key cannot be hashed (raised at the call)."""
@@ -262,6 +269,7 @@ class LoaderMachinery:
                 if same != pos:
                     self._rec.deduplicated.value += 1
                     batch.add_waiter(same, fut)
+                    batch.slow += 1
                     return batch, fut, False
             else:
                 entry = Entry(ck, loop, batch, pos)
@@ -272,12 +280,15 @@ class LoaderMachinery:
             raise self._unhashable(key, ck, exc) from exc
         keys.append(key)
         batch.futs.append(fut)
+        batch.slow += 1
         if batch.cks is not None:
             batch.cks.append(ck)
         if created:
             start_window(batch, loop)
             if self._plain:
                 self._open = batch  # where load() joins inline, while it is OPEN
+                batch.counted = False
+                self._unfolded.add(batch)
         if pos + 1 == self._limit:
             filled(batch)
         return batch, fut, created
@@ -292,6 +303,7 @@ class LoaderMachinery:
             fut.cancel()  # a batch led by another call skips a key nobody waits for
             batch.gone += 1
         for batch in led:  # not started yet: only this call's keys are in it
+            self._fold(batch)
             for entry in batch.entries or ():
                 self._forget(entry)
             finish(batch)
@@ -346,6 +358,8 @@ class LoaderMachinery:
                     running(batch)  # what admit() does when nothing is left to wait for
                 else:
                     await admit(batch, loop)
+            if self._open is batch:
+                self._open = None  # no more joins
             await self._run(batch)
         except asyncio.CancelledError:
             if batch.state != DONE:
@@ -362,6 +376,7 @@ class LoaderMachinery:
         Whatever ``load_fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included)
         or returns reaches the callers waiting for the batch; nothing escapes this task.
         """
+        self._fold(batch)
         for fut in batch.futs:
             if fut.done():  # a caller was cancelled: load only what somebody waits for
                 for entry in batch.prune():
@@ -481,7 +496,19 @@ class LoaderMachinery:
                 exc_info=error,
             )
 
+    def _fold(self, batch: LoadBatch) -> None:
+        """Count the loads that joined ``batch`` inline (its window is over)."""
+        if not batch.counted:
+            batch.counted = True
+            self._unfolded.discard(batch)
+            self._rec.calls.value += len(batch.futs) + batch.extra - batch.slow
+
+    def joined(self) -> int:
+        """The loads that joined inline the batches whose window is not over yet."""
+        return sum(len(b.futs) + b.extra - b.slow for b in list(self._unfolded))
+
     def _drop(self, batch: LoadBatch) -> None:
+        self._fold(batch)
         for entry in batch.entries or ():
             self._forget(entry)
         for pos in range(len(batch.futs)):
