@@ -603,6 +603,84 @@ async def test_calls_count_every_load_at_any_moment(options: dict[str, Any]) -> 
     assert not loader._unfolded
 
 
+async def test_load_many_cancelled_as_the_last_waiter_stops_the_load() -> None:
+    """The load_many's own future is cancelled with it: it still counts as gone."""
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend, max_concurrent=1)
+        many = asyncio.create_task(loader.load_many([1]))
+        await asyncio.sleep(0.5)
+        many.cancel()
+        await asyncio.sleep(0)
+        assert await loader.load(2) == 20  # the slot was freed at once
+        assert asyncio.get_running_loop().time() == pytest.approx(1.5)
+        assert await loader.load(1) == 10  # loaded again: nothing kept from the stopped load
+        assert backend.calls == [[1], [2], [1]]
+
+
+async def test_a_hit_on_a_load_being_stopped_starts_a_new_one() -> None:
+    """The last waiter was cancelled and the load asked to stop; a new load of the same key
+    in that loop iteration gets its value, not the stopped load's cancellation."""
+    with VirtualClock():
+        backend = Backend(delay=1)
+        loader: Loader[int, int] = Loader(backend)
+        first = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0.5)
+        first.cancel()
+        # its task runs first, and asks the load to stop; then this one's first step
+        second = asyncio.create_task(loader.load(1))
+        assert await second == 10
+        assert first.cancelled()
+        assert backend.calls == [[1], [1]]
+
+
+@pytest.mark.parametrize("keys", [[1, 2], [0, 1, 2]])
+async def test_load_many_cancelled_after_a_key_was_answered_stops_at_once(keys: list[int]) -> None:
+    """The cancel arrives after one key's future got its value, before the task runs again."""
+    with VirtualClock():
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def load_fn(batch: list[int]) -> list[Any]:
+            if batch == [0]:
+                await asyncio.sleep(0.5)
+                return [KeyError("e0")]
+            if batch == [1]:
+                await asyncio.sleep(1)
+                loop.call_soon(tasks[0].cancel)  # after key 1's answer, before the task runs
+                return [ValueError("e1")]
+            await asyncio.sleep(10)
+            return ["v2"]
+
+        loader: Loader[int, Any] = Loader(load_fn, max_size=1)
+        tasks.append(asyncio.create_task(loader.load_many(keys)))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert loop.time() == pytest.approx(1.0)
+        assert tasks[0].cancelled()
+        await asyncio.sleep(0)
+        assert loader.stats().in_flight == 0  # key 2's load, which nobody wants, was stopped
+
+
+async def test_aclose_returns_when_a_batch_task_was_cancelled_before_its_first_step() -> None:
+    with VirtualClock():
+        loader: Loader[int, int] = Loader(Backend(), cache=False)
+        waiter = asyncio.create_task(loader.load(1))
+        await asyncio.sleep(0)  # the batch and its task exist; the task has not run yet
+        (runner,) = loader._runners
+        runner.cancel()
+        waiter.cancel()
+        await asyncio.gather(runner, waiter, return_exceptions=True)
+        closing = asyncio.create_task(loader.aclose())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        done = closing.done()
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        assert done  # it does not wait for the task that never ran
+        assert not loader._runners
+
+
 async def test_load_many_cancelled_while_leading() -> None:
     with VirtualClock():
         backend = Backend(delay=1)

@@ -384,15 +384,7 @@ class Core:
             # __getitem__ or __iter__ failed: every caller not yet served gets the error
             self.fail(batch, error, pos, size)
             raise
-        if batch.timer is None and not batch.queued and not batch.granted:  # finish() inlined
-            batch.state = DONE
-            lane = batch.lane
-            if lane.open is batch:
-                lane.open = None
-            if lane.registry is not None:
-                discard_if_idle(lane)
-        else:
-            finish(batch)
+        finish(batch)
         if self.rec.listening or logging_events():
             # a listener's KeyboardInterrupt/SystemExit reaches the leader, after routing
             self.rec.emit("completed", size)

@@ -173,6 +173,12 @@ def finish(batch: BatchBase) -> None:
     """``batch`` is done (routed, failed or dropped): free its slot and its lane."""
     batch.state = DONE
     lane = batch.lane
+    if batch.timer is None and not batch.queued and not batch.granted:  # the common case
+        if lane.open is batch:
+            lane.open = None
+        if lane.registry is not None:
+            discard_if_idle(lane)
+        return
     if batch.queued:
         batch.queued = False
         lane.queue.remove(batch)

@@ -236,7 +236,9 @@ class Loader(LoaderMachinery, Generic[K, V]):
             try:
                 out[i] = fut.result() if fut.done() else await fut
             except asyncio.CancelledError:
-                if fut.cancelled() and being_cancelled():
+                # the caller's own cancellation (its future cancelled with it, or already
+                # answered); a future cancelled alone is a dropped load: that key's error
+                if not fut.cancelled() or being_cancelled():
                     rec.cancelled.value += 1
                     self._abandon(waiting[n:])
                     raise
@@ -356,8 +358,11 @@ class Loader(LoaderMachinery, Generic[K, V]):
             for owner, lane in self._per_loop.items():
                 if owner is loop and lane.open is not None:
                     filled(lane.open)
-        while running := [task for task in self._runners if task.get_loop() is loop]:
+        while running := [
+            task for task in self._runners if task.get_loop() is loop and not task.done()
+        ]:
             await asyncio.wait(running)
+        self._runners.difference_update([task for task in self._runners if task.done()])
         await self._rec.aclose()
         self._cache.clear()
 

@@ -327,6 +327,8 @@ class LoaderMachinery:
             and batch.gone >= len(batch.futs) + batch.extra
         ):
             runner.cancel()  # nobody waits for this load any more
+            for entry in batch.entries or ():
+                self._evict(entry)  # a later load of its keys starts a new batch
 
     def _abandon(self, waiting: Iterable[tuple[int, LoadBatch, asyncio.Future[Any]]]) -> None:
         """Callers stopped waiting: cancel their futures, stop a task nobody needs."""
@@ -344,10 +346,15 @@ class LoaderMachinery:
         """Run ``batch`` in its own task, so no waiter's cancellation cancels the load."""
         task = loop.create_task(self._runner(batch, loop))
         batch.runner = task
-        self._runners.add(task)
-        task.add_done_callback(self._runners.discard)
+        self._runners.add(task)  # the task leaves the set when it ends (see _runner)
 
     async def _runner(self, batch: LoadBatch, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the window, call ``load_fn`` for the live keys, resolve them.
+
+        Whatever ``load_fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included)
+        or returns reaches the callers waiting for the batch; nothing escapes this task
+        but its own cancellation (nobody waits any more, or the loop is shutting down).
+        """
         try:
             if batch.state == OPEN:
                 options = self._options
@@ -360,21 +367,39 @@ class LoaderMachinery:
                     await admit(batch, loop)
             if self._open is batch:
                 self._open = None  # no more joins
-            await self._run(batch)
+            keys = self._dispatch(batch)
+            if keys is None:
+                return
+            rec = self._rec
+            try:
+                result = await self._fn(keys)
+            except asyncio.CancelledError as exc:
+                rec.settled += 1
+                if being_cancelled():
+                    raise
+                self._fail(batch, exc)
+                return
+            except BaseException as exc:
+                rec.settled += 1
+                self._fail(batch, exc)
+                return
+            rec.settled += 1
+            self._route(batch, result)
         except asyncio.CancelledError:
             if batch.state != DONE:
                 self._drop(batch)
             raise
         finally:
+            self._runners.discard(batch.runner)
             batch.runner = None
             if self._open is batch:
                 self._open = None
 
-    async def _run(self, batch: LoadBatch) -> None:
-        """Call ``load_fn`` for the live keys of ``batch`` and resolve them.
+    def _dispatch(self, batch: LoadBatch) -> list[Any] | None:
+        """The keys to load (a copy), or None when the batch ends here.
 
-        Whatever ``load_fn`` raises (``KeyboardInterrupt`` and ``SystemExit`` included)
-        or returns reaches the callers waiting for the batch; nothing escapes this task.
+        It ends here when nobody waits any more, or when a listener of the dispatch
+        raised ``KeyboardInterrupt``/``SystemExit`` (the callers get it).
         """
         self._fold(batch)
         for fut in batch.futs:
@@ -385,7 +410,7 @@ class LoaderMachinery:
         keys = batch.keys
         if not keys:
             self._drop(batch)
-            return
+            return None
         rec = self._rec
         size = len(keys)
         rec.dispatched(size)
@@ -398,20 +423,13 @@ class LoaderMachinery:
                 rec.undispatched(size)
                 self._reject(batch, exc)
                 self._emit("dropped", size)
-                return
-        try:
-            result = await self._fn(keys[:])
-        except asyncio.CancelledError as exc:
-            rec.settled += 1
-            if being_cancelled():
-                raise
-            self._fail(batch, exc)
-            return
-        except BaseException as exc:
-            rec.settled += 1
-            self._fail(batch, exc)
-            return
-        rec.settled += 1
+                return None
+        return keys[:]
+
+    def _route(self, batch: LoadBatch, result: Any) -> None:
+        """Give every caller its value from ``result``, or the error it makes."""
+        keys = batch.keys
+        size = len(keys)
         try:
             if type(result) is list and len(result) == size:
                 sequence = True
@@ -441,7 +459,7 @@ class LoaderMachinery:
             self._fail(batch, exc)
             return
         finish(batch)
-        if rec.listening or logging_events():
+        if self._rec.listening or logging_events():
             self._emit("completed", size)
 
     def _resolve(self, batch: LoadBatch, pos: int, value: Any) -> None:
