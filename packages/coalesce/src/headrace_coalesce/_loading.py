@@ -436,13 +436,19 @@ class LoaderMachinery:
             else:
                 sequence = is_sequence(result, size, self._name)
             if sequence and batch.more is None and batch.entries is None:  # the common case
-                for fut, value in zip(batch.futs, result):  # noqa: B905 - length checked
-                    if fut.done():  # the caller was cancelled
-                        continue
-                    if isinstance(value, BaseException):
-                        fut.set_exception(as_error(value))
-                    else:
-                        fut.set_result(value)
+                try:
+                    for fut, value in zip(batch.futs, result):  # noqa: B905 - length checked
+                        if isinstance(value, BaseException):
+                            fut.set_exception(as_error(value))
+                        else:
+                            fut.set_result(value)
+                except asyncio.InvalidStateError:  # a caller was cancelled meanwhile
+                    for fut, value in zip(batch.futs, result):  # noqa: B905
+                        if not fut.done():  # not answered yet, nor cancelled
+                            if isinstance(value, BaseException):
+                                fut.set_exception(as_error(value))
+                            else:
+                                fut.set_result(value)
             else:
                 resolve = self._resolve
                 if sequence:
