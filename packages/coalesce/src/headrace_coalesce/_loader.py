@@ -103,8 +103,8 @@ class Loader(LoaderMachinery, Generic[K, V]):
             Closed: when the loader is closed.
             Exception: what ``load_fn`` raised, or the exception value for this key.
         """
-        loop = _get_running_loop()
         if self._plain:  # the join of _enqueue, inlined (the hot path; see _plain)
+            loop = _get_running_loop()
             batch = self._open
             if batch is not None and batch.loop is loop:
                 keys = batch.keys
@@ -133,34 +133,36 @@ class Loader(LoaderMachinery, Generic[K, V]):
         else:
             if self._life.closed:
                 raise self._life.refuse()
-            self._rec.calls.value += 1
+            rec = self._rec
+            rec.calls.value += 1
             keyfn = self._keyfn
             ck = key if keyfn is None else keyfn(key)
-        rec = self._rec
-        if self._caching:
-            try:
-                hit = self._cache.get(ck)
-            except TypeError as exc:
-                raise self._unhashable(key, ck, exc) from exc
-            if hit is not None:
-                if hit.batch is None:  # resolved: no future, no task, no suspension
-                    rec.cache_hits.value += 1
-                    error = hit.error
-                    if error is not None:
-                        raise error.with_traceback(None)
-                    return hit.value  # type: ignore[no-any-return]
-                if hit.loop is not loop:
-                    hit = self._hit(ck, loop)
-                if hit is not None and hit.batch is not None:
-                    rec.cache_hits.value += 1
-                    pending = hit.batch
-                    shared: asyncio.Future[Any] = loop.create_future()
-                    pending.add_waiter(hit.pos, shared)
-                    try:
-                        return await shared  # type: ignore[no-any-return]
-                    except asyncio.CancelledError:
-                        self._waiter_cancelled(pending, shared)
-                        raise
+            if self._caching:
+                try:
+                    hit = self._cache.get(ck)
+                except TypeError as exc:
+                    raise self._unhashable(key, ck, exc) from exc
+                if hit is not None:
+                    if hit.batch is None:  # resolved: no future, no task, no suspension
+                        rec.cache_hits.value += 1
+                        error = hit.error
+                        if error is not None:
+                            raise error.with_traceback(None)
+                        return hit.value  # type: ignore[no-any-return]
+                    loop = _get_running_loop()
+                    if hit.loop is not loop:
+                        hit = self._hit(ck, loop)
+                    if hit is not None and hit.batch is not None:
+                        rec.cache_hits.value += 1
+                        pending = hit.batch
+                        shared: asyncio.Future[Any] = loop.create_future()
+                        pending.add_waiter(hit.pos, shared)
+                        try:
+                            return await shared  # type: ignore[no-any-return]
+                        except asyncio.CancelledError:
+                            self._waiter_cancelled(pending, shared)
+                            raise
+            loop = _get_running_loop()
         batch, fut, created = self._enqueue(key, ck, loop)
         if created:
             self._start_runner(batch, loop)
