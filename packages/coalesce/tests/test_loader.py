@@ -681,6 +681,27 @@ async def test_aclose_returns_when_a_batch_task_was_cancelled_before_its_first_s
         assert not loader._runners
 
 
+def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
+    made: list[asyncio.Future[Any]] = []
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_future(self) -> asyncio.Future[Any]:
+            fut = super().create_future()
+            made.append(fut)
+            return fut
+
+    async def main() -> list[int]:
+        loader: Loader[int, int] = Loader(Backend(), cache=False)
+        return list(await asyncio.gather(*(loader.load(k) for k in (0, 1, 2, 1))))
+
+    loop = Loop()
+    try:
+        assert loop.run_until_complete(main()) == [0, 10, 20, 10]
+    finally:
+        loop.close()
+    assert len(made) >= 4  # one per load, each from the loop's own create_future
+
+
 async def test_load_many_cancelled_while_leading() -> None:
     with VirtualClock():
         backend = Backend(delay=1)

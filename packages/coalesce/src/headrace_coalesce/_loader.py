@@ -116,7 +116,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
                     if isinstance(exc, TypeError):
                         raise self._unhashable(key, key, exc) from exc
                     raise
-                fut: asyncio.Future[Any] = loop.create_future()
+                fut: asyncio.Future[Any] = batch.new_future()
                 if same == pos:
                     keys.append(key)
                     batch.futs.append(fut)

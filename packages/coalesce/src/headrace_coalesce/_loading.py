@@ -28,6 +28,7 @@ from headrace_coalesce._lane import (
     admit,
     filled,
     finish,
+    future_maker,
     running,
 )
 from headrace_coalesce._lane import start as start_window
@@ -83,6 +84,7 @@ class LoadBatch(BatchBase):
         "keys",
         "loop",
         "more",
+        "new_future",
         "runner",
         "slow",
     )
@@ -92,6 +94,10 @@ class LoadBatch(BatchBase):
     ) -> None:
         self.lane = lane
         self.loop = loop
+        make = lane.new_future
+        if make is None:
+            make = lane.new_future = future_maker(loop)
+        self.new_future = make
         self.state = OPEN
         self.expired = False
         self.granted = False
@@ -258,7 +264,7 @@ class LoaderMachinery:
         created = batch is None
         if batch is None:
             batch = LoadBatch(lane, loop, self._caching, self._keyfn is not None)  # not started
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = batch.new_future()
         keys = batch.keys
         pos = len(keys)
         # Everything that hashes ck (and may raise) comes before the first state change.
