@@ -702,6 +702,20 @@ def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
     assert len(made) >= 4  # one per load, each from the loop's own create_future
 
 
+async def test_a_cancelled_error_value_is_one_keys_error_in_load_many() -> None:
+    """A CancelledError returned as a key's value fails that key; the call is not cancelled."""
+
+    async def load_fn(keys: list[int]) -> list[Any]:
+        values = {1: ValueError("one"), 2: asyncio.CancelledError(), 3: 30}
+        return [values[k] for k in keys]
+
+    loader: Loader[int, Any] = Loader(load_fn)
+    with pytest.raises(ValueError, match="one"):  # the first failed key's error, in order
+        await loader.load_many([1, 2, 3])
+    assert loader.stats().cancelled == 0
+    assert await loader.load(3) == 30
+
+
 async def test_load_many_cancelled_while_leading() -> None:
     with VirtualClock():
         backend = Backend(delay=1)

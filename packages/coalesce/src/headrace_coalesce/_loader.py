@@ -239,8 +239,8 @@ class Loader(LoaderMachinery, Generic[K, V]):
                 out[i] = fut.result() if fut.done() else await fut
             except asyncio.CancelledError:
                 # the caller's own cancellation (its future cancelled with it, or already
-                # answered); a future cancelled alone is a dropped load: that key's error
-                if not fut.cancelled() or being_cancelled():
+                # answered); otherwise a dropped load, or a CancelledError value: that key's
+                if being_cancelled():
                     rec.cancelled.value += 1
                     self._abandon(waiting[n:])
                     raise
@@ -320,7 +320,7 @@ class Loader(LoaderMachinery, Generic[K, V]):
         """
         snapshot = self._rec.snapshot()
         if self._unfolded:
-            snapshot = replace(snapshot, calls=snapshot.calls + self.joined())
+            snapshot = replace(snapshot, calls=snapshot.calls + self._joined())
         return snapshot
 
     snapshot = stats

@@ -533,7 +533,7 @@ class LoaderMachinery:
             self._unfolded.discard(batch)
             self._rec.calls.value += len(batch.futs) + batch.extra - batch.slow
 
-    def joined(self) -> int:
+    def _joined(self) -> int:
         """The loads that joined inline the batches whose window is not over yet."""
         return sum(len(b.futs) + b.extra - b.slow for b in list(self._unfolded))
 
