@@ -1,11 +1,12 @@
-"""The machinery behind ``Loader``: entries, batches, their runner tasks and resolution.
+"""The machinery behind ``Loader``: batches, cache entries, the batch tasks, resolution.
 
-Every key has an *entry*. A pending entry holds the private futures of the callers waiting
-for it (a caller's cancellation cancels only its own future, so a shared load is never
-cancelled by one of its waiters: the effect of awaiting it through ``shield``, without a
-shield per waiter); a resolved entry holds the value, and a cache hit on it returns at
-once, without a task or a future. Each batch is run by a task of its own, started by the
-first load of the window (the task's first step is one loop hop later: the window), so no
+A batch holds the keys of one window side by side with the private futures of the callers
+waiting for them (a caller's cancellation cancels only its own future, so a shared load is
+never cancelled by one of its waiters: the effect of awaiting it through ``shield``,
+without a shield per waiter). With a cache, each key also has an *entry*: pending while
+its batch loads it, then resolved, and a cache hit on a resolved entry returns at once,
+without a task or a future. Each batch is run by a task of its own, started by the first
+load of the window (the task's first step is one loop hop later: the window), so no
 waiter's cancellation cancels a load that others wait for; when every waiter is gone, the
 task is cancelled and nothing of the batch is cached.
 """
