@@ -76,7 +76,6 @@ class LoadBatch(BatchBase):
 
     __slots__ = (
         "cks",
-        "counted",
         "entries",
         "extra",
         "futs",
@@ -113,7 +112,6 @@ class LoadBatch(BatchBase):
         self.index: dict[Hashable, int] | None = None if caching else {}  # cache=False de-dup
         self.extra = 0
         self.slow = 0  # waiters whose call counted itself (every way in but load()'s inline join)
-        self.counted = True  # False while the inline joins are not in the stats' calls
         self.gone = 0
         self.runner: asyncio.Task[None] | None = None
 
@@ -294,8 +292,7 @@ class LoaderMachinery:
             start_window(batch, loop)
             if self._plain:
                 self._open = batch  # where load() joins inline, while it is OPEN
-                batch.counted = False
-                self._unfolded.add(batch)
+                self._unfolded.add(batch)  # its inline joins count when its window ends
         if pos + 1 == self._limit:
             filled(batch)
         return batch, fut, created
@@ -442,21 +439,17 @@ class LoaderMachinery:
                 sequence = True
             else:
                 sequence = is_sequence(result, size, self._name)
-            if sequence and batch.more is None and batch.entries is None:  # the common case
+            plain = sequence and batch.more is None and batch.entries is None
+            if plain:  # the common case: one caller per key, no cache, no check per caller
                 try:
                     for fut, value in zip(batch.futs, result):  # noqa: B905 - length checked
                         if isinstance(value, BaseException):
                             fut.set_exception(as_error(value))
                         else:
                             fut.set_result(value)
-                except asyncio.InvalidStateError:  # a caller was cancelled meanwhile
-                    for fut, value in zip(batch.futs, result):  # noqa: B905
-                        if not fut.done():  # not answered yet, nor cancelled
-                            if isinstance(value, BaseException):
-                                fut.set_exception(as_error(value))
-                            else:
-                                fut.set_result(value)
-            else:
+                except asyncio.InvalidStateError:  # a caller was cancelled meanwhile:
+                    plain = False  # _resolve skips the callers already answered or gone
+            if not plain:
                 resolve = self._resolve
                 if sequence:
                     for pos in range(size):
@@ -529,9 +522,9 @@ class LoaderMachinery:
 
     def _fold(self, batch: LoadBatch) -> None:
         """Count the loads that joined ``batch`` inline (its window is over)."""
-        if not batch.counted:
-            batch.counted = True
-            self._unfolded.discard(batch)
+        unfolded = self._unfolded
+        if batch in unfolded:
+            unfolded.remove(batch)
             self._rec.calls.value += len(batch.futs) + batch.extra - batch.slow
 
     def _joined(self) -> int:
