@@ -681,6 +681,33 @@ async def test_aclose_returns_when_a_batch_task_was_cancelled_before_its_first_s
         assert not loader._runners
 
 
+@pytest.mark.parametrize("cache", [False, True])
+async def test_a_batch_task_cancelled_before_its_first_step_answers_its_callers(
+    cache: bool,
+) -> None:
+    with VirtualClock():
+        backend = Backend()
+        loader: Loader[int, int] = Loader(backend, cache=cache)
+        waiters = [asyncio.create_task(loader.load(k)) for k in (1, 2, 1)]
+        await asyncio.sleep(0)  # the batch and its task exist; the task has not run yet
+        (runner,) = loader._runners
+        runner.cancel()  # somebody else's sweep, not a waiter's cancellation
+        for _ in range(20):  # bounded: a regression fails here instead of hanging
+            await asyncio.sleep(0)
+        ended = [w.done() for w in waiters]
+        for w in waiters:
+            w.cancel()
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        assert ended == [True, True, True]  # the dropped batch cancelled their futures
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        assert not loader._runners
+        assert backend.calls == []
+        # the window is closed: later loads start a batch of their own and get values
+        assert list(await asyncio.gather(loader.load(1), loader.load(3))) == [10, 30]
+        assert backend.calls == [[1, 3]]
+        _assert_idle(loader)
+
+
 def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
     made: list[asyncio.Future[Any]] = []
 
