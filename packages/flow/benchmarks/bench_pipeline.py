@@ -7,7 +7,8 @@ unordered at 16 workers. Item counts are scaled down from the issue's 100k / 10k
 the slow peers finish within minutes (see ITEMS, SLEEP_ITEMS). ``--quick`` (a smoke run)
 pushes a twentieth of them through every row. ``--sleep-cpu [RUNS]`` runs no table: it
 interleaves the ``sleep-w64`` row's headrace and floor cases and prints the wall and CPU
-time per item of each run (see ``_sleep_cpu``).
+time per item of each run (see ``_sleep_cpu``); add ``--select`` to run it on a selector
+loop whose idle waits have microsecond resolution (``select()``), not epoll's millisecond.
 """
 
 from __future__ import annotations
@@ -220,6 +221,8 @@ async def _sleep_cpu(runs: int) -> None:
     time per item near or above 1000/64 µs, and its sleeps spread out) runs at about its
     CPU time per item; the floor falls into either regime from run to run. Each line
     shows the regime a run was in (``waves`` when its wall time is nearer the first).
+    With ``--select`` the loop waits in ``select()``, whose timeout has microsecond
+    resolution: the waves disappear, and what is left is the kernel's timer slack.
     """
     import gc
     import statistics
@@ -260,6 +263,16 @@ if __name__ == "__main__":
     if "--sleep-cpu" in sys.argv:
         at = sys.argv.index("--sleep-cpu")
         given = sys.argv[at + 1 : at + 2]
-        asyncio.run(_sleep_cpu(int(given[0]) if given and given[0].isdigit() else 7))
+        runs = int(given[0]) if given and given[0].isdigit() else 7
+        if "--select" in sys.argv:
+            import selectors
+
+            def fine_loop() -> asyncio.AbstractEventLoop:
+                return asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+            with asyncio.Runner(loop_factory=fine_loop) as runner:
+                runner.run(_sleep_cpu(runs))
+        else:
+            asyncio.run(_sleep_cpu(runs))
     else:
         BENCH.main()

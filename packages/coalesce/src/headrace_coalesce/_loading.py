@@ -31,12 +31,11 @@ from headrace_coalesce._lane import (
     finish,
     future_maker,
     running,
-    sleep0,
 )
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import EventKind, _Recorder, logging_events
-from headrace_core.lowlevel import Lifecycle, PerLoop, being_cancelled
+from headrace_core.lowlevel import Lifecycle, PerLoop, being_cancelled, first_step, start_task
 
 __all__ = ["Entry", "LoadBatch", "LoaderMachinery"]
 
@@ -350,14 +349,10 @@ class LoaderMachinery:
     def _start_runner(self, batch: LoadBatch, loop: asyncio.AbstractEventLoop) -> None:
         """Run ``batch`` in its own task, so no waiter's cancellation cancels the load.
 
-        The coroutine is stepped once here, into its ``try``, before the task takes it:
-        a task cancelled before its first step (by ``asyncio.all_tasks()`` sweeps, say)
-        then still ends the batch and answers its callers, where an unstarted coroutine
-        would have died without running a line.
+        ``start_task``: a task cancelled from outside before its first step (a sweep over
+        ``asyncio.all_tasks()``, say) still ends its batch and answers its callers.
         """
-        runner = self._runner(batch, loop)
-        runner.send(None)  # up to the hop at its top; the task's first step resumes it
-        task = loop.create_task(runner)
+        task = start_task(loop, self._runner(batch, loop))
         batch.runner = task
         self._runners.add(task)  # the task leaves the set when it ends (see _runner)
 
@@ -369,7 +364,7 @@ class LoaderMachinery:
         but its own cancellation (nobody waits any more, or the loop is shutting down).
         """
         try:
-            await sleep0()  # where _start_runner leaves it: inside the try
+            await first_step()  # where start_task leaves it: inside the try
             if batch.state == OPEN:
                 options = self._options
                 if not options.max_wait:

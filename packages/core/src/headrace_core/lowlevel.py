@@ -13,7 +13,9 @@ waits with their bounds, and talk about user code safely:
   :func:`check_callable`, :func:`check_name`, :func:`is_async_callable`: argument checks
   raising ``ConfigurationError`` that names the argument and the value; :data:`Clock`, the
   type of a ``clock=`` argument.
-- :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones.
+- :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones;
+  :func:`start_task` and :func:`first_step`: a background task whose cleanup runs even
+  when something else cancels it before its first step.
 - :class:`Deadline`, :func:`bounded`, :func:`raise_if_expired`: ``asyncio.timeout``
   whose expiry raises a component's own error; :class:`Deadlines`: one loop timer for
   many deadlines of one length, each call keeping asyncio's own ``Timeout``.
@@ -42,6 +44,8 @@ from headrace_core._loop import LoopBinding as LoopBinding
 from headrace_core._loop import PerLoop as PerLoop
 from headrace_core._loop import within as within
 from headrace_core._stats import loop_time as loop_time
+from headrace_core._tasks import first_step as first_step
+from headrace_core._tasks import start_task as start_task
 from headrace_core._validate import Clock as Clock
 from headrace_core._validate import check_callable as check_callable
 from headrace_core._validate import check_int as check_int
@@ -69,11 +73,13 @@ __all__ = [
     "check_number",
     "check_optional_number",
     "finish_tasks",
+    "first_step",
     "is_async_callable",
     "keep_cancel",
     "loop_time",
     "raise_if_expired",
     "safe_repr",
+    "start_task",
     "within",
 ]
 
@@ -93,11 +99,13 @@ for _obj in (
     check_number,
     check_optional_number,
     finish_tasks,
+    first_step,
     is_async_callable,
     keep_cancel,
     loop_time,
     raise_if_expired,
     safe_repr,
+    start_task,
     within,
 ):
     _obj.__module__ = __name__

@@ -1,0 +1,57 @@
+"""Tasks whose cleanup runs even when they are cancelled before their first step."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
+
+
+@types.coroutine
+def first_step() -> Generator[None, None, None]:
+    """The first await of a coroutine that :func:`start_task` runs.
+
+    Await it at the top of the ``try`` whose ``except``/``finally`` must run: the task's
+    first step resumes the coroutine here. Awaited in a coroutine run another way, it is
+    one hop through the event loop, like ``asyncio.sleep(0)``.
+    """
+    yield
+
+
+_FIRST_STEP: Final = first_step.__code__
+
+
+def start_task(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    *,
+    name: str | None = None,
+) -> asyncio.Task[T]:
+    """Create a task for ``coro`` whose cleanup runs whatever cancels it, and when.
+
+    A task cancelled before its first step never runs a line of its coroutine: no
+    ``try`` of it is entered, so no ``finally`` of it runs, and whoever waits for what the
+    task would have done waits for ever. ``start_task`` first steps ``coro`` up to its
+    ``await first_step()``, inside its ``try``; the task's first step resumes it there,
+    one hop later, as it would have started. A cancel before that step raises
+    ``CancelledError`` at the ``await first_step()``, where the coroutine handles it.
+
+    Raises:
+        RuntimeError: when ``coro``'s first await is not ``first_step()`` (``coro`` is
+            closed).
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        yielded = awaiting = None
+    else:
+        awaiting = getattr(getattr(coro, "cr_await", None), "gi_code", None)
+    if yielded is not None or awaiting is not _FIRST_STEP:
+        coro.close()
+        raise RuntimeError(
+            f"start_task(): the first await of {coro!r} must be `await first_step()`"
+        )
+    return loop.create_task(coro, name=name)
