@@ -59,7 +59,7 @@ async def test_first_step_elsewhere_is_one_hop() -> None:
 
 
 async def _no_first_step() -> None:
-    await asyncio.sleep(0)
+    await asyncio.get_running_loop().create_future()
 
 
 async def _returns_at_once() -> int:
@@ -72,4 +72,3 @@ async def test_a_coroutine_without_first_step_is_refused_and_closed(make: Any) -
     with pytest.raises(RuntimeError, match=r"first await .* must be `await first_step\(\)`"):
         start_task(asyncio.get_running_loop(), coro)
     assert coro.cr_frame is None  # closed: nothing of it is left suspended
-    await asyncio.sleep(0)  # the sleep(0) it was stepped into needs no wake-up

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Coroutine, Generator
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -19,9 +19,6 @@ def first_step() -> Generator[None, None, None]:
     one hop through the event loop, like ``asyncio.sleep(0)``.
     """
     yield
-
-
-_FIRST_STEP: Final = first_step.__code__
 
 
 def start_task(
@@ -40,18 +37,18 @@ def start_task(
     ``CancelledError`` at the ``await first_step()``, where the coroutine handles it.
 
     Raises:
-        RuntimeError: when ``coro``'s first await is not ``first_step()`` (``coro`` is
-            closed).
+        RuntimeError: when ``coro`` returns, or awaits a future, before it reaches
+            ``await first_step()`` (``coro`` is closed).
     """
     try:
         yielded = coro.send(None)
     except StopIteration:
-        yielded = awaiting = None
-    else:
-        awaiting = getattr(getattr(coro, "cr_await", None), "gi_code", None)
-    if yielded is not None or awaiting is not _FIRST_STEP:
+        yielded = coro  # not None: refused below
+    if yielded is not None:
         coro.close()
         raise RuntimeError(
             f"start_task(): the first await of {coro!r} must be `await first_step()`"
         )
+    if name is None:
+        return loop.create_task(coro)
     return loop.create_task(coro, name=name)
