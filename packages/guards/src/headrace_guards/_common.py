@@ -15,10 +15,13 @@ from headrace_core.lowlevel import (
     Clock,
     EventLog,
     Lifecycle,
+    being_cancelled,
     callable_name,
     check_callable,
     check_name,
+    first_step,
     is_async_callable,
+    start_task,
 )
 from headrace_core.stats import Listeners
 
@@ -339,17 +342,64 @@ class Background:
         self, what: str, make: Callable[[], Awaitable[Any]], bound: float
     ) -> asyncio.Task[BaseException | None]:
         """Start ``make()`` in a bounded task (``what`` names it in log messages)."""
-        task = asyncio.get_running_loop().create_task(_within_bound(make, bound))
+        task = start_task(asyncio.get_running_loop(), self._run(what, make, bound))
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._done, what))
         return task
+
+    async def _run(
+        self, what: str, make: Callable[[], Awaitable[Any]], bound: float
+    ) -> BaseException | None:
+        """The task of one call: its outcome, or its own cancellation.
+
+        A store call is housekeeping that must happen (a lease's release, a refund). When
+        the task is cancelled from outside before its first step (a shutdown sweep over
+        ``asyncio.all_tasks()``), nothing was sent yet: it is sent all the same, within
+        its bound, then the task ends cancelled as asked. A cancellation that interrupts
+        the call leaves its effect on the store unknown: logged, as a warning.
+        """
+        try:
+            await first_step()  # where start_task leaves it: inside the try
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            while task.uncancel():
+                pass  # the cancellation is kept for the end, once the call is sent
+            self._report(what, await self._bounded(what, make, bound))
+            raise
+        return await self._bounded(what, make, bound)
+
+    async def _bounded(
+        self, what: str, make: Callable[[], Awaitable[Any]], bound: float
+    ) -> BaseException | None:
+        try:
+            async with asyncio.timeout(bound):
+                await make()
+        except asyncio.CancelledError as exc:
+            if not being_cancelled():
+                return exc  # the store raised CancelledError by itself
+            self._logger.warning(
+                "%s: %s was cancelled while it ran: it may not have reached the store "
+                "(a lease is then held until its time-to-live, a charge stays)",
+                self._owner,
+                what,
+            )
+            raise
+        except BaseException as exc:  # KeyboardInterrupt too: never into the loop
+            return exc
+        return None
 
     def _done(self, what: str, task: asyncio.Task[BaseException | None]) -> None:
         self.tasks.discard(task)
         if task in self._awaited:
             self._awaited.discard(task)
             return
-        if task.cancelled() or (error := task.result()) is None:
+        if not task.cancelled():
+            self._report(what, task.result())
+
+    def _report(self, what: str, error: BaseException | None) -> None:
+        """Log the failure of a call nobody receives (or keep it, an interrupt)."""
+        if error is None:
             return
         if (
             self._keep
@@ -382,6 +432,8 @@ class Background:
             error = await asyncio.shield(task)
         except asyncio.CancelledError:
             self._awaited.discard(task)  # nobody will see its outcome: log (or keep) it
+            if task.cancelled() and not being_cancelled():
+                return  # the call's task was cancelled from outside, not the caller
             raise
         if error is not None:
             raise_error(error)
@@ -409,20 +461,6 @@ def delays_of(delays: object, owner: str, cause: BaseException | None) -> Iterat
 def raise_error(error: BaseException) -> NoReturn:
     """Raise ``error`` (a helper so that type checkers see the branch end)."""
     raise error
-
-
-async def _within_bound(make: Callable[[], Awaitable[Any]], bound: float) -> BaseException | None:
-    try:
-        async with asyncio.timeout(bound):
-            await make()
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return exc  # the store raised CancelledError itself
-    except BaseException as exc:  # KeyboardInterrupt too: never into the loop
-        return exc
-    return None
 
 
 def check_store(store: Any, name: str | None, methods: tuple[str, ...]) -> Any:

@@ -18,13 +18,14 @@ that is being cancelled (or interrupted) are sent without waiting, in a task tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headrace_core import HeadraceError
-from headrace_core.lowlevel import finish_tasks, safe_repr
+from headrace_core.lowlevel import finish_tasks, first_step, safe_repr, start_task
 from headrace_throttle._budget import RequestBudget, TokenBudget, charge_amount
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ _log = logging.getLogger("headrace.throttle")
 
 # When a store refuses without a usable wait, look again after this share of the window.
 _RETRY_SHARE = 0.05
+# Adjustments whose task was cancelled from outside before its first step are sent all the
+# same, within this bound (a shutdown never waits longer for an unreachable store).
+_ADJUST_BOUND = 30.0
 
 Budget = TokenBudget | RequestBudget
 Grant = tuple[Budget, Any]
@@ -260,16 +264,39 @@ class SharedBudgets:
                 _log_store_failure(budget, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._keep_interrupt(work))
+        task = start_task(asyncio.get_running_loop(), self._keep_interrupt(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _keep_interrupt(self, work: Coroutine[Any, Any, None]) -> None:
         try:
+            await first_step()  # where start_task leaves it: inside the try
+        except asyncio.CancelledError:
+            # Cancelled from outside before its first step (a shutdown sweep): nothing was
+            # sent. Send the adjustments all the same, within a bound, then end cancelled.
+            task = asyncio.current_task()
+            assert task is not None
+            while task.uncancel():
+                pass
+            with contextlib.suppress(TimeoutError):  # logged as cancelled while they ran
+                async with asyncio.timeout(_ADJUST_BOUND):
+                    await self._run_adjustments(work)
+            raise
+        await self._run_adjustments(work)
+
+    async def _run_adjustments(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
             await work
         except (KeyboardInterrupt, SystemExit) as exc:
             # Nobody awaits this task but drain(): keep it for drain() to re-raise.
             self._interrupts.append(exc)
+        except asyncio.CancelledError:
+            # its own (the store raising one by itself is logged in _adjust_all)
+            _log.warning(
+                "shared budget adjustments were cancelled while they ran; "
+                "those not made leave their charges"
+            )
+            raise
 
     async def aclose(self, timeout: float | None) -> None:
         """Await the refunds sent without waiting; cancel those still running after ``timeout``."""
