@@ -35,7 +35,7 @@ from headrace_flow._channel import EOF, OPEN, RETIRE, Channel, Finals
 from headrace_flow._errors import ErrorEvent
 from headrace_flow._plan import PLAIN_CALLS, Kind, StagePlan
 from headrace_flow._queues import fifo_queue
-from headrace_flow._state import StageRun, Tally
+from headrace_flow._state import NO_ITEM, StageRun, Tally
 from headrace_flow._worker import Worker
 
 
@@ -133,6 +133,7 @@ class Engine:
         self.tracked = False
         self.events: list[ErrorEvent] = []
         self.lasts: list[object] = []
+        self.outside: list[object] = []  # what cancelled_outside() was told
 
     def abort(self, error: BaseException) -> None:
         raise AssertionError(f"aborted: {error!r}")
@@ -165,6 +166,11 @@ class Engine:
 
     def close_source(self) -> None:
         pass
+
+    def cancelled_outside(
+        self, st: StageRun | None, exc: asyncio.CancelledError, item: object = NO_ITEM
+    ) -> None:
+        self.outside.append(item)
 
 
 def ordered_stage(engine: Engine, target: Any, queue_size: int) -> tuple[StageRun, Channel]:

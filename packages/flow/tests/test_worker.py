@@ -17,7 +17,7 @@ from headrace_flow._channel import Channel
 from headrace_flow._errors import ErrorEvent
 from headrace_flow._plan import PLAIN_CALLS, Batching, Kind, StagePlan
 from headrace_flow._queues import fifo_queue
-from headrace_flow._state import StageRun, Tally
+from headrace_flow._state import NO_ITEM, StageRun, Tally
 from headrace_flow._worker import Worker
 
 
@@ -32,6 +32,7 @@ class Engine:
         self.tracked = False
         self.events: list[ErrorEvent] = []
         self.lasts: list[object] = []
+        self.outside: list[object] = []  # what cancelled_outside() was told
         self.exits: list[str] = []
         self.finished: list[str] = []
         self.aborted: BaseException | None = None
@@ -66,6 +67,11 @@ class Engine:
 
     def close_source(self) -> None:
         pass
+
+    def cancelled_outside(
+        self, st: StageRun | None, exc: asyncio.CancelledError, item: object = NO_ITEM
+    ) -> None:
+        self.outside.append(item)
 
 
 def make_stage(

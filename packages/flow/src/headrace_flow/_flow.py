@@ -9,7 +9,14 @@ from types import MappingProxyType
 from typing import Any, Self, TypeVar, cast
 
 from headrace_core import ConfigurationError, GuardTimeout, HeadraceError
-from headrace_core.lowlevel import Deadline, being_cancelled, check_optional_number, safe_repr
+from headrace_core.lowlevel import (
+    Deadline,
+    being_cancelled,
+    check_optional_number,
+    first_step,
+    safe_repr,
+    start_task,
+)
 from headrace_core.stats import Listeners
 from headrace_flow._channel import EOF, Finals
 from headrace_flow._compile import bake, compile_parts, resolve, settings
@@ -236,13 +243,25 @@ class Flow(Composite[In, Out]):
         if self._run is not None or (self._task is not None and not self._task.done()):
             raise HeadraceError("the flow is already running")
         run = self._begin(output=False)
-        self._task = asyncio.get_running_loop().create_task(self._background(run, self._producer))
+        # start_task: a task cancelled before its first step (a sweep over all_tasks())
+        # still ends its run, so the flow runs again and drain()/aclose() return
+        self._task = start_task(asyncio.get_running_loop(), self._background(run, self._producer))
         await asyncio.sleep(0)
 
     async def _background(self, run: Run, source: object) -> FlowStats | _Interrupt:
         # The run of start() has no caller until wait(): KeyboardInterrupt and SystemExit
         # must not escape its task into the event loop; wait() raises them.
         try:
+            try:
+                await first_step()  # where start_task leaves it: inside the try
+            except asyncio.CancelledError:
+                # cancelled before the run began, as a cancel later would end it: wait()
+                # raises CancelledError, and the flow is free for the next run
+                try:
+                    await run.teardown()
+                finally:
+                    self._finish(run)
+                raise
             return await self._execute(run, source)
         except (KeyboardInterrupt, SystemExit) as exc:
             return _Interrupt(exc)

@@ -8,6 +8,7 @@ import functools
 import logging
 from types import MappingProxyType
 
+from headrace_core import HeadraceError
 from headrace_core.lowlevel import being_cancelled, safe_repr
 from headrace_core.stats import Listeners
 from headrace_flow._autoscale import Scaler
@@ -29,7 +30,15 @@ from headrace_flow._lineage import Tracked, TrackedSource, finish
 from headrace_flow._plan import Kind, Plan
 from headrace_flow._queues import fifo_queue
 from headrace_flow._source import Items, Source
-from headrace_flow._state import Aborted, Handler, StageRun, Tally, note, user_cancelled
+from headrace_flow._state import (
+    NO_ITEM,
+    Aborted,
+    Handler,
+    StageRun,
+    Tally,
+    note,
+    user_cancelled,
+)
 from headrace_flow._stats import FlowStats
 from headrace_flow._worker import Worker
 
@@ -134,6 +143,9 @@ class Run:
             # cancelled before it ever ran (a stop, or a Last, right after it started):
             # its own exit never ran, count it out here
             st.tasks.discard(task)
+            if not self.ended and not st.cut:
+                # neither: someone else cancelled it (its exit would have said so)
+                self.cancelled_outside(st, asyncio.CancelledError())
             self.worker_exit(st)
 
     def _source_ended(self, task: asyncio.Task[None]) -> None:
@@ -167,6 +179,58 @@ class Run:
             error = user_cancelled(error)
         self.error = error
         self._end()
+
+    def cancelled_outside(
+        self, st: StageRun | None, exc: asyncio.CancelledError, item: object = NO_ITEM
+    ) -> None:
+        """A task of the run was cancelled by someone else: the run ends with an error.
+
+        Not by the run itself (its teardown after a stop, an abort, the end of the run or
+        the cancellation of its caller; a ``Last``'s cut; a drain of the source): by a
+        shutdown sweep over ``asyncio.all_tasks()``, say. The task obeys, so the run cannot
+        go on whole: it aborts with a ``HeadraceError`` chaining ``exc``. ``st`` is the
+        worker's stage (``None``: the source task), ``item`` what the task held. A worker's
+        item counts as failed at its stage and a ``TransformerError`` goes to the listeners,
+        like an error that ends a run; the source's cancellation is a ``SourceError`` (an
+        item it had pulled and not handed on is discarded, named in the error). The handler
+        is not asked: a cancellation is never an item's error to route, and the run ends
+        whatever it would decide.
+        """
+        if self.ended:
+            return
+        now = self.loop.time()
+        if isinstance(item, Tracked):
+            item = item.item  # (not acknowledged: the run ends in error, it is delivered again)
+        held = item is not NO_ITEM
+        event: ErrorEvent | None = None
+        if st is None:
+            text = "the flow run's source task was cancelled from outside the run"
+            if held:
+                text += f" while it held item {safe_repr(item)}, which is discarded"
+        else:
+            text = f"a worker of flow stage {st.name!r} was cancelled from outside the run"
+            if held:
+                text += f" while it processed item {safe_repr(item)}"
+        error = HeadraceError(text)
+        error.__cause__ = exc
+        tally = self.tally
+        if st is None:
+            tally.source_errors += 1
+            event = SourceError(error, now)
+        elif held:
+            st.live.errors += 1
+            st.live.last_error = now
+            tally.failed += 1
+            event = TransformerError(item, error, st.name, now)
+        if event is not None:
+            if event_logger.isEnabledFor(logging.WARNING):
+                _log_event(event, handled=False)
+            if self.listeners:
+                try:
+                    self.listeners.emit(event)
+                except BaseException as interrupt:  # KeyboardInterrupt/SystemExit of a listener
+                    self.abort(interrupt)
+        self.abort(error)
 
     def stop(self) -> None:
         """End the run at once; what is in flight is discarded."""

@@ -8,9 +8,9 @@ import inspect
 from collections.abc import AsyncIterable, Iterable
 from typing import Any, TypeAlias, cast
 
-from headrace_core.lowlevel import being_cancelled
+from headrace_core.lowlevel import being_cancelled, first_step, start_task
 from headrace_flow._errors import Dropped, DropReason, SourceError
-from headrace_flow._state import Aborted, Engine, StageRun
+from headrace_flow._state import NO_ITEM, Aborted, Engine, StageRun
 
 #: What a run pulls from: an iterable, an async iterable, or ``None`` (trigger mode).
 Items: TypeAlias = "Iterable[object] | AsyncIterable[object] | None"
@@ -40,8 +40,12 @@ class Source:
         self._cut = False  # a Last ended the stream
 
     def start(self, items: Items) -> asyncio.Task[None]:
-        """Start pulling ``items`` in a new task."""
-        self.task = self.engine.loop.create_task(self._run(items))
+        """Start pulling ``items`` in a new task.
+
+        ``start_task``: a task cancelled from outside before its first step still ends the
+        run with an error, instead of a run that "succeeds" having pulled nothing.
+        """
+        self.task = start_task(self.engine.loop, self._run(items))
         return self.task
 
     def stop_pulling(self) -> None:
@@ -61,13 +65,25 @@ class Source:
     async def _run(self, items: Items) -> None:
         engine = self.engine
         try:
+            await first_step()  # where start_task leaves it: inside the try
             await self._pull(items)
         except Aborted:
             pass
         except BaseException as exc:  # KeyboardInterrupt & co. end the run, never lost
             if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                self._cancelled(exc)  # (before its first step; later ones are reported)
                 raise
             engine.abort(exc)
+
+    def _cancelled(self, exc: asyncio.CancelledError, item: object = NO_ITEM) -> None:
+        """The task is being cancelled: by the run, or by someone else (the run ends).
+
+        By the run (it has ended, or a ``Last`` cut the stream) nothing more is to do.
+        ``item``: what the source had given and the task had not put yet.
+        """
+        engine = self.engine
+        if not engine.ended and not self._cut:
+            engine.cancelled_outside(None, exc, item)
 
     async def _pull(self, items: Items) -> None:
         engine = self.engine
@@ -138,6 +154,7 @@ class Source:
                 task.uncancel()
                 self._cancelling = False
             else:
+                self._cancelled(exc)  # (before the source counts as closed, below)
                 raise
         except Exception as exc:
             await self._failed(exc)
@@ -152,6 +169,7 @@ class Source:
                     await aclose()
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    self._cancelled(exc)
                     raise
                 await self._failed(exc)  # a source that cannot close failed
             except Aborted:
@@ -176,9 +194,15 @@ class Source:
             try:
                 await ch.put(item)
                 break
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
-                if engine.ended or task is None or task.cancelling() > 1:
+                if engine.ended or task is None:
+                    raise
+                if task.cancelling() > 1:
+                    if not self._cut:
+                        # drain() cancelled the pull and someone else the task: the item
+                        # the source gave is not lost silently
+                        self._cancelled(exc, item)
                     raise
                 if self._cut:
                     # a downstream Last(value) cut the stream: the held item is dropped
@@ -196,6 +220,7 @@ class Source:
                     task.uncancel()
                     self._cancelling = False
                     continue
+                self._cancelled(exc, item)  # someone else cancelled it: not lost silently
                 raise
         if first.scaler.dynamic:
             engine.scale(first, tick=False, enqueue=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 from headrace_core import HeadraceError
 from headrace_flow._autoscale import Scaler
@@ -21,6 +21,10 @@ Handler: TypeAlias = Callable[[ErrorEvent], Awaitable[None]]
 
 class Aborted(BaseException):
     """Internal: unwinds a worker after the run was aborted."""
+
+
+#: No item in hand (a worker waiting for its next item, or handing one on).
+NO_ITEM: Final = object()
 
 
 class Counters:
@@ -202,6 +206,12 @@ class Engine(Protocol):
 
     async def last(self, st: StageRun, value: object) -> None:
         """End the stream at ``st`` (a worker returned ``Last(value)``)."""
+        ...
+
+    def cancelled_outside(
+        self, st: StageRun | None, exc: asyncio.CancelledError, item: object = NO_ITEM
+    ) -> None:
+        """A task of the run (a worker of ``st``, or the source) was cancelled by someone else."""
         ...
 
     def worker_exit(self, st: StageRun) -> None:

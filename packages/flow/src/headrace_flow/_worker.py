@@ -113,6 +113,10 @@ class Worker:
             if not being_cancelled():  # raised by user code (a context manager's exit)
                 note(exc, f"raised in flow stage {st.name!r}")
                 engine.abort(exc)
+            elif not engine.ended and not st.cut:
+                # neither the run's end nor a Last's cut: someone else cancelled the task
+                # (between items, or as it handed one on)
+                engine.cancelled_outside(st, exc)
         except BaseException as exc:  # a failing __aexit__, or KeyboardInterrupt & co.
             note(exc, f"raised in flow stage {st.name!r}")
             engine.abort(exc)
@@ -306,6 +310,7 @@ class Worker:
                 # a CancelledError the stage raised itself (the run is not being
                 # cancelled) is the item's failure, like any other
                 if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    self._cancelled(entry, exc)
                     raise
                 live.busy -= 1
                 if order is None:
@@ -389,6 +394,21 @@ class Worker:
             finally:
                 st.final_waiter = None
 
+    def _cancelled(self, item: object, exc: asyncio.CancelledError) -> bool:
+        """The task is being cancelled while the stage's function processes ``item``.
+
+        By the run (it has ended, or a ``Last`` cut the stage) nothing more is to do. By
+        someone else, the run ends with an error and ``item`` counts as failed.
+
+        Returns:
+            Whether someone else cancelled it.
+        """
+        engine = self.engine
+        if engine.ended or self.st.cut:
+            return False
+        engine.cancelled_outside(self.st, exc, item)
+        return True
+
     # -- outputs -----------------------------------------------------------------------
     async def _emit(self, value: object) -> None:
         """Hand ``value`` to the next stage (waiting for room), or count it completed."""
@@ -460,6 +480,7 @@ class Worker:
             result = await self.call(value)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                self._cancelled(value, exc)
                 raise
             live.busy -= 1
             await self.engine.failed_item(st, value, exc)
@@ -500,6 +521,8 @@ class Worker:
                 await outputs.aclose()
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                if self._cancelled(item, exc) and count:
+                    tally.extra += 1  # the outputs went on and the item failed
                 raise
             live.busy -= 1
             if count:
@@ -567,6 +590,7 @@ class Worker:
             target = st.routes.get(label, st.default) if isinstance(label, str) else st.default
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                self._cancelled(item, exc)
                 raise
             live.busy -= 1
             await engine.failed_item(st, item, exc)
