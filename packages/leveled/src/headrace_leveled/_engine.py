@@ -28,7 +28,13 @@ from typing import Any
 
 from headrace_core import HeadraceError
 from headrace_core.backoff import next_delay
-from headrace_core.lowlevel import Deadlines, raise_if_expired, safe_repr
+from headrace_core.lowlevel import (
+    Deadlines,
+    first_step,
+    raise_if_expired,
+    safe_repr,
+    start_task,
+)
 from headrace_leveled._errors import PhaseTimeout, flatten_exceptions
 from headrace_leveled._function import is_retryable
 from headrace_leveled._log import event_logger, events
@@ -171,6 +177,7 @@ class Run:
         "abandoned",
         "attempts",
         "base",
+        "begun",
         "caller_cancelled",
         "counts",
         "ctx",
@@ -190,6 +197,7 @@ class Run:
         "post_failures",
         "primary",
         "ready",
+        "restarted",
         "running",
         "spec",
         "spontaneous",
@@ -215,11 +223,14 @@ class Run:
         self.loop = loop
         self.entered = bytearray(plan.n_nodes)
         self.status = bytearray(size)
+        # Which phase calls' tasks ran their first line (see _plain, _call, _not_started).
+        self.begun = bytearray(size)
         self.t_start = [0.0] * size
         self.t_end = [0.0] * size
         self.value: list[Any] = [None] * size
         self.attempts: dict[int, int] = {}
         self.unstarted: set[int] = set()
+        self.restarted: set[int] = set()  # the posts started again (see _not_started)
         self.primary: list[TaskFailure[Any]] = []
         self.post_failures: list[TaskFailure[Any]] = []
         self.stopping = False
@@ -441,7 +452,7 @@ class Run:
             t_start[k] = now
             status[k] = RUNNING
             if function is not None:
-                task = create_task(self._plain(function))
+                task = create_task(self._plain(function, k))
             else:
                 assert call is not None
                 if call.timed_only:
@@ -451,7 +462,7 @@ class Run:
                     # Deadlines.add() written out, as its docs allow, and the entry
                     # carries its watcher's deque for _on_done. No owner: the task is
                     # the scope, and its body awaits the call's coroutine.
-                    task = create_task(self._plain(call.function))
+                    task = create_task(self._plain(call.function, k))
                     seconds = call.timeout
                     assert seconds is not None
                     watcher = watchers.get(seconds) or self._watcher(seconds)
@@ -546,6 +557,8 @@ class Run:
                 self.status[k] = 0
                 if self.phase == PRE:
                     self.entered[node] = 0
+            elif not self.begun[k]:
+                self._not_started(node, k)
             elif task.cancelling():
                 self._cancelled(node, k)
             else:
@@ -724,11 +737,47 @@ class Run:
             self._stop()
 
     def _cancelled(self, node: int, k: int) -> None:
+        """A phase cancelled by someone other than the run (itself included).
+
+        In pre/execute, the run sends no cancel of its own outside ``_stop`` (whose tasks
+        are its own to cancel) and deadlines; in post, only deadlines. So such a cancel
+        cancels the run: pre/execute stop, every due post runs, and the caller gets
+        ``CancelledError`` once cleanup has run. A post so cancelled is interrupted: it is
+        reported cancelled, and the remaining posts run.
+        """
         self.status[k] = CANCELLED
         if self.phase == POST:
+            self.spontaneous = True
             self._advance(node)
         elif not self.stopping:
             self._spontaneous_cancel()
+
+    def _not_started(self, node: int, k: int) -> None:
+        """A phase task that someone else cancelled before its first step.
+
+        The run cancels no task of its own there but in ``_stop`` (``unstarted``), so the
+        cancel came from outside the run (a sweep cancelling every task): it cancels the
+        run, as a cancel of a running phase does (``_cancelled``). But no line of the phase
+        ran: a pre so cancelled does not enter its task (it gets no post), and a post so
+        cancelled is started again, since the post of an entered task must run; if that
+        one too is cancelled before it starts, the post fails (a ``HeadraceError``, passed
+        to ``on_cleanup_error``), so skipped cleanup is never silent.
+        """
+        phase = self.phase
+        if phase != POST:
+            if phase == PRE:
+                self.entered[node] = 0
+            self._cancelled(node, k)
+            return
+        self.spontaneous = True
+        if node in self.restarted:
+            error = HeadraceError(
+                "post_execute was cancelled before it started, twice; it never ran"
+            )
+            self._failed(node, k, error)
+            return
+        self.restarted.add(node)
+        self.ready.appendleft(node)  # _on_done starts it again
 
     def _spontaneous_cancel(self) -> None:
         self.spontaneous = True
@@ -764,15 +813,17 @@ class Run:
             driver.cancel()
 
     # -- one call with timeout, retries and guards -----------------------------------------
-    async def _plain(self, function: Any) -> Any:
+    async def _plain(self, function: Any, k: int) -> Any:
         # A phase task's body for a plain ``async def`` phase: the function is called here,
         # in the task, and a KeyboardInterrupt/SystemExit does not escape into the loop.
+        self.begun[k] = 1  # first, so _on_done tells a task cancelled before its first step
         try:
             return await function(self.ctx)
         except _FATAL as exc:
             raise _Fatal(exc) from None
 
     async def _call(self, k: int, call: CallSpec) -> Any:
+        self.begun[k] = 1  # see _plain
         try:
             attempt = 0
             delays = None
@@ -997,6 +1048,30 @@ def _resolve(waiter: asyncio.Future[None], _: object) -> None:
         waiter.set_result(None)
 
 
+def _driver_done(
+    run: Run,
+    body: Coroutine[Any, Any, None],
+    waiter: asyncio.Future[None],
+    driver: asyncio.Task[None],
+) -> None:
+    """Resolve ``waiter`` once the run's driver ended, or start the driver again.
+
+    The run cancels its driver only while the driver runs an inline call (see
+    :meth:`Run.request_cancel`). A driver that someone else cancelled before its first
+    step ran no line, not even its ``try``, so ``body`` never started: that cancel is taken
+    as the run takes a cancel of its running driver (``Run._schedule``), a cancel of the
+    run, and ``body`` runs in a new driver, so cleanup still runs. The new driver is started
+    inside its ``try`` (:func:`start_task`): it cannot be lost that way again.
+    """
+    if driver.cancelled() and inspect.getcoroutinestate(body) == "CORO_CREATED":
+        run._spontaneous_cancel()
+        again = run.driver = start_task(run.loop, _restarted(run, body))
+        again.add_done_callback(partial(_driver_done, run, body, waiter))
+        return
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def _driver(run: Run, body: Coroutine[Any, Any, None]) -> None:
     # The driver task's body: nothing it runs may let KeyboardInterrupt/SystemExit escape
     # into the event loop; it is kept and re-raised in the caller.
@@ -1005,6 +1080,19 @@ async def _driver(run: Run, body: Coroutine[Any, Any, None]) -> None:
     except _FATAL as exc:
         if run.fatal is None:
             run.fatal = exc
+
+
+async def _restarted(run: Run, body: Coroutine[Any, Any, None]) -> None:
+    # The body of a driver started again (see _driver_done), run by start_task().
+    try:
+        await first_step()
+    except asyncio.CancelledError:
+        # Cancelled again before its first step: as a cancel of the running driver.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        run._spontaneous_cancel()
+    await _driver(run, body)
 
 
 async def drive(run: Run, body: Coroutine[Any, Any, None]) -> None:
@@ -1018,12 +1106,14 @@ async def drive(run: Run, body: Coroutine[Any, Any, None]) -> None:
     driver = loop.create_task(_driver(run, body))
     run.driver = driver
     done: asyncio.Future[None] = loop.create_future()
-    driver.add_done_callback(partial(_resolve, done))
+    driver.add_done_callback(partial(_driver_done, run, body, done))
     try:
         await done
     except asyncio.CancelledError:
         run.request_cancel()
-        while not driver.done():
+        # run.driver: a driver cancelled before its first step is replaced, by its first
+        # done callback (_driver_done), which runs before this task wakes up.
+        while not (driver := run.driver).done():
             again: asyncio.Future[None] = loop.create_future()
             driver.add_done_callback(partial(_resolve, again))
             try:
@@ -1036,6 +1126,8 @@ async def drive(run: Run, body: Coroutine[Any, Any, None]) -> None:
             raise run.fatal from None
         run.log_unraised()
         raise
+    driver = run.driver
+    assert driver is not None
     driver.result()
 
 
