@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from headrace_core.lowlevel import TIME_TOLERANCE, LoopBinding, PerLoop, within
+from headrace_core.lowlevel import TIME_TOLERANCE, LoopBinding, PerLoop, future_maker, within
 
 
 def test_per_loop_state_is_fresh_in_each_asyncio_run() -> None:
@@ -120,3 +120,26 @@ def test_per_loop_state_is_never_mixed_between_threads() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_future_maker_skips_the_frame_on_stock_loops_and_keeps_an_override() -> None:
+    made: list[asyncio.Future[object]] = []
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_future(self) -> asyncio.Future[object]:
+            fut: asyncio.Future[object] = super().create_future()
+            made.append(fut)
+            return fut
+
+    stock = asyncio.new_event_loop()
+    own = Loop()
+    try:
+        fut = future_maker(stock)()
+        assert type(fut) is asyncio.Future
+        assert fut.get_loop() is stock
+        assert not fut.done()
+        assert future_maker(own)() is made[0]  # the loop's own create_future made it
+        assert made[0].get_loop() is own
+    finally:
+        stock.close()
+        own.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -426,3 +426,32 @@ async def test_executes_fast_path_admits_and_releases_as_admit_and_release_do() 
         snap = t.snapshot()
         assert (snap.in_flight, snap.waiting, snap.completed) == (0, 0, 4)
         assert snap.rate == pytest.approx(4 / clock.now())  # counted from the first admission
+
+
+def test_queued_turns_come_from_a_loop_that_makes_its_own_futures() -> None:
+    made: list[asyncio.Future[object]] = []
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_future(self) -> asyncio.Future[object]:
+            fut: asyncio.Future[object] = super().create_future()
+            made.append(fut)
+            return fut
+
+    async def main() -> list[int]:
+        throttle = Throttle(2)
+
+        def call(i: int) -> Callable[[Slot], Awaitable[int]]:
+            async def one(slot: Slot) -> int:
+                await asyncio.sleep(0)
+                return i
+
+            return one
+
+        return list(await asyncio.gather(*(throttle.execute(call(i)) for i in range(6))))
+
+    loop = Loop()
+    try:
+        assert loop.run_until_complete(main()) == list(range(6))
+    finally:
+        loop.close()
+    assert len(made) >= 4  # a turn per queued call, each from the loop's own create_future

@@ -11,7 +11,6 @@ batch stands (window already over, slot already granted).
 from __future__ import annotations
 
 import asyncio
-import functools
 import types
 from collections import deque
 from collections.abc import Callable, Generator, Hashable
@@ -83,20 +82,6 @@ class Lane:
         self.owner = owner  # keeps a bound instance alive while its lane exists
         # its loop's create_future (see future_maker), once a batch of the lane asked for it
         self.new_future: Callable[[], asyncio.Future[Any]] | None = None
-
-
-_stock_create_future = asyncio.BaseEventLoop.create_future
-
-
-def future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
-    """``loop.create_future``; on asyncio's own loops, the same call without its frame.
-
-    asyncio's ``create_future`` is ``Future(loop=self)`` written in Python; a loop that
-    overrides it (uvloop, a test loop) keeps its own.
-    """
-    if type(loop).create_future is _stock_create_future:
-        return functools.partial(asyncio.Future, loop=loop)
-    return loop.create_future
 
 
 @types.coroutine

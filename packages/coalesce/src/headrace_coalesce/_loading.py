@@ -29,13 +29,19 @@ from headrace_coalesce._lane import (
     admit,
     filled,
     finish,
-    future_maker,
     running,
 )
 from headrace_coalesce._lane import start as start_window
 from headrace_coalesce._routing import as_error, is_sequence, lookup, unhashable
 from headrace_coalesce._stats import EventKind, _Recorder, logging_events
-from headrace_core.lowlevel import Lifecycle, PerLoop, being_cancelled, first_step, start_task
+from headrace_core.lowlevel import (
+    Lifecycle,
+    PerLoop,
+    being_cancelled,
+    first_step,
+    future_maker,
+    start_task,
+)
 
 __all__ = ["Entry", "LoadBatch", "LoaderMachinery"]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 T = TypeVar("T")
 
@@ -25,6 +26,21 @@ def within(value: float, bound: float) -> bool:
     does not depend on the clock's magnitude. ``inf`` bounds admit every finite value.
     """
     return value <= bound + TIME_TOLERANCE or (math.isinf(bound) and bound > 0)
+
+
+_stock_create_future = asyncio.BaseEventLoop.create_future
+
+
+def future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """``loop.create_future``; on asyncio's own loops, the same call without its frame.
+
+    asyncio's ``create_future`` is ``Future(loop=self)`` written in Python; a loop that
+    overrides it (uvloop, a test loop) keeps its own. For a hot path that makes a future
+    per call: take the maker once per loop, call it per future.
+    """
+    if type(loop).create_future is _stock_create_future:
+        return functools.partial(asyncio.Future, loop=loop)
+    return loop.create_future
 
 
 @final

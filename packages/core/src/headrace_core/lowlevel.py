@@ -5,7 +5,7 @@ state to event loops, validate arguments in the house format, read the loop cloc
 waits with their bounds, and talk about user code safely:
 
 - :class:`PerLoop`, :class:`LoopBinding`: state per event loop, and binding a component to
-  the loop of its first use.
+  the loop of its first use; :func:`future_maker`: a loop's ``create_future`` for hot paths.
 - :func:`loop_time`: the running loop's clock.
 - :func:`within` and :data:`TIME_TOLERANCE`: a wait or deadline meets its bound the same
   way at every clock magnitude.
@@ -42,6 +42,7 @@ from headrace_core._logging import EventLog as EventLog
 from headrace_core._loop import TIME_TOLERANCE as TIME_TOLERANCE
 from headrace_core._loop import LoopBinding as LoopBinding
 from headrace_core._loop import PerLoop as PerLoop
+from headrace_core._loop import future_maker as future_maker
 from headrace_core._loop import within as within
 from headrace_core._stats import loop_time as loop_time
 from headrace_core._tasks import first_step as first_step
@@ -74,6 +75,7 @@ __all__ = [
     "check_optional_number",
     "finish_tasks",
     "first_step",
+    "future_maker",
     "is_async_callable",
     "keep_cancel",
     "loop_time",
@@ -100,6 +102,7 @@ for _obj in (
     check_optional_number,
     finish_tasks,
     first_step,
+    future_maker,
     is_async_callable,
     keep_cancel,
     loop_time,

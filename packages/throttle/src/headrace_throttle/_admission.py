@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import final
 
-from headrace_core.lowlevel import LoopBinding, within
+from headrace_core.lowlevel import LoopBinding, future_maker, within
 from headrace_throttle._budget import LocalBudgets
 from headrace_throttle._types import Events, Slot, event_logger
 
@@ -33,6 +33,10 @@ __all__ = ["Admission", "Pacing"]
 
 NEVER = -math.inf
 _log = logging.getLogger("headrace.throttle")
+
+
+def _unbound() -> asyncio.Future[None]:
+    raise RuntimeError("a throttle call was queued before the throttle was bound to its loop")
 
 
 @final
@@ -130,6 +134,7 @@ class Admission:
         "_drain_waiters",
         "_drained",
         "_events",
+        "_new_future",
         "_only_budgets",
         "_pacing",
         "_timed",
@@ -177,6 +182,8 @@ class Admission:
         self.closed = False
         #: The loop of the latest use.
         self.loop: asyncio.AbstractEventLoop | None = None
+        # The loop's create_future, without its frame (bind() sets it with the loop).
+        self._new_future: Callable[[], asyncio.Future[None]] = _unbound
         self._timed = timed
         self._pacing = pacing
         self._budgets = budgets
@@ -227,6 +234,7 @@ class Admission:
             self._timer_when = math.inf
             self._drain_waiters.clear()
         self.loop = loop
+        self._new_future = future_maker(loop)
         return dropped
 
     # -- the way in --------------------------------------------------------------------
@@ -249,9 +257,7 @@ class Admission:
             return None
         else:
             gated = True  # a free slot, but pacing, a pause or a budget holds it back
-        loop = self.loop
-        assert loop is not None
-        slot._turn = turn = loop.create_future()
+        slot._turn = turn = self._new_future()
         self.queue.append(slot)
         self.waiting += 1
         if gated:
@@ -368,6 +374,15 @@ class Admission:
                 continue
             if self.in_flight >= self.limit:
                 return
+            if self.simple and not self.stamp:  # _enter()'s first branch, inlined
+                self.in_flight += 1
+                slot._epoch = self.epoch
+                queue.popleft()
+                self.waiting -= 1
+                future.set_result(None)
+                if self.in_flight >= self.limit:
+                    return  # (the common hand-off: one slot freed, one waiter admitted)
+                continue
             try:
                 wake = self._enter(slot)
             except BaseException as exc:
