@@ -1,5 +1,7 @@
 import asyncio
+import gc
 import logging
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -176,3 +178,27 @@ async def test_finish_tasks_cancels_the_late_ones_and_leaves_none_pending() -> N
         with pytest.raises(asyncio.CancelledError):
             await closer
         assert stuck.cancelled()
+
+
+async def test_an_async_listener_task_cancelled_before_it_ran_closes_the_listener() -> None:
+    ran: list[int] = []
+
+    async def listener(event: int) -> None:
+        ran.append(event)
+
+    listeners: Listeners[int] = Listeners("headrace.test")
+    listeners.add(listener)
+    before = asyncio.all_tasks()
+    listeners.emit(1)
+    (task,) = asyncio.all_tasks() - before
+    task.cancel()  # a sweep over all_tasks(), before the listener's task ever ran
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" fails the test
+        await asyncio.gather(task, return_exceptions=True)
+        gc.collect()
+    assert task.cancelled()
+    assert ran == []
+    assert not listeners._tasks
+    listeners.emit(2)  # later events still reach it
+    await listeners.aclose()
+    assert ran == [2]

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, final
 
 from headrace_core._errors import callable_name
+from headrace_core._tasks import first_step, start_task
 
 E = TypeVar("E")
 
@@ -112,7 +113,7 @@ class Listeners(Generic[E]):
                 self.component or "component",
             )
             return
-        task = loop.create_task(_isolated(awaitable))
+        task = start_task(loop, _isolated(awaitable))
         self._tasks.add(task)
 
         def done(task: asyncio.Task[Any]) -> None:
@@ -159,6 +160,12 @@ async def finish_tasks(tasks: Iterable[asyncio.Task[Any]], timeout: float | None
 async def _isolated(awaitable: Awaitable[Any]) -> Any:
     # An async listener runs in its own task with no caller to reach: KeyboardInterrupt
     # and SystemExit become its failure (logged) instead of escaping into the event loop.
+    try:
+        await first_step()  # start_task: cancelled before it ran, it closes the listener's
+    except asyncio.CancelledError:  # coroutine (never awaited, and never warned about)
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        raise
     try:
         return await awaitable
     except (KeyboardInterrupt, SystemExit) as exc:
