@@ -202,3 +202,24 @@ async def test_an_async_listener_task_cancelled_before_it_ran_closes_the_listene
     listeners.emit(2)  # later events still reach it
     await listeners.aclose()
     assert ran == [2]
+
+
+async def test_an_async_listener_that_closes_its_listeners_does_not_wait_for_itself() -> None:
+    closed: list[str] = []
+    listeners: Listeners[int] = Listeners("headrace.test")
+
+    async def closer(event: int) -> None:
+        await listeners.aclose()  # what a listener closing its own component does
+        closed.append("listener")
+
+    listeners.add(closer)
+    listeners.emit(1)
+    outside = asyncio.ensure_future(listeners.aclose())
+    for _ in range(10):  # bounded: a regression fails here instead of hanging
+        await asyncio.sleep(0)
+    done = outside.done()
+    outside.cancel()
+    await asyncio.gather(outside, return_exceptions=True)
+    assert done
+    assert closed == ["listener"]
+    assert not listeners._tasks

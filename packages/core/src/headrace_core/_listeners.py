@@ -137,9 +137,12 @@ async def finish_tasks(tasks: Iterable[asyncio.Task[Any]], timeout: float | None
     """Await ``tasks``; cancel those still running after ``timeout`` and await them too.
 
     When the caller is cancelled meanwhile, every task still running is cancelled and
-    awaited (shielded) before the cancellation goes on, so none is left pending.
+    awaited (shielded) before the cancellation goes on, so none is left pending. The
+    calling task itself is skipped (an async listener closing its own component would
+    otherwise wait for itself).
     """
-    tasks = tuple(tasks)
+    current = asyncio.current_task()
+    tasks = tuple(task for task in tasks if task is not current)
     if not tasks:
         return
     try:

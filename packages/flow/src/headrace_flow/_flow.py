@@ -538,13 +538,14 @@ class Flow(Composite[In, Out]):
         """
         self._closed = True
         run = self._run
+        inside = run is not None and run.is_own_task()  # a worker, the source, a handler
         if run is not None:
             run.drain()
-            if run.output is None and not run.is_own_task():
+            if run.output is None and not inside:
                 await run.finished.wait()
         task = self._task
-        if task is not None and task is not asyncio.current_task():
-            await asyncio.wait((task,))
+        if task is not None and task is not asyncio.current_task() and not inside:
+            await asyncio.wait((task,))  # (from inside, it waits for this very task)
         await self._listeners.aclose()
 
     async def __aenter__(self) -> Self:

@@ -39,6 +39,10 @@ def _unbound() -> asyncio.Future[None]:
     raise RuntimeError("a throttle call was queued before the throttle was bound to its loop")
 
 
+def _unbound_refusal() -> BaseException:
+    return RuntimeError("the throttle is closed")  # close() sets the real one first
+
+
 @final
 class Pacing:
     """The time gates of a start: the gap since the previous start, and pauses.
@@ -137,6 +141,8 @@ class Admission:
         "_new_future",
         "_only_budgets",
         "_pacing",
+        "_refusal",
+        "_resumes",
         "_timed",
         "_timer",
         "_timer_when",
@@ -184,6 +190,11 @@ class Admission:
         self.loop: asyncio.AbstractEventLoop | None = None
         # The loop's create_future, without its frame (bind() sets it with the loop).
         self._new_future: Callable[[], asyncio.Future[None]] = _unbound
+        # Pauses ended so far (their ``resumed`` listeners ran): admit() and dispatch()
+        # look again when one ends under them. ``_refusal``: close()'s error, for a call
+        # a listener closed the throttle under.
+        self._resumes = 0
+        self._refusal: Callable[[], BaseException] = _unbound_refusal
         self._timed = timed
         self._pacing = pacing
         self._budgets = budgets
@@ -253,9 +264,17 @@ class Admission:
         """
         if self.waiting or self.in_flight >= self.limit:
             gated = False
-        elif not self._enter(slot):
-            return None
         else:
+            resumes = self._resumes
+            if not self._enter(slot):
+                return None
+            if self._resumes != resumes:
+                # A pause ended and its ``resumed`` listeners ran before anything was
+                # admitted: they may have closed the throttle, changed its limit or paused
+                # it again. Look again at the state they left.
+                if self.closed:
+                    raise self._refusal()
+                return self.admit(slot)
             gated = True  # a free slot, but pacing, a pause or a budget holds it back
         slot._turn = turn = self._new_future()
         self.queue.append(slot)
@@ -343,6 +362,7 @@ class Admission:
             if not within(paused, now):
                 return paused
             self._resume(now)
+            return math.inf  # admit nothing now: the caller looks again (see admit())
         wake = pacing.next_start(now)
         if self._budgets is not None:
             when = self._budgets.wake_time(tokens, now)
@@ -383,6 +403,7 @@ class Admission:
                 if self.in_flight >= self.limit:
                     return  # (the common hand-off: one slot freed, one waiter admitted)
                 continue
+            resumes = self._resumes
             try:
                 wake = self._enter(slot)
             except BaseException as exc:
@@ -393,6 +414,12 @@ class Admission:
                 self.waiting -= 1
                 future.set_exception(exc)
                 continue
+            if self._resumes != resumes:
+                # ``resumed`` listeners ran (see admit()), before this waiter was admitted:
+                # a close() refused it, a new limit's dispatch may have admitted it. Look
+                # again from the top.
+                self.dispatch()
+                return
             if wake:
                 self._arm(wake)
                 return
@@ -447,8 +474,8 @@ class Admission:
         now = self.now()
         until = now + seconds
         pacing = self._pacing
-        if until <= pacing.paused_until or until <= now:
-            return
+        if until <= pacing.paused_until or within(until, now):
+            return  # (a pause already over is none: a resumed listener cannot loop on it)
         pacing.paused_until = until
         self._refresh()
         if self.queue:
@@ -469,6 +496,7 @@ class Admission:
     def _resume(self, now: float) -> None:
         self._pacing.paused_until = NEVER
         self._refresh()
+        self._resumes += 1
         if event_logger.isEnabledFor(logging.INFO):
             self._events.log(logging.INFO, "resumed", "admissions resumed", state="running")
         self._events.emit("resumed", {}, now)
@@ -486,6 +514,7 @@ class Admission:
         ``drained`` follows at the :meth:`dispatch` that finds nothing in flight.
         """
         self.closed = True
+        self._refusal = error
         for slot in self.queue:
             future = slot._turn
             if not future.done():
