@@ -354,7 +354,9 @@ class Admission:
         """0.0 when a call of ``tokens`` may start now, else the earliest time to look again.
 
         Ending a pause emits ``resumed``: a listener's ``KeyboardInterrupt`` raised there
-        reaches the caller being admitted (the state is already consistent).
+        reaches the caller being admitted (the state is already consistent). Then it
+        returns ``inf``, admitting nothing: the listeners may have changed anything, and
+        the callers (:meth:`admit`, :meth:`dispatch`) look again.
         """
         pacing = self._pacing
         paused = pacing.paused_until
