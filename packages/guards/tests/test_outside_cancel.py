@@ -176,5 +176,6 @@ async def test_a_refund_cancelled_with_its_caller_by_a_sweep_still_reaches_the_s
         assert caller.cancelled()
         await settled()
         assert store.charged == 0  # refunded: no budget leaks
+        assert limiter.snapshot().acquired == 0  # the refunded wait was never granted
         assert not limiter._background.tasks
         await limiter.aclose()

@@ -107,9 +107,11 @@ async def test_cancelled_waiter_refunds(clock_start: float) -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert limiter.snapshot().waiting == 0
+        assert limiter.snapshot().acquired == 1  # the cancelled wait was never granted
         start = clock.now()
         await limiter.acquire()  # the refunded slot: 1 s after the first, not 2
         assert clock.now() - start == pytest.approx(1)
+        assert limiter.snapshot().acquired == 2
 
 
 async def test_float_noise_costs_no_sleep(clock_start: float) -> None:

@@ -217,6 +217,7 @@ class RateLimiter(GuardBase):
             await self._pause(wait)
         except BaseException:
             self._tat -= cost * self._interval  # refund the unused reservation
+            self._acquired -= 1  # (it counted at the reservation: it was never granted)
             raise
 
     async def _pause(self, wait: float) -> None:
@@ -316,6 +317,7 @@ class RateLimiter(GuardBase):
             await self._pause(wait)
         except BaseException:
             # Refunded in the background: a cancelled waiter never waits on the store.
+            self._acquired -= 1
             self._background.send(
                 "refunding a reservation",
                 functools.partial(store.refund, name, self.rate, self.per, cost),
