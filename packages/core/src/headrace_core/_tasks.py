@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -52,3 +52,24 @@ def start_task(
     if name is None:
         return loop.create_task(coro)
     return loop.create_task(coro, name=name)
+
+
+async def despite_cancel(work: Callable[[], Awaitable[T]], bound: float | None) -> T:
+    """Await ``work()`` within ``bound`` seconds although the current task is being cancelled.
+
+    For the task of :func:`start_task` whose job must be done even when something else
+    cancelled it before its first step (a lease's release, a refund, in a shutdown that
+    cancels every task): call it in the ``except CancelledError`` at ``await
+    first_step()``, then re-raise. The task's pending cancellation is taken back
+    (``uncancel()``) so that ``work()`` is not cancelled at its first await; a cancel
+    that arrives while it runs is obeyed. ``bound=None``: ``work()`` bounds itself.
+
+    Raises:
+        TimeoutError: when ``work()`` takes longer than ``bound`` (it is cancelled).
+    """
+    task = asyncio.current_task()
+    assert task is not None  # called from a task's except CancelledError
+    while task.uncancel():
+        pass
+    async with asyncio.timeout(bound):
+        return await work()

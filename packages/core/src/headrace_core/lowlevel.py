@@ -15,7 +15,8 @@ waits with their bounds, and talk about user code safely:
   type of a ``clock=`` argument.
 - :func:`finish_tasks`: await background tasks with a bound, cancelling the late ones;
   :func:`start_task` and :func:`first_step`: a background task whose cleanup runs even
-  when something else cancels it before its first step.
+  when something else cancels it before its first step; :func:`despite_cancel`: its job
+  done all the same, within a bound.
 - :class:`Deadline`, :func:`bounded`, :func:`raise_if_expired`: ``asyncio.timeout``
   whose expiry raises a component's own error; :class:`Deadlines`: one loop timer for
   many deadlines of one length, each call keeping asyncio's own ``Timeout``.
@@ -45,6 +46,7 @@ from headrace_core._loop import PerLoop as PerLoop
 from headrace_core._loop import future_maker as future_maker
 from headrace_core._loop import within as within
 from headrace_core._stats import loop_time as loop_time
+from headrace_core._tasks import despite_cancel as despite_cancel
 from headrace_core._tasks import first_step as first_step
 from headrace_core._tasks import start_task as start_task
 from headrace_core._validate import Clock as Clock
@@ -73,6 +75,7 @@ __all__ = [
     "check_name",
     "check_number",
     "check_optional_number",
+    "despite_cancel",
     "finish_tasks",
     "first_step",
     "future_maker",
@@ -100,6 +103,7 @@ for _obj in (
     check_name,
     check_number,
     check_optional_number,
+    despite_cancel,
     finish_tasks,
     first_step,
     future_maker,

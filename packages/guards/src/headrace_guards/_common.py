@@ -19,6 +19,7 @@ from headrace_core.lowlevel import (
     callable_name,
     check_callable,
     check_name,
+    despite_cancel,
     first_step,
     is_async_callable,
     start_task,
@@ -361,11 +362,8 @@ class Background:
         try:
             await first_step()  # where start_task leaves it: inside the try
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            assert task is not None
-            while task.uncancel():
-                pass  # the cancellation is kept for the end, once the call is sent
-            self._report(what, await self._bounded(what, make, bound))
+            work = functools.partial(self._bounded, what, make, bound)
+            self._report(what, await despite_cancel(work, None))  # (_bounded has the bound)
             raise
         return await self._bounded(what, make, bound)
 

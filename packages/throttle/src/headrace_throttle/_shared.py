@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headrace_core import HeadraceError
-from headrace_core.lowlevel import finish_tasks, first_step, safe_repr, start_task
+from headrace_core.lowlevel import (
+    despite_cancel,
+    finish_tasks,
+    first_step,
+    safe_repr,
+    start_task,
+)
 from headrace_throttle._budget import RequestBudget, TokenBudget, charge_amount
 
 if TYPE_CHECKING:
@@ -264,25 +271,9 @@ class SharedBudgets:
                 _log_store_failure(budget, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = start_task(asyncio.get_running_loop(), self._keep_interrupt(work))
+        task = send_task(functools.partial(self._run_adjustments, work), _ADJUST_BOUND)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _keep_interrupt(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await first_step()  # where start_task leaves it: inside the try
-        except asyncio.CancelledError:
-            # Cancelled from outside before its first step (a shutdown sweep): nothing was
-            # sent. Send the adjustments all the same, within a bound, then end cancelled.
-            task = asyncio.current_task()
-            assert task is not None
-            while task.uncancel():
-                pass
-            with contextlib.suppress(TimeoutError):  # logged as cancelled while they ran
-                async with asyncio.timeout(_ADJUST_BOUND):
-                    await self._run_adjustments(work)
-            raise
-        await self._run_adjustments(work)
 
     async def _run_adjustments(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -338,3 +329,24 @@ def _log_store_failure(budget: Budget, exc: BaseException) -> None:
         exc_info=exc,
         extra={"budget": budget.name},
     )
+
+
+def send_task(send: Callable[[], Awaitable[None]], bound: float) -> asyncio.Task[None]:
+    """A task for a store call that must be made (a refund, a lease handed back).
+
+    ``start_task``: if something else cancels the task before its first step (a shutdown
+    sweep over ``asyncio.all_tasks()``), nothing was sent yet: ``send()`` runs all the
+    same, within ``bound`` seconds, and the task then ends cancelled as asked. A cancel
+    while ``send()`` runs is obeyed (``send`` logs it).
+    """
+    return start_task(asyncio.get_running_loop(), _sent_anyway(send, bound))
+
+
+async def _sent_anyway(send: Callable[[], Awaitable[None]], bound: float) -> None:
+    try:
+        await first_step()  # where start_task leaves it: inside the try
+    except asyncio.CancelledError:
+        with contextlib.suppress(TimeoutError):  # (send logs the cancellation it got)
+            await despite_cancel(send, bound)
+        raise
+    await send()

@@ -13,16 +13,16 @@ shared one, so this process's listeners hear the shared changes as ``decreased``
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, final
 
 from headrace_core import HeadraceError
-from headrace_core.lowlevel import being_cancelled, finish_tasks, first_step, safe_repr, start_task
+from headrace_core.lowlevel import being_cancelled, finish_tasks, safe_repr
 from headrace_core.store import ThrottleStore
-from headrace_throttle._shared import StoreReplyError
+from headrace_throttle._shared import StoreReplyError, send_task
 from headrace_throttle._types import SharedSnapshot
 
 __all__ = ["SharedLimit"]
@@ -149,28 +149,13 @@ class SharedLimit:
         self._send(self._store.throttle_hold(self._name, seconds, epoch, **self._config))
 
     def _send(self, call: Coroutine[Any, Any, Mapping[str, Any]]) -> None:
-        task = start_task(asyncio.get_running_loop(), self._settle(call))
+        # A task of its own, with no caller to reach: nothing it meets escapes into the
+        # loop. One cancelled before it started still gives the lease back (send_task):
+        # a lease nobody gives back holds a share of every process's limit until its TTL,
+        # the bound (past it the lease is gone anyway).
+        task = send_task(functools.partial(self._apply, call), _LEASE_TTL)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _settle(self, call: Coroutine[Any, Any, Mapping[str, Any]]) -> None:
-        # A task of its own, with no caller to reach: nothing it meets escapes into the loop.
-        try:
-            await first_step()  # where start_task leaves it: inside the try
-        except asyncio.CancelledError:
-            # Cancelled from outside before its first step (a shutdown sweep): nothing was
-            # sent, and a lease nobody gives back holds a share of the limit of every
-            # process until its TTL. Send it all the same, within that TTL (past it the
-            # lease is gone anyway), then end cancelled as asked.
-            task = asyncio.current_task()
-            assert task is not None
-            while task.uncancel():
-                pass
-            with contextlib.suppress(TimeoutError):  # logged as cancelled while it ran
-                async with asyncio.timeout(_LEASE_TTL):
-                    await self._apply(call)
-            raise
-        await self._apply(call)
 
     async def _apply(self, call: Coroutine[Any, Any, Mapping[str, Any]]) -> None:
         try:
