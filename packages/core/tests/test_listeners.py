@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from headrace_core import ConfigurationTypeError
 from headrace_core.stats import Listeners
 
 
@@ -223,3 +224,17 @@ async def test_an_async_listener_that_closes_its_listeners_does_not_wait_for_its
     assert done
     assert closed == ["listener"]
     assert not listeners._tasks
+
+
+def test_a_non_callable_listener_is_a_configuration_type_error_that_never_calls_repr() -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr")
+
+    listeners: Listeners[int] = Listeners("headrace.test")
+    with pytest.raises(ConfigurationTypeError, match=r"callback=<.*Hostile object") as info:
+        listeners.add(Hostile())  # type: ignore[arg-type]
+    assert isinstance(info.value, TypeError)
+    assert info.value.argument == "callback"
+    with pytest.raises(ConfigurationTypeError, match="callback=42: a listener must be callable"):
+        listeners.add(42)  # type: ignore[arg-type]

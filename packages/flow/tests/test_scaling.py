@@ -15,11 +15,15 @@ from headrace_core.testing import VirtualClock
 from headrace_flow import (
     ConfigurationError,
     FixedScaling,
+    Flow,
     ScaleEvent,
     ScalingStrategy,
     StageStats,
     UtilizationScaling,
+    fifo_queue,
     flow,
+    lifo_queue,
+    priority_queue,
     stage,
 )
 
@@ -264,3 +268,31 @@ def test_autoscaling_never_leaves_bounds(seed: int) -> None:
     observed = asyncio.run(main())
     assert all(0 <= w <= high for w in observed)
     assert max(observed) >= 1
+
+
+async def _double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: flow(_double, default_queue_size=True), "default_queue_size=True"),
+        (lambda: flow(_double, default_queue_size=1.0), "default_queue_size=1.0"),  # type: ignore[call-overload]
+        (lambda: flow(), r"stages=\(\): flow\(\) needs at least one stage"),
+        (lambda: fifo_queue(float("nan")), "maxsize=nan"),  # type: ignore[arg-type]
+        (lambda: lifo_queue("1"), "maxsize='1'"),  # type: ignore[arg-type]
+        (lambda: priority_queue(-1), "maxsize=-1"),
+        (lambda: Flow().add_transformer(_double, scaling_strategy=3), "scaling_strategy=3"),
+        (lambda: Flow().set_default_scaling_strategy(3), "strategy=3"),
+        (lambda: Flow().set_error_handler(3), "handler=3"),
+    ],
+)
+def test_bad_settings_name_the_argument_the_caller_gave(build: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        build()
+
+
+def test_no_stage_is_still_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        flow()

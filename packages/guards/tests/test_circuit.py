@@ -592,6 +592,7 @@ def test_validation(kwargs: dict[str, Any], arg: str) -> None:
         (lambda: Consecutive(0), "threshold"),
         (lambda: CountWindow(size=0), "size"),
         (lambda: CountWindow(min_calls=0), "min_calls"),
+        (lambda: CountWindow(size=5, min_calls=50), r"min_calls=50: must be <= size \(5\)"),
         (lambda: CountWindow(failure_rate=0), "failure_rate"),
         (lambda: TimeWindow(seconds=0), "seconds"),
         (lambda: TimeWindow(failure_rate=1.1), "failure_rate"),

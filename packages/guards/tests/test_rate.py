@@ -284,3 +284,12 @@ async def test_a_bad_clock_reading_is_refused_and_corrupts_nothing(reading: obje
         await limiter.acquire()
     # Nothing was reserved from the bad reading: the state is what one token left.
     assert limiter.would_wait() == pytest.approx(1.0)
+
+
+def test_a_rate_and_period_whose_interval_overflows_fail_at_construction() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"per=1e\+308: must make per / rate \(rate=1e-300\) finite"
+    ):
+        RateLimiter(1e-300, per=1e308)
+    with pytest.raises(ConfigurationError, match="per=1e-300"):
+        RateLimiter(1e300, per=1e-300)  # an interval of 0: every call would pass

@@ -303,6 +303,7 @@ async def test_decorator() -> None:
         ({"deadline": 0}, "deadline"),
         ({"backoff": 1}, "backoff"),
         ({"retry_on": "x"}, "retry_on"),
+        ({"retry_on": int}, "retry_on=<class 'int'>"),  # a class, but of no exception
         ({"retry_on_result": 1}, "retry_on_result"),
         ({"max_delay": -1}, "max_delay"),
         ({"rng": 3}, "rng"),

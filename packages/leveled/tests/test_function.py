@@ -22,6 +22,9 @@ from headrace_leveled import (
     RetryableException,
     Task,
     TaskFunction,
+    task_func,
+    task_group_func,
+    task_sync_func,
 )
 
 
@@ -381,3 +384,25 @@ async def test_seeded_rng_makes_jitter_reproducible() -> None:
     assert results[0] == results[1] != results[2]
     with pytest.raises(ConfigurationError, match="rng"):
         Processor.builder().build(rng=42)  # type: ignore[arg-type]
+
+
+def _sync_noop(ctx: Any) -> None:
+    return None
+
+
+async def _group_noop(ctx: Any, tg: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: task_func(noop, retryable_exceptions=("ValueError",)),  # type: ignore[arg-type]
+        lambda: task_group_func(_group_noop, retryable_exceptions=("ValueError",)),  # type: ignore[arg-type]
+        lambda: task_sync_func(_sync_noop, retryable_exceptions=("ValueError",)),  # type: ignore[arg-type]
+    ],
+)
+def test_sdax_factories_name_retryable_exceptions(make: Callable[[], object]) -> None:
+    with pytest.raises(ConfigurationError, match="retryable_exceptions") as info:
+        make()
+    assert info.value.argument == "retryable_exceptions"

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, final
 
-from headrace_core._errors import callable_name
+from headrace_core._errors import ConfigurationTypeError, callable_name
 from headrace_core._tasks import first_step, start_task
 
 E = TypeVar("E")
@@ -52,10 +52,12 @@ class Listeners(Generic[E]):
         """Register ``callback``; return a callable that removes it (idempotent).
 
         Raises:
-            TypeError: when ``callback`` is not callable.
+            ConfigurationTypeError: (a ``TypeError``) when ``callback`` is not callable.
         """
         if not callable(callback):
-            raise TypeError(f"listener must be callable, got {callback!r}")
+            raise ConfigurationTypeError.argument_error(
+                "callback", callback, "a listener must be callable"
+            )
         self._callbacks.append(callback)
         self.active = True
 

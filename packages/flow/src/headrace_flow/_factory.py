@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, overload
 
-from headrace_core import ConfigurationError
+from headrace_core import ConfigurationError, ConfigurationTypeError
 from headrace_core.lowlevel import check_int
 from headrace_flow._flow import Flow
 from headrace_flow._plan import Settings
@@ -217,10 +217,13 @@ def flow(
 
     Raises:
         ConfigurationError: for a bad default.
-        TypeError: for no stage, a sync callable (use ``sync_stage``) or a non-stage.
+        TypeError: for no stage (a ``ConfigurationTypeError``), a sync callable (use
+            ``sync_stage``) or a non-stage.
     """
     if not stages:
-        raise TypeError("flow() needs at least one stage (or build one with Flow())")
+        raise ConfigurationTypeError.argument_error(
+            "stages", stages, "flow() needs at least one stage (or build one with Flow())"
+        )
     result: Flow[Any, Any] = Flow(on_error=on_error)
     scaling = None if default_scaling is None else as_strategy(default_scaling, "default_scaling")
     queue: QueueFactory | None = None
@@ -231,7 +234,7 @@ def flow(
             )
         queue = default_queue
     size = None
-    if default_queue_size != 1:
+    if type(default_queue_size) is not int or default_queue_size != 1:  # (True == 1.0 == 1)
         size = check_int("default_queue_size", default_queue_size, ge=0)
     result._defaults = Settings(scaling=scaling, queue=queue, queue_size=size)
     result._parts = [as_stage(s) for s in stages]

@@ -169,7 +169,7 @@ class Flow(Composite[In, Out]):
         Raises:
             ConfigurationError: when ``handler`` is not one of those forms.
         """
-        self._handler = normalize_handler(handler)
+        self._handler = normalize_handler(handler, "handler")
 
     def add_listener(self, callback: Callable[[FlowEvent], Any]) -> Callable[[], None]:
         """Receive every event (errors, drops and ``ScaleEvent``s), sync or async.
@@ -208,8 +208,11 @@ class Flow(Composite[In, Out]):
             ConfigurationError: for a bad name or strategy.
             TypeError: for a sync callable.
         """
+        scaling = scaling_strategy
+        if scaling is not None:
+            scaling = as_strategy(scaling, "scaling_strategy")
         self._changed()
-        self._parts.append(stage(transformer, name=name, scaling=scaling_strategy))
+        self._parts.append(stage(transformer, name=name, scaling=scaling))
 
     def set_consumer(self, consumer: Any) -> None:
         """Set the last stage (the sink).
@@ -232,7 +235,7 @@ class Flow(Composite[In, Out]):
         Raises:
             ConfigurationError: when it is not a strategy.
         """
-        self.configure_default(scaling=strategy)
+        self.configure_default(scaling=as_strategy(strategy, "strategy"))
 
     async def start(self) -> None:
         """Start a run of the producer in the background; :meth:`wait` ends it.

@@ -29,8 +29,12 @@ class Form(enum.Enum):
     """A no-argument factory of an async context manager giving one of the above."""
 
 
-def normalize_handler(handler: object) -> tuple[Form, UserHandler] | None:
+def normalize_handler(
+    handler: object, argument: str = "on_error"
+) -> tuple[Form, UserHandler] | None:
     """Return the handler's form and the handler, or ``None`` for no handler.
+
+    ``argument``: the name the caller gave the handler, for the error.
 
     Raises:
         ConfigurationError: for anything that is none of the forms.
@@ -38,13 +42,13 @@ def normalize_handler(handler: object) -> tuple[Form, UserHandler] | None:
     if handler is None:
         return None
     if not callable(handler):
-        raise ConfigurationError.argument_error("on_error", handler, "must be callable")
+        raise ConfigurationError.argument_error(argument, handler, "must be callable")
     if not is_async_callable(handler):
         try:
             inspect.signature(handler).bind()
         except (TypeError, ValueError):
             raise ConfigurationError.argument_error(
-                "on_error",
+                argument,
                 handler,
                 "must be async def h(event), async def h(item, exc), or an async context "
                 "manager factory yielding one",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, runtime_checkable
 
+from headrace_core.lowlevel import check_int
+
 __all__ = [
     "AsyncQueueInterface",
     "QueueFactory",
@@ -75,8 +77,11 @@ def fifo_queue(maxsize: int = 1) -> asyncio.Queue[Any]:
 
     Returns:
         An ``asyncio.Queue``; inside a flow, the engine uses an equivalent faster store.
+
+    Raises:
+        ConfigurationError: when ``maxsize`` is not an int >= 0.
     """
-    return asyncio.Queue(maxsize)
+    return asyncio.Queue(check_int("maxsize", maxsize, ge=0))
 
 
 def lifo_queue(maxsize: int = 1) -> asyncio.LifoQueue[Any]:
@@ -87,8 +92,11 @@ def lifo_queue(maxsize: int = 1) -> asyncio.LifoQueue[Any]:
 
     Returns:
         An ``asyncio.LifoQueue``; inside a flow, the engine uses an equivalent store.
+
+    Raises:
+        ConfigurationError: when ``maxsize`` is not an int >= 0.
     """
-    return asyncio.LifoQueue(maxsize)
+    return asyncio.LifoQueue(check_int("maxsize", maxsize, ge=0))
 
 
 def priority_queue(maxsize: int = 1) -> asyncio.PriorityQueue[Any]:
@@ -99,5 +107,8 @@ def priority_queue(maxsize: int = 1) -> asyncio.PriorityQueue[Any]:
 
     Returns:
         An ``asyncio.PriorityQueue``; inside a flow, the engine uses an equivalent store.
+
+    Raises:
+        ConfigurationError: when ``maxsize`` is not an int >= 0.
     """
-    return asyncio.PriorityQueue(maxsize)
+    return asyncio.PriorityQueue(check_int("maxsize", maxsize, ge=0))

@@ -115,7 +115,7 @@ def compile_spec(argument: str, spec: object) -> Callable[[BaseException], bool]
         types = tuple(spec)
         if not types:
             return _never
-    elif callable(spec):
+    elif callable(spec) and not isinstance(spec, type):  # a class of no exception is no test
         predicate = cast("Callable[[BaseException], bool]", spec)
 
         def call_predicate(exc: BaseException) -> bool:

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TypeAlias, final
 
+from headrace_core import ConfigurationError
 from headrace_core.lowlevel import check_int, check_number
 
 
@@ -49,6 +50,10 @@ class CountWindow:
         check_int("size", self.size, ge=1)
         check_int("min_calls", self.min_calls, ge=1)
         check_number("failure_rate", self.failure_rate, gt=0, le=1)
+        if self.min_calls > self.size:  # the window could never hold enough calls to trip
+            raise ConfigurationError.argument_error(
+                "min_calls", self.min_calls, f"must be <= size ({self.size})"
+            )
 
 
 @final

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ParamSpec, TypeVar, final
 
-from headrace_core import CapacityExceeded, RateLimited
+from headrace_core import CapacityExceeded, ConfigurationError, RateLimited
 from headrace_core.lowlevel import (
     Clock,
     LoopBinding,
@@ -142,6 +142,10 @@ class RateLimiter(GuardBase):
         self._background = Background(self._describe(), keep_interrupts=True)
         self._clock = check_clock(clock)
         self._interval = self.per / self.rate
+        if not 0 < self._interval * self.burst < math.inf:  # each finite, their ratio not
+            raise ConfigurationError.argument_error(
+                "per", self.per, f"must make per / rate (rate={self.rate!r}) finite and non-zero"
+            )
         self._capacity = self.burst * self._interval
         self._tat = -math.inf
         self._binding = LoopBinding(self._describe())

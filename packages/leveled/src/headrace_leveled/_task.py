@@ -131,7 +131,7 @@ def task_func(
         retries=retries,
         initial_delay=initial_delay,
         backoff_factor=backoff_factor,
-        retry_on=retryable_exceptions,
+        retryable_exceptions=retryable_exceptions,
         jitter=jitter,
         guards=guards,
     )
@@ -175,7 +175,7 @@ def task_group_func(
         retries=retries,
         initial_delay=initial_delay,
         backoff_factor=backoff_factor,
-        retry_on=retryable_exceptions,
+        retryable_exceptions=retryable_exceptions,
         jitter=jitter,
         guards=guards,
         task_group=True,
@@ -224,6 +224,6 @@ def task_sync_func(
         retries=retries,
         initial_delay=initial_delay,
         backoff_factor=backoff_factor,
-        retry_on=retryable_exceptions,
+        retryable_exceptions=retryable_exceptions,
         jitter=jitter,
     )
