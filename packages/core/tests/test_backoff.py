@@ -129,7 +129,7 @@ def test_next_delay_names_the_owner_when_a_schedule_runs_out() -> None:
     assert isinstance(info.value, RuntimeError)
 
 
-@pytest.mark.parametrize("bad", [None, "1", math.nan, -1.0, math.inf, True])
+@pytest.mark.parametrize("bad", [None, "1", math.nan, -1.0, math.inf, True, 10**400])
 def test_next_delay_rejects_a_value_that_is_not_a_finite_delay(bad: object) -> None:
     with pytest.raises(BackoffError, match=r"yielded .*finite number >= 0"):
         next_delay(iter([bad]))  # type: ignore[list-item]
@@ -147,3 +147,29 @@ def test_next_delay_passes_good_values_and_the_schedules_own_errors() -> None:
 
     with pytest.raises(KeyError, match="mine"):
         next_delay(Broken())
+
+
+class _BadDraws(random.Random):
+    """An rng whose ``uniform()`` returns ``value``: a user's broken rng."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(1)
+        self.value = value
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.value  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("draw", [None, "x", math.nan, math.inf, 10**400])
+@pytest.mark.parametrize(
+    "schedule",
+    [exponential(base=1, jitter=0.5), full_jitter(base=1), decorrelated_jitter(base=1)],
+    ids=["exponential", "full_jitter", "decorrelated_jitter"],
+)
+def test_a_bad_draw_of_the_rng_is_a_backoff_error_chained_to_the_failure(
+    schedule: exponential | full_jitter | decorrelated_jitter, draw: object
+) -> None:
+    cause = ValueError("the service's own error")
+    with pytest.raises(BackoffError, match=r"Retry\(backoff=\.\.\.\): .*(drew|yielded)") as info:
+        next_delay(schedule.delays(_BadDraws(draw)), owner="Retry(backoff=...)", cause=cause)
+    assert info.value.__cause__ is cause  # the failure being retried is not lost

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from headrace_core.testing import VirtualClock
 from headrace_flow import (
+    DROP,
     ConfigurationError,
     FixedScaling,
     Flow,
+    Last,
     ScaleEvent,
     ScalingStrategy,
     StageStats,
@@ -26,6 +28,7 @@ from headrace_flow import (
     priority_queue,
     stage,
 )
+from headrace_flow._autoscale import Scaler
 
 
 @pytest.mark.parametrize(
@@ -296,3 +299,74 @@ def test_bad_settings_name_the_argument_the_caller_gave(build: Any, message: str
 def test_no_stage_is_still_a_type_error() -> None:
     with pytest.raises(TypeError):
         flow()
+
+
+class _Ticking:
+    """A custom strategy with a ``sampling_period``, counting its periodic evaluations."""
+
+    min_workers = 1
+    max_workers = 2
+
+    def __init__(self, sampling_period: float) -> None:
+        self.sampling_period = sampling_period
+        self.ticks = 0
+
+    def initial_workers(self) -> int:
+        return 1
+
+    def decide(self, stats: StageStats, now: float, tick: bool) -> int:
+        self.ticks += tick
+        if self.ticks > 10_000:  # a tick re-armed at the same instant: fail, do not hang
+            raise RuntimeError("the tick never lets the clock move on")
+        return 0
+
+
+async def _slow(x: int) -> int:
+    await asyncio.sleep(0.1)
+    return x
+
+
+@pytest.mark.parametrize("period", [1e-300, 1e-9])
+async def test_a_sampling_period_under_a_millisecond_ticks_every_millisecond(
+    period: float,
+) -> None:
+    strategy = _Ticking(period)
+    with VirtualClock():
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # with the period as given, the tick re-armed at the same instant for ever: the
+        # virtual clock never moved on
+        stats = await flow(stage(_slow, scaling=strategy)).run(range(3))
+        elapsed = loop.time() - start
+    assert stats.completed == 3
+    assert 0 < strategy.ticks <= elapsed / 0.001 + 1  # at most one tick per millisecond
+    utilization = UtilizationScaling(min_workers=1, max_workers=2, sampling_period=period)
+    assert Scaler(utilization).tick == 0.001  # the built-in strategy's tick is clamped too
+
+
+async def test_last_of_drop_and_a_fan_out_yielding_a_marker_fail_the_item_clearly() -> None:
+    with pytest.raises(TypeError, match=r"Last\(DROP\) has no final item"):
+        Last(DROP)
+
+    async def spread(x: int) -> AsyncIterator[object]:
+        yield x
+        if x == 1:
+            yield DROP
+
+    errors: list[BaseException] = []
+
+    async def keep(item: object, exc: BaseException) -> None:
+        errors.append(exc)
+
+    out: list[object] = []
+
+    async def sink(x: object) -> None:
+        out.append(x)
+
+    stats = await flow(spread, sink, on_error=keep).run(range(3))
+    assert out == [0, 1, 2]  # the marker never reached the sink as data
+    assert stats.failed == 1
+    assert len(errors) == 1
+    assert isinstance(errors[0], TypeError)
+    assert "fan-out stage" in str(errors[0])
+    assert "yielded DROP" in str(errors[0])

@@ -293,3 +293,9 @@ def test_a_rate_and_period_whose_interval_overflows_fail_at_construction() -> No
         RateLimiter(1e-300, per=1e308)
     with pytest.raises(ConfigurationError, match="per=1e-300"):
         RateLimiter(1e300, per=1e-300)  # an interval of 0: every call would pass
+
+
+async def test_a_clock_reading_past_any_float_is_a_clear_error() -> None:
+    limiter = RateLimiter(3, 1, clock=lambda: 10**400)
+    with pytest.raises(ValueError, match=r"clock .* returned 1000.*, not a finite time"):
+        await limiter.acquire()

@@ -211,6 +211,28 @@ async def test_user_error_retry_after_and_max_delay(clock_start: float) -> None:
     assert events[0].delay == 5
 
 
+@pytest.mark.parametrize("hint", [10**400, math.inf], ids=["10**400", "inf"])
+async def test_a_retry_after_past_any_float_is_taken_as_inf(
+    hint: object, clock_start: float
+) -> None:
+    class TooMany(Exception):
+        retry_after = hint
+
+    calls = 0
+
+    async def once() -> str:
+        nonlocal calls
+        calls += 1
+        raise TooMany
+
+    with VirtualClock(start=clock_start) as clock:
+        start = clock.now()
+        with pytest.raises(TooMany):  # no OverflowError: the hint is as long as inf's
+            await Retry(3, backoff=fixed(1), max_delay=5).call(once)
+        assert calls == 1  # a wait that long is no retry
+        assert clock.now() == start
+
+
 async def test_retry_after_ignored_when_asked(clock_start: float) -> None:
     with VirtualClock(start=clock_start) as clock:
         flaky = Flaky(1, error=lambda msg: RateLimited(retry_after=50))  # type: ignore[arg-type]

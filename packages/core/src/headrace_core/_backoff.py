@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from headrace_core._errors import BackoffError
+from headrace_core._errors import BackoffError, safe_repr
 from headrace_core._validate import check_number
 
 
@@ -47,17 +47,36 @@ def next_delay(
             f"{owner}: the backoff schedule ran out of delays; delays() must yield a delay "
             "for every retry (an endless iterator)"
         ) from cause
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, int | float)
-        or not math.isfinite(delay)
-        or delay < 0
-    ):
+    except BackoffError as exc:  # a schedule refused what its rng drew
+        raise BackoffError(f"{owner}: the backoff schedule failed: {exc}") from cause
+    value = _real(delay)
+    if not math.isfinite(value) or value < 0:  # (nan too)
         raise BackoffError(
-            f"{owner}: the backoff schedule yielded {delay!r}; each delay must be a finite "
-            "number >= 0"
+            f"{owner}: the backoff schedule yielded {safe_repr(delay)}; each delay must be a "
+            "finite number >= 0"
         ) from cause
-    return float(delay)
+    return value
+
+
+def _real(value: object) -> float:
+    """``value`` as a float when it is an int or a float (not a bool), else nan.
+
+    An int too large for a float is ``inf`` (not finite), never an ``OverflowError``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _draw(value: object) -> float:
+    """One draw of the schedule's rng, refused (``BackoffError``) unless a finite number."""
+    real = _real(value)
+    if not math.isfinite(real):
+        raise BackoffError(f"its rng drew {safe_repr(value)}, not a finite number")
+    return real
 
 
 def _check_growth(base: float, factor: float, max: float, *, base_gt_zero: bool) -> None:
@@ -119,7 +138,7 @@ class exponential:
         current = float(self.base)
         while True:
             delay = min(cap, current)
-            yield delay * uniform(1.0 - jitter, 1.0) if jitter else delay
+            yield delay * _draw(uniform(1.0 - jitter, 1.0)) if jitter else delay
             if current < cap:
                 current *= factor
 
@@ -147,7 +166,7 @@ class full_jitter:
         cap, factor = float(self.max), float(self.factor)
         current = float(self.base)
         while True:
-            yield uniform(0.0, min(cap, current))
+            yield _draw(uniform(0.0, min(cap, current)))
             if current < cap:
                 current *= factor
 
@@ -173,5 +192,5 @@ class decorrelated_jitter:
         base, cap = float(self.base), float(self.max)
         previous = base
         while True:
-            previous = min(cap, uniform(base, previous * 3.0))
+            previous = min(cap, _draw(uniform(base, previous * 3.0)))  # (min() hides nan)
             yield previous

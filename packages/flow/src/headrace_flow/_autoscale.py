@@ -16,6 +16,11 @@ from headrace_flow._scaling import (
 )
 from headrace_flow._stats import StageStats
 
+#: The shortest tick of a dynamic stage: a shorter ``sampling_period`` is taken as this. An
+#: event loop times no finer (epoll waits in whole milliseconds), and a period so short that
+#: ``now + period == now`` would re-arm the tick at the same instant for ever.
+MIN_TICK = 0.001
+
 
 class Scaler:
     """How many workers one stage should have, and when it last changed.
@@ -46,12 +51,12 @@ class Scaler:
         self.sampling_events: int | None = None
         self.tick = 1.0
         if isinstance(strategy, UtilizationScaling):
-            self.tick = strategy.tick_period
+            self.tick = max(strategy.tick_period, MIN_TICK)
             self.sampling_events = strategy.sampling_events
         elif self.dynamic:
             period = getattr(strategy, "sampling_period", None)
             if isinstance(period, int | float) and period > 0:
-                self.tick = float(period)
+                self.tick = max(float(period), MIN_TICK)  # (nan is not > 0)
         self.events = 0
         self.target = 0
         self.last_up: float | None = None

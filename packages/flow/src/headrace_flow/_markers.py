@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final, Generic, TypeVar, final
 
+from headrace_core.lowlevel import safe_repr
+
 T = TypeVar("T")
 
 
@@ -50,11 +52,19 @@ class Last(Generic[T]):
 
     Args:
         value: the final item.
+
+    Raises:
+        TypeError: when ``value`` is ``DROP`` (or another ``Last``): no item to end with.
     """
 
     __slots__ = ("value",)
 
     def __init__(self, value: T) -> None:
+        if value is DROP or value.__class__ is Last:
+            raise TypeError(
+                f"Last({safe_repr(value)}) has no final item: Last wraps the value that ends the "
+                "stream (return DROP to filter an item out)"
+            )
         self.value = value
 
     def __repr__(self) -> str:

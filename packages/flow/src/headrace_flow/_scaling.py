@@ -114,7 +114,8 @@ class UtilizationScaling:
         downscaling_rate: workers retired per step before dampening, ``>= 1``.
         cooldown_seconds: the least time between two scale events, ``>= 0``.
         dampening: the step multiplier, in ``(0, 1]``.
-        sampling_period: the tick period in seconds (``None``: 1.0), ``> 0``.
+        sampling_period: the tick period in seconds (``None``: 1.0), ``> 0``; a period
+            under a millisecond ticks every millisecond.
         sampling_events: evaluate on every n-th item event only (``None``: every), ``> 0``.
 
     Raises:

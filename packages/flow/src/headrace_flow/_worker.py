@@ -513,6 +513,12 @@ class Worker:
             outputs = self.gen(item)
             try:
                 async for value in outputs:
+                    if value is DROP or value.__class__ is Last:
+                        raise TypeError(
+                            f"fan-out stage {self.st.name!r} yielded {safe_repr(value)}; it yields "
+                            "outputs (yield nothing to drop an item; return Last from a map "
+                            "stage to end the run)"
+                        )
                     count += 1
                     if count > 1:
                         tally.extra += 1  # one item in, one more unit out

@@ -22,6 +22,7 @@ from headrace_core.lowlevel import (
     despite_cancel,
     first_step,
     is_async_callable,
+    safe_repr,
     start_task,
 )
 from headrace_core.stats import Listeners
@@ -146,7 +147,10 @@ def numeric_retry_after(exc: BaseException) -> float | None:
         return None
     if value != value:  # NaN
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past any float: as long as no wait can be
+        return math.inf
 
 
 class GuardBase:
@@ -279,9 +283,15 @@ def checked_reading(clock: object, value: object) -> float:
             f"clock {callable_name(clock)} returned a {type(value).__name__}, "
             "not a number of seconds"
         )
-    if not math.isfinite(value):
-        raise ValueError(f"clock {callable_name(clock)} returned {value!r}, not a finite time")
-    return float(value)
+    try:
+        reading = float(value)
+    except OverflowError:  # an int past any float
+        reading = math.inf
+    if not math.isfinite(reading):
+        raise ValueError(
+            f"clock {callable_name(clock)} returned {safe_repr(value)}, not a finite time"
+        )
+    return reading
 
 
 class NotAsyncError(TypeError):
