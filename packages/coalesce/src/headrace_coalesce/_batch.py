@@ -16,7 +16,7 @@ from headrace_coalesce._core import PROMOTE, Batch, Core, close
 from headrace_coalesce._lane import Options, filled, require_async
 from headrace_coalesce._stats import CoalesceEvent, CoalesceStats
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import check_callable
+from headrace_core.lowlevel import check_callable, safe_repr
 from headrace_core.stats import Listener
 
 __all__ = ["BatchFunction", "batch"]
@@ -219,7 +219,7 @@ class BatchFunction(Generic[P, R]):
         return getattr(self._core.fn, name)
 
     def __repr__(self) -> str:
-        bound = "" if self._instance is None else f" bound to {self._instance!r}"
+        bound = "" if self._instance is None else f" bound to {safe_repr(self._instance)}"
         return f"<batch function {self._core.name}{bound}>"
 
 

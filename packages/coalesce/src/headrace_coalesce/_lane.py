@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Hashable
 from typing import Any, Final
 
-from headrace_core.lowlevel import check_int, check_number, is_async_callable
+from headrace_core.lowlevel import check_int, check_number, is_async_callable, safe_repr
 
 OPEN: Final = 0  # accepting items
 RUNNING: Final = 1  # dispatched: no more items
@@ -43,7 +43,7 @@ def require_async(argument: str, fn: object) -> None:
         TypeError: when ``fn`` is not callable, or calling it does not return a coroutine.
     """
     if not is_async_callable(fn):
-        raise TypeError(f"{argument} must be an async function (async def), got {fn!r}")
+        raise TypeError(f"{argument} must be an async function (async def), got {safe_repr(fn)}")
 
 
 class BatchBase:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import final
 
+from headrace_core._errors import safe_repr
 from headrace_core._validate import check_number
 
 # Log-linear buckets: each power of two is split into _SUB linear sub-buckets, so the
@@ -260,7 +261,7 @@ class LatencyHistogram:
             ValueError: when ``q`` is outside ``[0, 1]``.
         """
         if not 0.0 <= q <= 1.0:
-            raise ValueError(f"q={q!r}: must be in [0, 1]")
+            raise ValueError(f"q={safe_repr(q)}: must be in [0, 1]")
         return self._quantiles((q,))[0]
 
     def _quantiles(self, qs: Iterable[float]) -> list[float]:

@@ -7,6 +7,8 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
+from headrace_core._errors import safe_repr
+
 T = TypeVar("T")
 
 
@@ -47,7 +49,7 @@ def start_task(
     if yielded is not None:
         coro.close()
         raise RuntimeError(
-            f"start_task(): the first await of {coro!r} must be `await first_step()`"
+            f"start_task(): the first await of {safe_repr(coro)} must be `await first_step()`"
         )
     if name is None:
         return loop.create_task(coro)

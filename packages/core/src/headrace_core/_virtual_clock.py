@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, final
 
+from headrace_core._errors import safe_repr
 from headrace_core._validate import check_number
 
 _ACTIVE = "_headrace_virtual_clock"
@@ -116,7 +117,8 @@ class VirtualClock:
         selector = getattr(loop, "_selector", None)
         if not isinstance(selector, selectors.BaseSelector):
             raise RuntimeError(
-                f"VirtualClock needs a selector event loop (asyncio's default), not {loop!r}"
+                "VirtualClock needs a selector event loop (asyncio's default), not "
+                f"{safe_repr(loop)}"
             )
         real_now = loop.time()
         self._now = self._start
@@ -199,7 +201,7 @@ class VirtualClock:
             RuntimeError: when the clock is not active on the running loop.
         """
         if not (math.isfinite(seconds) and seconds >= 0):
-            raise ValueError(f"seconds={seconds!r}: must be a finite number >= 0")
+            raise ValueError(f"seconds={safe_repr(seconds)}: must be a finite number >= 0")
         if self._loop is None or self._loop is not asyncio.get_running_loop():
             raise RuntimeError("VirtualClock.advance() needs the clock active on this loop")
         target = self._now + seconds

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, final
 
-from headrace_core import _metrics
+from headrace_core import _errors, _metrics
 from headrace_core._metrics import COUNTER_FIELDS as COUNTER_FIELDS
 
 __all__ = ["COUNTER_FIELDS", "Instrumentable", "Instrumentation", "instrument"]
@@ -102,7 +102,9 @@ def instrument(
         TypeError: when ``component`` has no ``snapshot()``.
     """
     if not callable(getattr(component, "snapshot", None)):
-        raise TypeError(f"instrument() needs a component with snapshot(), got {component!r}")
+        raise TypeError(
+            f"instrument() needs a component with snapshot(), got {_errors.safe_repr(component)}"
+        )
     from opentelemetry import metrics
 
     if meter is None:

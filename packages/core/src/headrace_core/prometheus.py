@@ -216,7 +216,9 @@ def instrument(
             component of the same class and name is already exported to ``registry``.
     """
     if not callable(getattr(component, "snapshot", None)):
-        raise TypeError(f"instrument() needs a component with snapshot(), got {component!r}")
+        raise TypeError(
+            f"instrument() needs a component with snapshot(), got {_errors.safe_repr(component)}"
+        )
     _validate.check_name(name)
     if registry is None:
         registry = REGISTRY

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias, cast
 
+from headrace_core.lowlevel import safe_repr
 from headrace_flow._queues import QueueFactory, QueueLike, fifo_queue, lifo_queue, priority_queue
 
 #: What an ordered stage's channel stores: the item's number in the stage, and the item.
@@ -75,7 +76,8 @@ def _storage(factory: QueueFactory, maxsize: int) -> Storage:
     queue = factory(maxsize=maxsize)
     if not isinstance(queue, QueueLike):
         raise TypeError(
-            f"queue factory {factory!r} returned {queue!r}, which lacks put_nowait/get_nowait/qsize"
+            f"queue factory {safe_repr(factory)} returned {safe_repr(queue)}, which lacks "
+            "put_nowait/get_nowait/qsize"
         )
     return queue.put_nowait, queue.get_nowait, None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from headrace_core.lowlevel import safe_repr
 from headrace_flow._plan import Kind, Plan, StagePlan
 from headrace_flow._stats import FlowStats, StageStats
 
@@ -104,7 +105,7 @@ def _text(plan: Plan) -> str:
         extra = " ordered" if s.ordered else ""
         lines.append(
             f"  [{s.index}] {name.ljust(width)} {dest:30s} "
-            f"{s.scaling!r} {_factory_name(s)}(maxsize={s.queue_size}){extra}"
+            f"{safe_repr(s.scaling)} {_factory_name(s)}(maxsize={s.queue_size}){extra}"
         )
     return "\n".join(lines)
 
@@ -231,11 +232,11 @@ def dump(plan: Plan, stats: FlowStats, mode: str, fmt: str) -> str:
             return json.dumps({"stages": _structures(plan)}, indent=2)
         if fmt == "mermaid":
             return _mermaid(plan)
-        raise ValueError(f"format={fmt!r}: expected 'text', 'json' or 'mermaid'")
+        raise ValueError(f"format={safe_repr(fmt)}: expected 'text', 'json' or 'mermaid'")
     if mode == "stats":
         if fmt == "text":
             return _stats_text(stats)
         if fmt == "json":
             return json.dumps(_stats(stats), indent=2)
-        raise ValueError(f"format={fmt!r}: expected 'text' or 'json' for mode='stats'")
-    raise ValueError(f"mode={mode!r}: expected 'structure' or 'stats'")
+        raise ValueError(f"format={safe_repr(fmt)}: expected 'text' or 'json' for mode='stats'")
+    raise ValueError(f"mode={safe_repr(mode)}: expected 'structure' or 'stats'")

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar, final
 
 from headrace_core import HeadraceError
-from headrace_core.lowlevel import callable_name, check_int
+from headrace_core.lowlevel import callable_name, check_int, safe_repr
 from headrace_flow._stages import Stage, stage
 
 __all__ = ["ProcessStageError", "process_stage", "thread_stage"]
@@ -258,9 +258,9 @@ def thread_stage(
 
 def _check_sync(kind: str, fn: object, name: str | None) -> str:
     if not callable(fn):
-        raise TypeError(f"{kind}() takes a function of one item, got {fn!r}")
+        raise TypeError(f"{kind}() takes a function of one item, got {safe_repr(fn)}")
     if asyncio.iscoroutinefunction(fn):
-        raise TypeError(f"{kind}() takes a synchronous function; use stage() for {fn!r}")
+        raise TypeError(f"{kind}() takes a synchronous function; use stage() for {safe_repr(fn)}")
     if name is not None:
         return name  # stage() checks it
     label = getattr(fn, "__name__", None)

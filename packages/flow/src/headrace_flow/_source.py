@@ -8,7 +8,7 @@ import inspect
 from collections.abc import AsyncIterable, Iterable
 from typing import Any, TypeAlias, cast
 
-from headrace_core.lowlevel import being_cancelled, first_step, start_task
+from headrace_core.lowlevel import being_cancelled, first_step, safe_repr, start_task
 from headrace_flow._errors import Dropped, DropReason, SourceError
 from headrace_flow._state import NO_ITEM, Aborted, Engine, StageRun
 
@@ -248,5 +248,5 @@ def normalize_source(source: object) -> Items:
             result.close()
     raise TypeError(
         "run() takes an async generator function, an async iterable, an iterable or None, "
-        f"got {source!r}"
+        f"got {safe_repr(source)}"
     )

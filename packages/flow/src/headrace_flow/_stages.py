@@ -130,7 +130,8 @@ def classify(target: object, where: str = "stage") -> Kind:
             "thread) or make it async"
         )
     raise TypeError(
-        f"{where} must be an async callable, a context manager factory or a Flow, got {target!r}"
+        f"{where} must be an async callable, a context manager factory or a Flow, got "
+        f"{safe_repr(target)}"
     )
 
 

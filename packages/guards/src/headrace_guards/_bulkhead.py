@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, final
 
 from headrace_core import BulkheadFull, ConfigurationError
-from headrace_core.lowlevel import Clock, PerLoop, check_int, within
+from headrace_core.lowlevel import Clock, PerLoop, check_int, safe_repr, within
 from headrace_core.lowlevel import check_optional_number as _check_optional_number
 from headrace_core.store import BulkheadStore
 from headrace_guards._common import (
@@ -175,7 +175,7 @@ def _declare(
                 raise ConfigurationError.argument_error(
                     argument,
                     value,
-                    f"conflicts with the declaration {argument}={declared!r}",
+                    f"conflicts with the declaration {argument}={safe_repr(declared)}",
                     component=f"bulkhead {name!r}",
                 )
         return existing

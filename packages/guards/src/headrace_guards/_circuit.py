@@ -25,6 +25,7 @@ from headrace_core.lowlevel import (
     check_number,
     check_optional_number,
     is_async_callable,
+    safe_repr,
 )
 from headrace_core.store import BreakerStore
 from headrace_guards._circuit_state import BreakerState, MemoryState, Settings, now_or_none
@@ -322,7 +323,7 @@ class CircuitBreaker(GuardBase):
             TypeError: when ``fn`` is not an async function.
         """
         if not is_async_callable(fn):
-            raise TypeError(f"CircuitBreaker decorates async functions only, got {fn!r}")
+            raise TypeError(f"CircuitBreaker decorates async functions only, got {safe_repr(fn)}")
         local = self._local
         if not isinstance(local, MemoryState):
             return super().__call__(fn)  # no fast path to inline: every call is call()

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 from headrace_core import CircuitState, ConfigurationError
-from headrace_core.lowlevel import being_cancelled, within
+from headrace_core.lowlevel import being_cancelled, safe_repr, within
 from headrace_core.store import BreakerStore, Outcome
 from headrace_guards._circuit_state import (
     CLOSED,
@@ -97,9 +97,9 @@ def open_delays(backoff: Any, recovery_timeout: float) -> tuple[float, ...]:
     try:
         for delay in backoff.delays():
             if isinstance(delay, bool) or not isinstance(delay, int | float):
-                raise TypeError(f"yielded {delay!r}, not a number of seconds")
+                raise TypeError(f"yielded {safe_repr(delay)}, not a number of seconds")
             if not math.isfinite(delay) or delay < 0:
-                raise ValueError(f"yielded {delay!r}, not a finite number >= 0")
+                raise ValueError(f"yielded {safe_repr(delay)}, not a finite number >= 0")
             delays.append(float(delay))
             if len(delays) == SHARED_REOPENS:
                 return tuple(delays)

@@ -197,7 +197,9 @@ class GuardBase:
             TypeError: when ``fn`` is not an async function.
         """
         if not is_async_callable(fn):
-            raise TypeError(f"{type(self).__name__} decorates async functions only, got {fn!r}")
+            raise TypeError(
+                f"{type(self).__name__} decorates async functions only, got {safe_repr(fn)}"
+            )
         call = self.call
 
         @functools.wraps(fn)

@@ -18,6 +18,7 @@ from headrace_core.lowlevel import (
     check_int,
     check_number,
     check_optional_number,
+    safe_repr,
     within,
 )
 from headrace_core.store import RateStore
@@ -179,7 +180,7 @@ class RateLimiter(GuardBase):
     def _check_cost(self, cost: object) -> int:
         if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= self.burst:
             raise CapacityExceeded(
-                f"cost={cost!r}: must be an int in 1..{self.burst}"
+                f"cost={safe_repr(cost)}: must be an int in 1..{self.burst}"
                 + (f" (rate limiter {self.name!r})" if self.name else ""),
                 requested=cost if isinstance(cost, int | float) else None,
                 capacity=self.burst,

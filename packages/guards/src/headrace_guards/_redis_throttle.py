@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from headrace_core import Rejected
+from headrace_core.lowlevel import safe_repr
 from headrace_guards._redis_base import DOWN, MALFORMED, Script, text
 from headrace_guards._redis_leases import LeasePart
 from headrace_guards._redis_lua import THROTTLE_ADMIT, THROTTLE_DONE, THROTTLE_HOLD, THROTTLE_VIEW
@@ -151,7 +152,9 @@ class ThrottlePart(LeasePart):
             ValueError: for an unknown ``outcome``.
         """
         if outcome not in _OUTCOMES:
-            raise ValueError(f"outcome must be 'success', 'failure' or 'neutral', got {outcome!r}")
+            raise ValueError(
+                f"outcome must be 'success', 'failure' or 'neutral', got {safe_repr(outcome)}"
+            )
         keys = self._keys_of("th", name, _TH_FIELDS)
         self._unhold(keys[0], lease_id)
         lost = self._take_lost("th", name)

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any, final
 
 from headrace_core import ConfigurationError
-from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number
+from headrace_core.lowlevel import TIME_TOLERANCE, check_int, check_number, safe_repr
 from headrace_core.store import BudgetStore
 from headrace_throttle._errors import TokenBudgetExceeded
 from headrace_throttle._types import Slot
@@ -348,7 +348,7 @@ def check_tokens(tokens: object, budgets: Iterable[Budget]) -> None:
             is named).
     """
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValueError(f"tokens={tokens!r}: must be an int >= 0")
+        raise ValueError(f"tokens={safe_repr(tokens)}: must be an int >= 0")
     smallest = min(
         (b for b in budgets if isinstance(b, TokenBudget)),
         key=lambda b: b.capacity,

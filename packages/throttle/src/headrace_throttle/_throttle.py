@@ -477,7 +477,7 @@ class Throttle:
         """
         value: object = seconds
         if not isinstance(value, int | float) or math.isnan(value) or value < 0:
-            raise ValueError(f"seconds={seconds!r}: must be a number >= 0")
+            raise ValueError(f"seconds={safe_repr(seconds)}: must be a number >= 0")
         try:
             loop = get_running_loop()
         except RuntimeError:
@@ -519,7 +519,9 @@ class Throttle:
                 or not math.isfinite(value)
                 or value < 0
             ):
-                raise ValueError(f"duration={duration!r}: must be a finite number >= 0 or None")
+                raise ValueError(
+                    f"duration={safe_repr(duration)}: must be a finite number >= 0 or None"
+                )
             duration = float(duration)
         if tokens_used:
             check_count("tokens_used", tokens_used)

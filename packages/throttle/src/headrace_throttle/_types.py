@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
-from headrace_core.lowlevel import EventLog
+from headrace_core.lowlevel import EventLog, safe_repr
 from headrace_core.stats import Listeners
 
 __all__ = [
@@ -301,4 +301,4 @@ class Slot:
 def check_count(argument: str, count: object) -> None:
     """Refuse a token count that is not an int ``>= 0`` (a call-time ``ValueError``)."""
     if type(count) is not int or count < 0:
-        raise ValueError(f"{argument}={count!r}: must be an int >= 0")
+        raise ValueError(f"{argument}={safe_repr(count)}: must be an int >= 0")
