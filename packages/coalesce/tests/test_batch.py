@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from headrace_coalesce import BatchRoutingError, MissingResult, batch, collect
+from headrace_coalesce import BatchRoutingError, Loader, MissingResult, batch, collect
 from headrace_core import ConfigurationError, HeadraceError
 from headrace_core.testing import VirtualClock
 
@@ -764,6 +764,9 @@ async def test_result_whose_reads_fail_reaches_every_caller() -> None:
         def __iter__(self) -> Any:
             raise LookupError("cannot iterate")
 
+        def __getitem__(self, index: Any) -> Any:
+            raise LookupError("cannot index")
+
     @batch
     async def get(k: int) -> list[int]:
         ids = await collect(k)
@@ -774,6 +777,31 @@ async def test_result_whose_reads_fail_reaches_every_caller() -> None:
     assert all(isinstance(r, LookupError) for r in got), got  # no follower left waiting
     assert get.stats().failed_batches == 1
     assert get.stats().in_flight == 0
+
+
+@pytest.mark.parametrize("loader", [False, True])
+async def test_a_list_whose_iteration_yields_fewer_values_routes_by_index(loader: bool) -> None:
+    class Short(list[int]):
+        """Its len() and indexing are right; its iteration stops early."""
+
+        def __iter__(self) -> Any:
+            return iter(list.__getitem__(self, slice(0, 1)))
+
+    async def fetch(ids: list[int]) -> list[int]:
+        return Short([i * 10 for i in ids])
+
+    with VirtualClock():
+        if loader:
+            load = Loader(fetch, cache=False)
+            got = await asyncio.gather(*(_settle(load.load(i)) for i in range(3)))
+        else:
+
+            @batch
+            async def get(k: int) -> list[int]:
+                return await fetch(await collect(k))
+
+            got = await asyncio.gather(*(_settle(get(i)) for i in range(3)))
+    assert got == [0, 10, 20]  # every caller answered (zip over it left two waiting)
 
 
 async def test_mapping_lookup_failing_for_one_key_fails_that_caller_only() -> None:

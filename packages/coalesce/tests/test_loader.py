@@ -880,3 +880,49 @@ async def test_clear_all_while_pending_keeps_the_waiters() -> None:
         assert await task == 10
         assert await loader.load(1) == 10  # forgotten: loaded again
         assert backend.calls == [[1], [1]]
+
+
+async def test_a_key_whose_hash_fails_after_it_was_cached_never_strands_a_caller() -> None:
+    class Flaky:
+        """Hashable while it is loaded; its hash fails once the load has answered."""
+
+        broken = False
+
+        def __hash__(self) -> int:
+            if Flaky.broken:
+                raise LookupError("the hash is gone")
+            return 7
+
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+    key = Flaky()
+
+    async def fetch(keys: list[Any]) -> list[Any]:
+        Flaky.broken = True  # before the batch's results are routed and evicted
+        return [ValueError("no value") for _ in keys]
+
+    with VirtualClock():
+        loader: Loader[Any, Any] = Loader(fetch)  # cache_errors=False: the error is evicted
+        waiter = asyncio.ensure_future(loader.load(key))
+        for _ in range(20):  # bounded: a regression fails here instead of hanging
+            await asyncio.sleep(0)
+        done = waiter.done()
+        waiter.cancel()
+        outcome = (await asyncio.gather(waiter, return_exceptions=True))[0]
+    assert done
+    assert isinstance(outcome, ValueError)  # its own error, not the eviction's
+    assert loader.stats().in_flight == 0
+
+
+async def test_a_coroutine_returned_instead_of_awaited_is_a_clear_routing_error() -> None:
+    async def inner(keys: list[int]) -> list[int]:
+        return keys
+
+    async def fetch(keys: list[int]) -> Any:
+        return inner(keys)  # the await is missing
+
+    with VirtualClock():
+        loader: Loader[int, int] = Loader(fetch, cache=False)
+        with pytest.raises(BatchRoutingError, match="returned a coroutine: an await is missing"):
+            await loader.load(1)

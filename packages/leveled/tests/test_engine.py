@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import pytest
 
-from headrace_core import HeadraceError
+from headrace_core import ConfigurationError, HeadraceError
 from headrace_core.testing import VirtualClock
 from headrace_leveled import (
     Phase,
@@ -419,6 +419,36 @@ async def test_s9_hook_exception_is_logged_and_ignored(caplog: pytest.LogCapture
     assert [type(e) for e in info.value.exceptions] == [OSError]
     assert "B.post" in log.events
     assert any("on_cleanup_error" in r.getMessage() for r in caplog.records)
+
+
+def test_an_async_cleanup_hook_is_refused_at_build() -> None:
+    async def hook_fn(failure: Any) -> None:
+        return None
+
+    hook: Any = hook_fn  # typed as the callable the hook must not be
+    with pytest.raises(ConfigurationError, match=r"on_cleanup_error=.*must be a plain function"):
+        Processor.builder().add_task(Log().task("A"), level=0).build(on_cleanup_error=hook)
+
+
+async def test_a_cleanup_hook_that_returns_an_awaitable_is_reported_not_left_unawaited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def later(failure: Any) -> None:
+        return None
+
+    def hook(failure: Any) -> Any:
+        return later(failure)  # a sync callable that hands back a coroutine
+
+    log = Log()
+    p = (
+        Processor.builder()
+        .add_task(log.task("A", fail_post=OSError("p")), level=0)
+        .build(on_cleanup_error=hook)
+    )
+    with VirtualClock(), pytest.raises(ProcessorError):
+        await p.process_tasks(None)
+    # (the suite turns a never-awaited coroutine's RuntimeWarning into an error)
+    assert any("returned an awaitable" in r.getMessage() for r in caplog.records)
 
 
 async def test_hook_called_for_post_failures_of_a_normal_run_too() -> None:

@@ -347,11 +347,11 @@ class Core:
         size = len(sent)
         futs = batch.futs
         try:
-            if type(result) is list and len(result) == size:
-                sequence = True
-            else:
-                sequence = is_sequence(result, size, self.name)
-            if sequence and remap is None:  # the common case: no duplicates, nobody cancelled
+            exact = type(result) is list and len(result) == size
+            sequence = exact or is_sequence(result, size, self.name)
+            # the common case (no duplicates, nobody cancelled); zip only a list: another
+            # sequence may iterate otherwise than it indexes
+            if exact and remap is None:
                 for fut, value in zip(futs, result):  # noqa: B905 - lengths checked above
                     if fut is None or fut.done():  # the leader; or cancelled meanwhile
                         continue

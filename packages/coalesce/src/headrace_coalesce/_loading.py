@@ -40,6 +40,7 @@ from headrace_core.lowlevel import (
     being_cancelled,
     first_step,
     future_maker,
+    safe_repr,
     start_task,
 )
 
@@ -446,11 +447,10 @@ class LoaderMachinery:
         keys = batch.keys
         size = len(keys)
         try:
-            if type(result) is list and len(result) == size:
-                sequence = True
-            else:
-                sequence = is_sequence(result, size, self._name)
-            plain = sequence and batch.more is None and batch.entries is None
+            exact = type(result) is list and len(result) == size
+            sequence = exact or is_sequence(result, size, self._name)
+            # zip only a list: another sequence may iterate otherwise than it indexes
+            plain = exact and batch.more is None and batch.entries is None
             if plain:  # the common case: one caller per key, no cache, no check per caller
                 try:
                     for fut, value in zip(batch.futs, result):  # noqa: B905 - length checked
@@ -575,5 +575,14 @@ class LoaderMachinery:
     def _evict(self, entry: Entry) -> None:
         if entry.cached:
             entry.cached = False
-            if self._cache.get(entry.ck) is entry:
-                del self._cache[entry.ck]
+            try:
+                if self._cache.get(entry.ck) is entry:
+                    del self._cache[entry.ck]
+            except Exception as exc:
+                # The key's __hash__ or __eq__ fails since it was cached: it can be neither
+                # removed nor found again. A hit on it, if any, raises this.
+                entry.batch = None
+                entry.error = TypeError(
+                    f"the cache key {safe_repr(entry.ck)} can no longer be hashed or "
+                    f"compared ({type(exc).__name__}); it was dropped"
+                )

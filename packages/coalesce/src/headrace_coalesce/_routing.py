@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, final
 
@@ -80,6 +81,9 @@ def is_sequence(result: object, expected: int, name: str) -> bool:
     elif isinstance(result, Mapping):
         return False
     elif not isinstance(result, Sequence) or isinstance(result, _TEXT):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: no warning about it after this error
+            raise BatchRoutingError(f"{name} returned a coroutine: an await is missing")
         raise BatchRoutingError(
             f"{name} returned {kind.__name__}; return a Sequence with one value per item "
             "(in the order of collect()) or a Mapping keyed by item"

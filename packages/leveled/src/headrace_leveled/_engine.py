@@ -723,7 +723,15 @@ class Run:
         assert hook is not None
         for failure in failures:
             try:
-                hook(failure)
+                returned: object = hook(failure)
+                if inspect.isawaitable(returned):  # a sync callable that returned one
+                    if inspect.iscoroutine(returned):
+                        returned.close()
+                    logger.error(
+                        "on_cleanup_error returned an awaitable for %s; it is called where "
+                        "nothing awaits it, so it must do its work itself",
+                        failure,
+                    )
             except _FATAL:
                 raise
             except BaseException:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, final
 
-from headrace_core.lowlevel import check_int, check_optional_number, safe_repr
+from headrace_core.lowlevel import check_int, check_optional_number, is_async_callable, safe_repr
 from headrace_core.stats import Listener
 from headrace_leveled._engine import EXEC, POST, PRE, Run, drive
 from headrace_leveled._errors import argument_error
@@ -139,6 +139,10 @@ class Builder(Generic[C, K]):
         cleanup = check_optional_number("cleanup_timeout", cleanup_timeout, gt=0)
         if on_cleanup_error is not None and not callable(on_cleanup_error):
             raise argument_error("on_cleanup_error", on_cleanup_error, "must be callable or None")
+        if is_async_callable(on_cleanup_error):  # called where nothing awaits it
+            raise argument_error(
+                "on_cleanup_error", on_cleanup_error, "must be a plain function, not async"
+            )
         if rng is not None and not isinstance(rng, random.Random):
             raise argument_error("rng", rng, "must be a random.Random or None")
         plan = compile_plan(

@@ -462,8 +462,8 @@ def retry_after_seconds(value: object) -> float | None:
 
     Returns:
         The seconds to wait (``>= 0``; a date in the past is 0.0), or None for a value
-        that is not a usable hint (NaN, negative, another type, a string that is neither
-        a number nor a date).
+        that is not a usable hint (NaN, infinite, negative, another type, a string that is
+        neither a number nor a date).
     """
     if isinstance(value, bool):
         return None
@@ -472,7 +472,7 @@ def retry_after_seconds(value: object) -> float | None:
             seconds = float(value)
         except (TypeError, ValueError, OverflowError):
             return None
-        if math.isnan(seconds) or seconds < 0.0:
+        if not math.isfinite(seconds) or seconds < 0.0:  # inf would pause for ever
             return None
         return seconds
     if not isinstance(value, str):
