@@ -347,10 +347,10 @@ class Core:
         size = len(sent)
         futs = batch.futs
         try:
-            exact = type(result) is list and len(result) == size
+            exact = (type(result) is list or type(result) is tuple) and len(result) == size
             sequence = exact or is_sequence(result, size, self.name)
-            # the common case (no duplicates, nobody cancelled); zip only a list: another
-            # sequence may iterate otherwise than it indexes
+            # the common case (no duplicates, nobody cancelled); zip only a list or a tuple:
+            # another sequence may iterate otherwise than it indexes
             if exact and remap is None:
                 for fut, value in zip(futs, result):  # noqa: B905 - lengths checked above
                     if fut is None or fut.done():  # the leader; or cancelled meanwhile

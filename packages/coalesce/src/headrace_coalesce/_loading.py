@@ -447,9 +447,9 @@ class LoaderMachinery:
         keys = batch.keys
         size = len(keys)
         try:
-            exact = type(result) is list and len(result) == size
+            exact = (type(result) is list or type(result) is tuple) and len(result) == size
             sequence = exact or is_sequence(result, size, self._name)
-            # zip only a list: another sequence may iterate otherwise than it indexes
+            # zip only a list or a tuple: another sequence may iterate otherwise than it indexes
             plain = exact and batch.more is None and batch.entries is None
             if plain:  # the common case: one caller per key, no cache, no check per caller
                 try:
