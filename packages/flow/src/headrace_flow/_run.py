@@ -213,23 +213,16 @@ class Run:
                 text += f" while it processed item {safe_repr(item)}"
         error = HeadraceError(text)
         error.__cause__ = exc
-        tally = self.tally
         if st is None:
-            tally.source_errors += 1
             event = SourceError(error, now)
         elif held:
-            st.live.errors += 1
-            st.live.last_error = now
-            tally.failed += 1
+            self._count_failed(st, now)
             event = TransformerError(item, error, st.name, now)
         if event is not None:
-            if event_logger.isEnabledFor(logging.WARNING):
-                _log_event(event, handled=False)
-            if self.listeners:
-                try:
-                    self.listeners.emit(event)
-                except BaseException as interrupt:  # KeyboardInterrupt/SystemExit of a listener
-                    self.abort(interrupt)
+            try:
+                self._announce(event, handled=False)
+            except Aborted:  # a listener's KeyboardInterrupt/SystemExit ended the run
+                return
         self.abort(error)
 
     def stop(self) -> None:
@@ -315,23 +308,11 @@ class Run:
         Raises:
             Aborted: the event ended the run (no handler, or the handler raised).
         """
-        tally = self.tally
         ticket = None
         if not isinstance(event, SourceError) and isinstance(event.item, Tracked):
             ticket = event.item.ticket
             event = dataclasses.replace(event, item=event.item.item)
-        if isinstance(event, Dropped):
-            tally.drops[event.reason] = tally.drops.get(event.reason, 0) + 1
-        elif isinstance(event, SourceError):
-            tally.source_errors += 1
-        if event_logger.isEnabledFor(logging.WARNING):
-            _log_event(event, handled=self.handler is not None)
-        if self.listeners:
-            try:
-                self.listeners.emit(event)
-            except BaseException as interrupt:  # KeyboardInterrupt/SystemExit of a listener
-                self.abort(interrupt)
-                raise Aborted from None
+        self._announce(event, handled=self.handler is not None)
         handler = self.handler
         if handler is None:
             if isinstance(event, Dropped):
@@ -360,12 +341,37 @@ class Run:
         if ticket is not None:
             ticket.done()  # the handler let the run go on: the item has left the pipeline
 
-    async def failed_item(self, st: StageRun, item: object, exc: BaseException) -> None:
-        """Count ``item`` as failed at ``st`` and report it."""
-        now = self.loop.time()
+    def _announce(self, event: ErrorEvent, *, handled: bool) -> None:
+        """Count ``event`` (a drop, a source error), log it and give it to the listeners.
+
+        Raises:
+            Aborted: a listener raised ``KeyboardInterrupt``/``SystemExit``; the run has
+                ended with it.
+        """
+        tally = self.tally
+        if isinstance(event, Dropped):
+            tally.drops[event.reason] = tally.drops.get(event.reason, 0) + 1
+        elif isinstance(event, SourceError):
+            tally.source_errors += 1
+        if event_logger.isEnabledFor(logging.WARNING):
+            _log_event(event, handled=handled)
+        if self.listeners:
+            try:
+                self.listeners.emit(event)
+            except BaseException as interrupt:  # KeyboardInterrupt/SystemExit of a listener
+                self.abort(interrupt)
+                raise Aborted from None
+
+    def _count_failed(self, st: StageRun, now: float) -> None:
+        """Count an item as failed at ``st``."""
         st.live.errors += 1
         st.live.last_error = now
         self.tally.failed += 1
+
+    async def failed_item(self, st: StageRun, item: object, exc: BaseException) -> None:
+        """Count ``item`` as failed at ``st`` and report it."""
+        now = self.loop.time()
+        self._count_failed(st, now)
         await self.report(TransformerError(item, exc, st.name, now))
 
     # -- scaling -------------------------------------------------------------------------
