@@ -399,32 +399,27 @@ class Admission:
             if self.simple and not self.stamp:  # _enter()'s first branch, inlined
                 self.in_flight += 1
                 slot._epoch = self.epoch
-                queue.popleft()
-                self.waiting -= 1
-                future.set_result(None)
-                if self.in_flight >= self.limit:
-                    return  # (the common hand-off: one slot freed, one waiter admitted)
-                continue
-            resumes = self._resumes
-            try:
-                wake = self._enter(slot)
-            except BaseException as exc:
-                # A listener (``resumed``) or the rng raised an interrupt while this
-                # waiter was being admitted: it is delivered to that waiter, which holds
-                # nothing; the others go on.
-                queue.popleft()
-                self.waiting -= 1
-                future.set_exception(exc)
-                continue
-            if self._resumes != resumes:
-                # ``resumed`` listeners ran (see admit()), before this waiter was admitted:
-                # a close() refused it, a new limit's dispatch may have admitted it. Look
-                # again from the top.
-                self.dispatch()
-                return
-            if wake:
-                self._arm(wake)
-                return
+            else:
+                resumes = self._resumes
+                try:
+                    wake = self._enter(slot)
+                except BaseException as exc:
+                    # A listener (``resumed``) or the rng raised an interrupt while this
+                    # waiter was being admitted: it is delivered to that waiter, which holds
+                    # nothing; the others go on.
+                    queue.popleft()
+                    self.waiting -= 1
+                    future.set_exception(exc)
+                    continue
+                if self._resumes != resumes:
+                    # ``resumed`` listeners ran (see admit()), before this waiter was
+                    # admitted: a close() refused it, a new limit's dispatch may have
+                    # admitted it. Look again from the top.
+                    self.dispatch()
+                    return
+                if wake:
+                    self._arm(wake)
+                    return
             queue.popleft()
             self.waiting -= 1
             future.set_result(None)
